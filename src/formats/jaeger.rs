@@ -1,0 +1,623 @@
+//! Jaeger's v1 JSON: the API response (`{"data": [trace…]}`), one UI trace (`{traceID, spans,
+//! processes}`), a list of spans with inline `process`, and the protobuf-JSON domain model
+//! (`traceId` in base64, `vType` tags). Read into the model with the OpenTelemetry collector's
+//! mapping (`error` / `otel.status_code` tags → status, `span.kind` → kind, logs → events, the first
+//! same-trace reference → parent, the others → links); written back as the API response Jaeger
+//! UI's "JSON File" upload loads.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+
+use super::lenient::i64_any;
+use super::{Format, FormatError, TraceCollector};
+use crate::model::{
+    AttrValue, Attribute, Event, Link, Resource, Span, SpanId, SpanKind, Status, StatusCode,
+    Trace, TraceId,
+};
+
+#[derive(Deserialize)]
+struct ApiResponse<'a> {
+    #[serde(default, borrow)]
+    data: Vec<JTrace<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JTrace<'a> {
+    #[serde(default, borrow)]
+    spans: Vec<JSpan<'a>>,
+    #[serde(default, borrow)]
+    processes: HashMap<Cow<'a, str>, JProcess<'a>>,
+    /// The domain model's list of `{processID, process}`.
+    #[serde(default, borrow)]
+    process_map: Vec<JProcessMapping<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JProcessMapping<'a> {
+    #[serde(default, borrow, alias = "processId", rename = "processID")]
+    process_id: Cow<'a, str>,
+    #[serde(borrow)]
+    process: JProcess<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JProcess<'a> {
+    #[serde(default, borrow)]
+    service_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tags: Vec<JTag<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JSpan<'a> {
+    #[serde(default, borrow, rename = "traceID", alias = "traceId")]
+    trace_id: Cow<'a, str>,
+    #[serde(default, borrow, rename = "spanID", alias = "spanId")]
+    span_id: Cow<'a, str>,
+    #[serde(default, borrow, rename = "parentSpanID", alias = "parentSpanId")]
+    parent_span_id: Cow<'a, str>,
+    #[serde(default, borrow, rename = "operationName")]
+    operation_name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    references: Vec<JReference<'a>>,
+    #[serde(default, rename = "startTime")]
+    start_time: Timestamp,
+    #[serde(default)]
+    duration: Duration,
+    #[serde(default, borrow)]
+    tags: Vec<JTag<'a>>,
+    #[serde(default, borrow)]
+    logs: Vec<JLog<'a>>,
+    #[serde(default, borrow, rename = "processID", alias = "processId")]
+    process_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    process: Option<JProcess<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JReference<'a> {
+    #[serde(default, borrow)]
+    ref_type: Cow<'a, str>,
+    #[serde(default, borrow, rename = "traceID", alias = "traceId")]
+    trace_id: Cow<'a, str>,
+    #[serde(default, borrow, rename = "spanID", alias = "spanId")]
+    span_id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct JLog<'a> {
+    #[serde(default)]
+    timestamp: Timestamp,
+    #[serde(default, borrow)]
+    fields: Vec<JTag<'a>>,
+}
+
+/// A tag in either form: `{key, type, value}` (UI model) or `{key, vType, vStr…}` (domain model).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JTag<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow, rename = "type", alias = "vType")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    value: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    v_str: Option<Cow<'a, str>>,
+    #[serde(default)]
+    v_bool: Option<bool>,
+    #[serde(default, deserialize_with = "opt_i64")]
+    v_int64: Option<i64>,
+    #[serde(default)]
+    v_float64: Option<f64>,
+    #[serde(default, borrow)]
+    v_binary: Option<Cow<'a, str>>,
+}
+
+fn opt_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    i64_any(d).map(Some)
+}
+
+/// µs since the epoch (UI model) or RFC 3339 (domain model), as ns.
+#[derive(Default, Clone, Copy)]
+struct Timestamp(i64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            Micros(i64),
+            Float(f64),
+            #[serde(borrow)]
+            Text(Cow<'a, str>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Micros(us) => Ok(Self(us.saturating_mul(1000))),
+            Raw::Float(us) => Ok(Self((us * 1000.0) as i64)),
+            Raw::Text(t) => {
+                if let Ok(us) = t.parse::<i64>() {
+                    return Ok(Self(us.saturating_mul(1000)));
+                }
+                DateTime::parse_from_rfc3339(&t)
+                    .ok()
+                    .and_then(|dt| dt.timestamp_nanos_opt())
+                    .map(Self)
+                    .ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {t:?}")))
+            }
+        }
+    }
+}
+
+/// µs (UI model) or a Go duration string such as `"5000ns"` (domain model), as ns.
+#[derive(Default, Clone, Copy)]
+struct Duration(i64);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            Micros(i64),
+            Float(f64),
+            #[serde(borrow)]
+            Text(Cow<'a, str>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Micros(us) => Ok(Self(us.saturating_mul(1000))),
+            Raw::Float(us) => Ok(Self((us * 1000.0) as i64)),
+            Raw::Text(t) => crate::duration::parse_go(&t)
+                .map(|d| Self(d.as_nanos().min(i64::MAX as u128) as i64))
+                .ok_or_else(|| serde::de::Error::custom(format!("bad duration {t:?}"))),
+        }
+    }
+}
+
+fn tag_value(tag: &JTag<'_>) -> AttrValue {
+    if let Some(s) = &tag.v_str {
+        return AttrValue::Str(s.as_ref().into());
+    }
+    if let Some(b) = tag.v_bool {
+        return AttrValue::Bool(b);
+    }
+    if let Some(i) = tag.v_int64 {
+        return AttrValue::Int(i);
+    }
+    if let Some(f) = tag.v_float64 {
+        return AttrValue::Double(f);
+    }
+    if let Some(b) = &tag.v_binary {
+        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b.as_bytes()) {
+            return AttrValue::Bytes(bytes.into());
+        }
+    }
+    let kind = tag.kind.to_ascii_lowercase();
+    match &tag.value {
+        Some(serde_json::Value::Bool(b)) => AttrValue::Bool(*b),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) if kind != "float64" => AttrValue::Int(i),
+            _ => AttrValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        Some(serde_json::Value::String(s)) => match kind.as_str() {
+            "bool" => AttrValue::Bool(s.eq_ignore_ascii_case("true")),
+            "int64" => s.parse().map(AttrValue::Int).unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
+            "float64" => s
+                .parse()
+                .map(AttrValue::Double)
+                .unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
+            "binary" => match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(b) => AttrValue::Bytes(b.into()),
+                Err(_) => AttrValue::Str(s.as_str().into()),
+            },
+            _ => AttrValue::Str(s.as_str().into()),
+        },
+        Some(other) => AttrValue::Str(other.to_string().into()),
+        None if kind == "bool" => AttrValue::Bool(false),
+        None => AttrValue::Str("".into()),
+    }
+}
+
+fn convert_tags(tags: &[JTag<'_>], c: &mut TraceCollector) -> Vec<Attribute> {
+    tags.iter()
+        .map(|t| Attribute {
+            key: c.interner.get(&t.key),
+            value: tag_value(t),
+        })
+        .collect()
+}
+
+fn process_resource(p: &JProcess<'_>, c: &mut TraceCollector) -> Arc<Resource> {
+    let service = if p.service_name.is_empty() {
+        "unknown_service"
+    } else {
+        &p.service_name
+    };
+    let service = c.interner.get(service);
+    let mut attributes = vec![Attribute {
+        key: c.interner.get("service.name"),
+        value: AttrValue::Str(service.as_ref().into()),
+    }];
+    attributes.extend(convert_tags(&p.tags, c));
+    c.resource(Resource {
+        service,
+        attributes,
+    })
+}
+
+/// Parses one Jaeger v1 document of the given (detected) format into the collector.
+pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(), FormatError> {
+    let invalid = |e: serde_json::Error| FormatError::Invalid {
+        format: format.name(),
+        message: e.to_string(),
+    };
+    let traces: Vec<JTrace<'_>> = match format {
+        Format::JaegerApiResponse if bytes.trim_ascii_start().starts_with(b"[") => {
+            serde_json::from_slice(bytes).map_err(invalid)?
+        }
+        Format::JaegerApiResponse => {
+            serde_json::from_slice::<ApiResponse<'_>>(bytes)
+                .map_err(invalid)?
+                .data
+        }
+        Format::JaegerSpans => vec![JTrace {
+            spans: serde_json::from_slice(bytes).map_err(invalid)?,
+            processes: HashMap::new(),
+            process_map: Vec::new(),
+        }],
+        _ => vec![serde_json::from_slice(bytes).map_err(invalid)?],
+    };
+    for trace in traces {
+        add_trace(trace, c);
+    }
+    Ok(())
+}
+
+fn add_trace(trace: JTrace<'_>, c: &mut TraceCollector) {
+    let mut processes: HashMap<&str, Arc<Resource>> = HashMap::new();
+    for (id, p) in &trace.processes {
+        processes.insert(id.as_ref(), process_resource(p, c));
+    }
+    for m in &trace.process_map {
+        processes.insert(m.process_id.as_ref(), process_resource(&m.process, c));
+    }
+    for span in &trace.spans {
+        let resource = match (&span.process, processes.get(span.process_id.as_ref())) {
+            (Some(p), _) => process_resource(p, c),
+            (None, Some(r)) => r.clone(),
+            (None, None) => {
+                c.skip("jaeger span whose processID is not in the trace's processes");
+                continue;
+            }
+        };
+        add_span(span, resource, c);
+    }
+}
+
+fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
+    let (trace_id, span_id) = match (TraceId::parse(&s.trace_id), SpanId::parse(&s.span_id)) {
+        (Ok(t), Ok(sp)) if !t.is_zero() => (t, sp),
+        (Err(e), _) | (_, Err(e)) => return c.skip(format!("jaeger span with {e}")),
+        _ => return c.skip("jaeger span with an all-zero trace id"),
+    };
+    let mut parent = None;
+    let mut links = Vec::new();
+    for r in &s.references {
+        let (Ok(t), Ok(sp)) = (TraceId::parse(&r.trace_id), SpanId::parse(&r.span_id)) else {
+            c.skip("jaeger reference without a usable id (reference dropped)");
+            continue;
+        };
+        let child_of = r.ref_type.eq_ignore_ascii_case("CHILD_OF");
+        if parent.is_none() && t == trace_id && (child_of || r.ref_type.eq_ignore_ascii_case("FOLLOWS_FROM")) {
+            parent = Some(sp);
+        } else {
+            let mut attributes = Vec::new();
+            if !child_of {
+                attributes.push(Attribute {
+                    key: c.interner.get("opentracing.ref_type"),
+                    value: AttrValue::Str("follows_from".into()),
+                });
+            }
+            links.push(Link {
+                trace_id: t,
+                span_id: sp,
+                attributes,
+            });
+        }
+    }
+    if parent.is_none() && !s.parent_span_id.is_empty() {
+        parent = SpanId::parse(&s.parent_span_id).ok().filter(|p| !p.is_zero());
+    }
+
+    let mut kind = SpanKind::Unspecified;
+    let mut status = Status::default();
+    let mut attributes = Vec::with_capacity(s.tags.len());
+    for tag in &s.tags {
+        match tag.key.as_ref() {
+            "span.kind" => kind = SpanKind::from_name(&tag_value(tag).to_text()),
+            "error" => {
+                let is_error = match tag_value(tag) {
+                    AttrValue::Bool(b) => b,
+                    other => other.to_text().eq_ignore_ascii_case("true"),
+                };
+                if is_error {
+                    status.code = StatusCode::Error;
+                }
+            }
+            "otel.status_code" => match tag_value(tag).to_text().to_ascii_uppercase().as_str() {
+                "ERROR" => status.code = StatusCode::Error,
+                "OK" if status.code != StatusCode::Error => status.code = StatusCode::Ok,
+                _ => {}
+            },
+            "otel.status_description" => {
+                status.message = Some(tag_value(tag).to_text().into());
+            }
+            _ => attributes.push(Attribute {
+                key: c.interner.get(&tag.key),
+                value: tag_value(tag),
+            }),
+        }
+    }
+
+    let mut events = Vec::with_capacity(s.logs.len());
+    for log in &s.logs {
+        let mut name: Box<str> = "".into();
+        let mut attrs = Vec::with_capacity(log.fields.len());
+        for f in &log.fields {
+            if f.key == "event" && name.is_empty() {
+                name = tag_value(f).to_text().into();
+            } else {
+                attrs.push(Attribute {
+                    key: c.interner.get(&f.key),
+                    value: tag_value(f),
+                });
+            }
+        }
+        events.push(Event {
+            time_ns: log.timestamp.0,
+            name,
+            attributes: attrs,
+        });
+    }
+    if status.code == StatusCode::Error && status.message.is_none() {
+        status.message = error_message_from_events(&events);
+    }
+
+    let start_ns = s.start_time.0;
+    let operation = c.interner.get(&s.operation_name);
+    c.push(Span {
+        trace_id,
+        span_id,
+        parent,
+        operation,
+        start_ns,
+        end_ns: start_ns.saturating_add(s.duration.0.max(0)),
+        kind,
+        status,
+        attributes,
+        resource,
+        scope: None,
+        events,
+        links,
+    });
+}
+
+/// The message of an error log (OpenTracing's `event=error` with `message` or `error.object`).
+fn error_message_from_events(events: &[Event]) -> Option<Box<str>> {
+    events
+        .iter()
+        .filter(|e| &*e.name == "error" || e.name.is_empty())
+        .flat_map(|e| e.attributes.iter())
+        .find(|a| matches!(&*a.key, "message" | "error.object" | "error.message"))
+        .map(|a| a.value.to_text().into())
+}
+
+// ---- writing: the API response Jaeger UI loads ----
+
+#[derive(Serialize)]
+struct TagOut<'a> {
+    key: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    value: serde_json::Value,
+}
+
+fn tag_out<'a>(key: &'a str, v: &AttrValue) -> TagOut<'a> {
+    let (kind, value) = match v {
+        AttrValue::Str(s) => ("string", serde_json::Value::from(&**s)),
+        AttrValue::Bool(b) => ("bool", serde_json::Value::from(*b)),
+        AttrValue::Int(i) => ("int64", serde_json::Value::from(*i)),
+        AttrValue::Double(d) => ("float64", serde_json::Value::from(*d)),
+        AttrValue::Bytes(b) => (
+            "binary",
+            serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+        other => ("string", serde_json::Value::from(other.to_text())),
+    };
+    TagOut { key, kind, value }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReferenceOut {
+    ref_type: &'static str,
+    #[serde(rename = "traceID")]
+    trace_id: String,
+    #[serde(rename = "spanID")]
+    span_id: String,
+}
+
+#[derive(Serialize)]
+struct LogOut<'a> {
+    timestamp: i64,
+    fields: Vec<TagOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpanOut<'a> {
+    #[serde(rename = "traceID")]
+    trace_id: String,
+    #[serde(rename = "spanID")]
+    span_id: String,
+    flags: u8,
+    operation_name: &'a str,
+    references: Vec<ReferenceOut>,
+    start_time: i64,
+    duration: i64,
+    tags: Vec<TagOut<'a>>,
+    logs: Vec<LogOut<'a>>,
+    #[serde(rename = "processID")]
+    process_id: String,
+    warnings: Option<()>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessOut<'a> {
+    service_name: &'a str,
+    tags: Vec<TagOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct TraceOut<'a> {
+    #[serde(rename = "traceID")]
+    trace_id: String,
+    spans: Vec<SpanOut<'a>>,
+    processes: BTreeMap<String, ProcessOut<'a>>,
+    warnings: Option<()>,
+}
+
+fn trace_out(trace: &Trace) -> TraceOut<'_> {
+    let mut process_ids: Vec<*const Resource> = Vec::new();
+    let mut processes = BTreeMap::new();
+    let mut spans = Vec::with_capacity(trace.spans.len());
+    for s in &trace.spans {
+        let ptr = Arc::as_ptr(&s.resource);
+        let n = match process_ids.iter().position(|p| *p == ptr) {
+            Some(i) => i + 1,
+            None => {
+                process_ids.push(ptr);
+                let n = process_ids.len();
+                processes.insert(
+                    format!("p{n}"),
+                    ProcessOut {
+                        service_name: &s.resource.service,
+                        tags: s
+                            .resource
+                            .attributes
+                            .iter()
+                            .filter(|a| &*a.key != "service.name")
+                            .map(|a| tag_out(&a.key, &a.value))
+                            .collect(),
+                    },
+                );
+                n
+            }
+        };
+        let mut references = Vec::new();
+        if let Some(p) = s.parent {
+            references.push(ReferenceOut {
+                ref_type: "CHILD_OF",
+                trace_id: s.trace_id.to_hex(),
+                span_id: p.to_hex(),
+            });
+        }
+        for l in &s.links {
+            references.push(ReferenceOut {
+                ref_type: "FOLLOWS_FROM",
+                trace_id: l.trace_id.to_hex(),
+                span_id: l.span_id.to_hex(),
+            });
+        }
+        let mut tags: Vec<TagOut<'_>> = s
+            .attributes
+            .iter()
+            .map(|a| tag_out(&a.key, &a.value))
+            .collect();
+        if let Some(k) = s.kind.jaeger_name() {
+            tags.push(tag_out("span.kind", &AttrValue::Str(k.into())));
+        }
+        match s.status.code {
+            StatusCode::Error => {
+                tags.push(tag_out("error", &AttrValue::Bool(true)));
+                tags.push(tag_out("otel.status_code", &AttrValue::Str("ERROR".into())));
+            }
+            StatusCode::Ok => tags.push(tag_out("otel.status_code", &AttrValue::Str("OK".into()))),
+            StatusCode::Unset => {}
+        }
+        if let Some(m) = &s.status.message {
+            tags.push(TagOut {
+                key: "otel.status_description",
+                kind: "string",
+                value: serde_json::Value::from(&**m),
+            });
+        }
+        let logs = s
+            .events
+            .iter()
+            .map(|e| {
+                let mut fields = Vec::with_capacity(e.attributes.len() + 1);
+                if !e.name.is_empty() {
+                    fields.push(TagOut {
+                        key: "event",
+                        kind: "string",
+                        value: serde_json::Value::from(&*e.name),
+                    });
+                }
+                fields.extend(e.attributes.iter().map(|a| tag_out(&a.key, &a.value)));
+                LogOut {
+                    timestamp: e.time_ns / 1000,
+                    fields,
+                }
+            })
+            .collect();
+        spans.push(SpanOut {
+            trace_id: s.trace_id.to_hex(),
+            span_id: s.span_id.to_hex(),
+            flags: 1,
+            operation_name: &s.operation,
+            references,
+            start_time: s.start_ns / 1000,
+            duration: s.duration_ns() / 1000,
+            tags,
+            logs,
+            process_id: format!("p{n}"),
+            warnings: None,
+        });
+    }
+    TraceOut {
+        trace_id: trace.id.to_hex(),
+        spans,
+        processes,
+        warnings: None,
+    }
+}
+
+/// Writes traces as a Jaeger v1 API response (`{"data": […], "total": …}`), one trace at a time.
+pub fn write_api_response<'a, W: Write>(
+    traces: impl IntoIterator<Item = &'a Trace>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    out.write_all(b"{\"data\":[")?;
+    let mut n = 0usize;
+    for t in traces {
+        if n > 0 {
+            out.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut *out, &trace_out(t))?;
+        n += 1;
+    }
+    write!(
+        out,
+        "],\"total\":{n},\"limit\":0,\"offset\":0,\"errors\":null}}"
+    )
+}

@@ -1,0 +1,293 @@
+//! Reading and writing the trace formats of DESIGN.md: Jaeger v1 (API response, UI trace, span
+//! list, domain model), OTLP JSON (`resourceSpans`, Jaeger v3's `result`, Tempo's `batches` and
+//! `trace`), Zipkin v2, each either as one document or as JSON Lines. Everything parses into the
+//! model's [`Trace`]; `otlp` and `jaeger` also write.
+
+pub mod jaeger;
+mod lenient;
+pub mod otlp;
+pub mod zipkin;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::model::{Resource, Scope, Span, Trace, TraceId};
+
+/// Why a document could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("JSON of an unknown shape: {0}")]
+    UnknownShape(String),
+    #[error("{format}: {message}")]
+    Invalid {
+        format: &'static str,
+        message: String,
+    },
+}
+
+/// The formats that can be detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    JaegerApiResponse,
+    JaegerTrace,
+    JaegerSpans,
+    JaegerDomain,
+    Otlp,
+    ZipkinSpans,
+    ZipkinTraces,
+}
+
+impl Format {
+    /// A short name for logs and the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::JaegerApiResponse => "jaeger-v1-api-response",
+            Self::JaegerTrace => "jaeger-v1-trace",
+            Self::JaegerSpans => "jaeger-v1-spans",
+            Self::JaegerDomain => "jaeger-domain-model",
+            Self::Otlp => "otlp-json",
+            Self::ZipkinSpans => "zipkin-v2-spans",
+            Self::ZipkinTraces => "zipkin-v2-traces",
+        }
+    }
+}
+
+/// Shares the strings that repeat across spans (service, operation and attribute names).
+#[derive(Default)]
+pub struct Interner {
+    strings: HashMap<Box<str>, Arc<str>>,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(Box::from(s), a.clone());
+        a
+    }
+}
+
+/// Collects parsed spans into traces, keeping the order in which traces first appear, and counts
+/// what had to be skipped.
+#[derive(Default)]
+pub struct TraceCollector {
+    pub interner: Interner,
+    resources: HashMap<Arc<str>, Vec<Arc<Resource>>>,
+    scopes: Vec<Arc<Scope>>,
+    index: HashMap<TraceId, usize>,
+    traces: Vec<Trace>,
+    skipped: BTreeMap<String, usize>,
+    /// Formats seen, with how many documents of each.
+    pub formats: BTreeMap<Format, usize>,
+}
+
+impl TraceCollector {
+    /// The shared copy of an equal resource seen before, or this one.
+    pub fn resource(&mut self, resource: Resource) -> Arc<Resource> {
+        let same = self.resources.entry(resource.service.clone()).or_default();
+        if let Some(r) = same.iter().find(|r| ***r == resource) {
+            return r.clone();
+        }
+        let r = Arc::new(resource);
+        if same.len() < 256 {
+            same.push(r.clone());
+        }
+        r
+    }
+
+    /// The shared copy of an equal scope seen before, or this one.
+    pub fn scope(&mut self, scope: Scope) -> Arc<Scope> {
+        if let Some(s) = self.scopes.iter().find(|s| ***s == scope) {
+            return s.clone();
+        }
+        let s = Arc::new(scope);
+        if self.scopes.len() < 256 {
+            self.scopes.push(s.clone());
+        }
+        s
+    }
+
+    /// Adds one span to its trace.
+    pub fn push(&mut self, span: Span) {
+        match self.index.get(&span.trace_id) {
+            Some(&i) => self.traces[i].spans.push(span),
+            None => {
+                self.index.insert(span.trace_id, self.traces.len());
+                self.traces.push(Trace {
+                    id: span.trace_id,
+                    spans: vec![span],
+                });
+            }
+        }
+    }
+
+    /// Counts a span that could not be used, by reason.
+    pub fn skip(&mut self, reason: impl Into<String>) {
+        *self.skipped.entry(reason.into()).or_default() += 1;
+    }
+
+    /// Parses one JSON document (or one JSON Lines line) of any supported format.
+    pub fn add_document(&mut self, bytes: &[u8]) -> Result<Format, FormatError> {
+        let format = detect(bytes)?;
+        match format {
+            Format::Otlp => otlp::parse(bytes, self)?,
+            Format::JaegerApiResponse
+            | Format::JaegerTrace
+            | Format::JaegerSpans
+            | Format::JaegerDomain => jaeger::parse(bytes, format, self)?,
+            Format::ZipkinSpans | Format::ZipkinTraces => zipkin::parse(bytes, format, self)?,
+        }
+        *self.formats.entry(format).or_default() += 1;
+        Ok(format)
+    }
+
+    /// Parses a whole input: one JSON document, or JSON Lines of documents.
+    pub fn add_input(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        match self.add_document(bytes) {
+            Ok(_) => Ok(()),
+            Err(FormatError::NotJson(first_error)) if looks_like_json_lines(bytes) => {
+                for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    self.add_document(line).map_err(|e| FormatError::Invalid {
+                        format: "json-lines",
+                        message: format!("line {}: {e}", n + 1),
+                    })?;
+                }
+                let _ = first_error;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The traces, in first-seen order, and the skipped-span counts by reason.
+    pub fn finish(self) -> (Vec<Trace>, BTreeMap<String, usize>) {
+        (self.traces, self.skipped)
+    }
+}
+
+fn looks_like_json_lines(bytes: &[u8]) -> bool {
+    let first = bytes.iter().position(|&b| b == b'\n');
+    match first {
+        Some(i) => bytes[..i].iter().any(|b| !b.is_ascii_whitespace()),
+        None => false,
+    }
+}
+
+/// The top-level keys that tell the formats apart.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    data: Option<serde::de::IgnoredAny>,
+    resource_spans: Option<serde::de::IgnoredAny>,
+    batches: Option<serde::de::IgnoredAny>,
+    result: Option<serde::de::IgnoredAny>,
+    trace: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "traceID")]
+    trace_id_upper: Option<serde::de::IgnoredAny>,
+    spans: Option<serde::de::IgnoredAny>,
+    process_map: Option<serde::de::IgnoredAny>,
+    trace_id: Option<serde::de::IgnoredAny>,
+    id: Option<serde::de::IgnoredAny>,
+    resource_logs: Option<serde::de::IgnoredAny>,
+}
+
+/// Works out the format of one document from its first keys (objects) or its first element
+/// (arrays), without building a tree.
+pub fn detect(bytes: &[u8]) -> Result<Format, FormatError> {
+    let first = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied()
+        .ok_or_else(|| FormatError::NotJson("empty input".into()))?;
+    match first {
+        b'{' => {
+            let p: Probe =
+                serde_json::from_slice(bytes).map_err(|e| FormatError::NotJson(e.to_string()))?;
+            if p.resource_spans.is_some() || p.batches.is_some() || p.result.is_some() || p.trace.is_some() {
+                Ok(Format::Otlp)
+            } else if p.data.is_some() {
+                Ok(Format::JaegerApiResponse)
+            } else if p.trace_id_upper.is_some() && p.spans.is_some() {
+                Ok(Format::JaegerTrace)
+            } else if p.spans.is_some() || p.process_map.is_some() {
+                Ok(Format::JaegerDomain)
+            } else if p.trace_id.is_some() && p.id.is_some() {
+                Ok(Format::ZipkinSpans)
+            } else if p.resource_logs.is_some() {
+                Err(FormatError::UnknownShape(
+                    "OTLP logs (`resourceLogs`), not traces".into(),
+                ))
+            } else {
+                Err(FormatError::UnknownShape(
+                    "an object with none of `data`, `resourceSpans`, `batches`, `result`, `trace`, `traceID`+`spans`, `spans`".into(),
+                ))
+            }
+        }
+        b'[' => {
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_slice(bytes).map_err(|e| FormatError::NotJson(e.to_string()))?;
+            let Some(first) = items.first() else {
+                return Ok(Format::ZipkinSpans);
+            };
+            let text = first.get().trim_start();
+            if text.starts_with('[') {
+                return Ok(Format::ZipkinTraces);
+            }
+            let p: Probe = serde_json::from_str(text)
+                .map_err(|e| FormatError::UnknownShape(format!("array of {e}")))?;
+            if p.trace_id_upper.is_some() && p.spans.is_some() {
+                Ok(Format::JaegerApiResponse)
+            } else if p.trace_id_upper.is_some() {
+                Ok(Format::JaegerSpans)
+            } else if p.trace_id.is_some() {
+                Ok(Format::ZipkinSpans)
+            } else {
+                Err(FormatError::UnknownShape(
+                    "an array whose elements are neither Jaeger nor Zipkin spans".into(),
+                ))
+            }
+        }
+        _ => Err(FormatError::NotJson(format!(
+            "starts with {:?}, not '{{' or '['",
+            first as char
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_each_shape() {
+        let cases: [(&str, Format); 8] = [
+            (r#"{"data":[]}"#, Format::JaegerApiResponse),
+            (r#"{"traceID":"1","spans":[],"processes":{}}"#, Format::JaegerTrace),
+            (r#"{"spans":[],"processMap":[]}"#, Format::JaegerDomain),
+            (r#"{"resourceSpans":[]}"#, Format::Otlp),
+            (r#"{"batches":[]}"#, Format::Otlp),
+            (r#"[{"traceId":"1","id":"2"}]"#, Format::ZipkinSpans),
+            (r#"[[{"traceId":"1","id":"2"}]]"#, Format::ZipkinTraces),
+            (r#"[{"traceID":"1","spanID":"2"}]"#, Format::JaegerSpans),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(detect(doc.as_bytes()).unwrap(), want, "{doc}");
+        }
+    }
+
+    #[test]
+    fn unknown_shapes_are_named() {
+        let e = detect(br#"{"resourceLogs":[]}"#).unwrap_err().to_string();
+        assert!(e.contains("logs"), "{e}");
+        let e = detect(b"hello").unwrap_err().to_string();
+        assert!(e.contains("not JSON"), "{e}");
+    }
+}

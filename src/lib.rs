@@ -1,0 +1,9 @@
+//! evidence-locker: captures the trace evidence of an incident before the tracing backend's
+//! retention deletes it, analyses it and writes one immutable, checksummed bundle.
+//!
+//! The modules follow the flow: `model` (the domain, imported by all) → `formats` (reading and
+//! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store`.
+
+pub mod duration;
+pub mod formats;
+pub mod model;

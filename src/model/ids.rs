@@ -1,0 +1,164 @@
+//! Trace and span ids. Backends write them as hex of any case (Jaeger v1 may send 64-bit trace ids,
+//! Tempo strips leading zeros) or as base64 (Tempo's and Jaeger's protobuf JSON); both parse here.
+
+use std::fmt;
+
+use base64::Engine as _;
+
+/// Why an id could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {kind} id {value:?}: {reason}")]
+pub struct IdError {
+    kind: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+/// A 128-bit trace id; 64-bit ids are left-padded with zeros, as Jaeger and Zipkin do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+/// A 64-bit span id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+/// Decodes hex (up to `N * 2` digits, left-padded) or, failing that, base64 of exactly `N` bytes
+/// or fewer (left-padded).
+fn decode<const N: usize>(kind: &'static str, s: &str) -> Result<[u8; N], IdError> {
+    let err = |reason| IdError {
+        kind,
+        value: s.chars().take(80).collect(),
+        reason,
+    };
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    let mut out = [0u8; N];
+    if s.len() <= N * 2 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let digits = s.as_bytes();
+        // Right-align the digits; an odd count gets an implicit leading zero.
+        let mut value_index = N * 2 - digits.len();
+        for &d in digits {
+            let v = (d as char).to_digit(16).unwrap_or(0) as u8;
+            let byte = &mut out[value_index / 2];
+            if value_index % 2 == 0 {
+                *byte |= v << 4;
+            } else {
+                *byte |= v;
+            }
+            value_index += 1;
+        }
+        return Ok(out);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| err("neither hex nor base64"))?;
+    if bytes.is_empty() || bytes.len() > N {
+        return Err(err("wrong length"));
+    }
+    out[N - bytes.len()..].copy_from_slice(&bytes);
+    Ok(out)
+}
+
+impl TraceId {
+    /// Parses hex or base64.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        decode::<16>("trace", s).map(Self)
+    }
+
+    /// True for the all-zero id, which OTLP treats as invalid.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 16]
+    }
+
+    /// 32 lower-case hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl SpanId {
+    /// Parses hex or base64.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        decode::<8>("span", s).map(Self)
+    }
+
+    /// True for the all-zero id, which means "no span" (for example no parent).
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 8]
+    }
+
+    /// 16 lower-case hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+impl serde::Serialize for SpanId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_of_any_width_and_case_is_left_padded() {
+        let id = TraceId::parse("5B8EFFF798038103D269B633813FC60C").unwrap();
+        assert_eq!(id.to_hex(), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(
+            TraceId::parse("2be38093ead7a083").unwrap().to_hex(),
+            "00000000000000002be38093ead7a083"
+        );
+        // Tempo strips leading zeros, sometimes to an odd number of digits.
+        assert_eq!(
+            TraceId::parse("abc").unwrap().to_hex(),
+            "00000000000000000000000000000abc"
+        );
+    }
+
+    #[test]
+    fn base64_ids_decode() {
+        assert_eq!(
+            TraceId::parse("W47/95gDgQPSabYzgT/HAA==").unwrap().to_hex(),
+            "5b8efff798038103d269b633813fc700"
+        );
+        assert_eq!(SpanId::parse("AAAAAAAAAAI=").unwrap().to_hex(), "0000000000000002");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_value() {
+        let e = SpanId::parse("not an id!").unwrap_err();
+        assert!(e.to_string().contains("not an id!"), "{e}");
+        assert!(SpanId::parse("").is_err());
+        assert!(SpanId::parse("00112233445566778899").is_err(), "too long for a span id");
+    }
+}

@@ -1,0 +1,12 @@
+//! The domain at the bottom of everything: incidents, time windows, trace and span ids and the one
+//! normalized span model that every trace source maps into. Imports nothing of ours.
+
+mod ids;
+mod incident;
+mod span;
+
+pub use ids::{IdError, SpanId, TraceId};
+pub use incident::{Incident, IncidentError, IncidentId, TimeWindow, WindowDefaults};
+pub use span::{
+    AttrValue, Attribute, Event, Link, Resource, Scope, Span, SpanKind, Status, StatusCode, Trace,
+};
