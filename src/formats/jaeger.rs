@@ -302,16 +302,56 @@ fn add_trace(trace: JTrace<'_>, c: &mut TraceCollector) {
     }
 }
 
+/// Jaeger UI accepts any text as an id; ids that are neither hex nor base64 are replaced by a
+/// stable hash of the text so the span is kept and its references still match.
+fn lenient_trace_id(s: &str, c: &mut TraceCollector) -> Option<TraceId> {
+    match TraceId::parse(s) {
+        Ok(t) => Some(t),
+        Err(_) if !s.is_empty() => {
+            c.note("jaeger trace ids that are not hex, replaced by a hash of their text");
+            Some(TraceId(hashed(s)))
+        }
+        Err(_) => None,
+    }
+}
+
+fn lenient_span_id(s: &str, c: &mut TraceCollector) -> Option<SpanId> {
+    match SpanId::parse(s) {
+        Ok(t) => Some(t),
+        Err(_) if !s.is_empty() => {
+            c.note("jaeger span ids that are not hex, replaced by a hash of their text");
+            Some(SpanId(hashed(s)))
+        }
+        Err(_) => None,
+    }
+}
+
+fn hashed<const N: usize>(s: &str) -> [u8; N] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(s.as_bytes());
+    let mut out = [0u8; N];
+    out.copy_from_slice(&digest[..N]);
+    out
+}
+
 fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
-    let (trace_id, span_id) = match (TraceId::parse(&s.trace_id), SpanId::parse(&s.span_id)) {
-        (Ok(t), Ok(sp)) if !t.is_zero() => (t, sp),
-        (Err(e), _) | (_, Err(e)) => return c.skip(format!("jaeger span with {e}")),
-        _ => return c.skip("jaeger span with an all-zero trace id"),
+    let (trace_id, span_id) = match (
+        lenient_trace_id(&s.trace_id, c),
+        lenient_span_id(&s.span_id, c),
+    ) {
+        (Some(t), Some(sp)) if !t.is_zero() => (t, sp),
+        (Some(t), Some(_)) if t.is_zero() => {
+            return c.skip("jaeger span with an all-zero trace id");
+        }
+        _ => return c.skip("jaeger span without a trace or span id"),
     };
     let mut parent = None;
     let mut links = Vec::new();
     for r in &s.references {
-        let (Ok(t), Ok(sp)) = (TraceId::parse(&r.trace_id), SpanId::parse(&r.span_id)) else {
+        let (Some(t), Some(sp)) = (
+            lenient_trace_id(&r.trace_id, c),
+            lenient_span_id(&r.span_id, c),
+        ) else {
             c.skip("jaeger reference without a usable id (reference dropped)");
             continue;
         };
@@ -334,7 +374,7 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
         }
     }
     if parent.is_none() && !s.parent_span_id.is_empty() {
-        parent = SpanId::parse(&s.parent_span_id).ok().filter(|p| !p.is_zero());
+        parent = lenient_span_id(&s.parent_span_id, c).filter(|p| !p.is_zero());
     }
 
     let mut kind = SpanKind::Unspecified;

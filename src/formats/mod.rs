@@ -82,6 +82,7 @@ pub struct TraceCollector {
     index: HashMap<TraceId, usize>,
     traces: Vec<Trace>,
     skipped: BTreeMap<String, usize>,
+    notes: BTreeMap<String, usize>,
     /// Formats seen, with how many documents of each.
     pub formats: BTreeMap<Format, usize>,
 }
@@ -131,6 +132,11 @@ impl TraceCollector {
         *self.skipped.entry(reason.into()).or_default() += 1;
     }
 
+    /// Counts something that was changed on the way in (not lost), by what.
+    pub fn note(&mut self, what: impl Into<String>) {
+        *self.notes.entry(what.into()).or_default() += 1;
+    }
+
     /// Parses one JSON document (or one JSON Lines line) of any supported format.
     pub fn add_document(&mut self, bytes: &[u8]) -> Result<Format, FormatError> {
         let format = detect(bytes)?;
@@ -146,38 +152,116 @@ impl TraceCollector {
         Ok(format)
     }
 
-    /// Parses a whole input: one JSON document, or JSON Lines of documents.
+    /// Parses a whole input in memory: one JSON document, or JSON Lines of documents.
     pub fn add_input(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
-        match self.add_document(bytes) {
-            Ok(_) => Ok(()),
-            Err(FormatError::NotJson(first_error)) if looks_like_json_lines(bytes) => {
-                for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    self.add_document(line).map_err(|e| FormatError::Invalid {
-                        format: "json-lines",
-                        message: format!("line {}: {e}", n + 1),
-                    })?;
-                }
-                let _ = first_error;
-                Ok(())
+        self.read(std::io::Cursor::new(bytes))
+            .map_err(|e| match e {
+                ReadError::Format(f) => f,
+                ReadError::Io(io) => FormatError::NotJson(io.to_string()),
+            })
+    }
+
+    /// Reads an input stream: when its first line is a whole JSON document, the input is JSON
+    /// Lines and is parsed a line at a time (memory stays at one line); otherwise it is one
+    /// document and is read whole.
+    pub fn read<R: std::io::BufRead>(&mut self, mut input: R) -> Result<(), ReadError> {
+        let mut line = Vec::new();
+        let mut line_no = 0usize;
+        // Skip leading blank lines.
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                return Err(FormatError::NotJson("empty input".into()).into());
             }
-            Err(e) => Err(e),
+            line_no += 1;
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                break;
+            }
+        }
+        let mut format = match self.add_document(&line) {
+            Ok(f) => f,
+            Err(FormatError::NotJson(_)) => {
+                // Not a document on its own: the input is one (multi-line) document.
+                input.read_to_end(&mut line)?;
+                self.add_document(&line)?;
+                return Ok(());
+            }
+            Err(e) => return Err(line_error(line_no, e).into()),
+        };
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            // Lines may mix formats, so each is detected; the probe skips values without
+            // building them.
+            let _ = format;
+            format = self
+                .add_document(&line)
+                .map_err(|e| line_error(line_no, e))?;
         }
     }
 
-    /// The traces, in first-seen order, and the skipped-span counts by reason.
-    pub fn finish(self) -> (Vec<Trace>, BTreeMap<String, usize>) {
-        (self.traces, self.skipped)
+    /// The traces in first-seen order, with what was skipped and what was changed.
+    pub fn finish(self) -> Collected {
+        Collected {
+            traces: self.traces,
+            skipped: self.skipped,
+            notes: self.notes,
+            formats: self
+                .formats
+                .into_iter()
+                .map(|(f, n)| (f.name().to_owned(), n))
+                .collect(),
+        }
     }
 }
 
-fn looks_like_json_lines(bytes: &[u8]) -> bool {
-    let first = bytes.iter().position(|&b| b == b'\n');
-    match first {
-        Some(i) => bytes[..i].iter().any(|b| !b.is_ascii_whitespace()),
-        None => false,
+/// What reading an input produced.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub traces: Vec<Trace>,
+    /// Spans (or parts of spans) that could not be used, counted by reason.
+    pub skipped: BTreeMap<String, usize>,
+    /// Values that were changed to be usable (nothing lost), counted by what.
+    pub notes: BTreeMap<String, usize>,
+    /// Documents read, counted by format name.
+    pub formats: BTreeMap<String, usize>,
+}
+
+fn line_error(line_no: usize, e: FormatError) -> FormatError {
+    FormatError::Invalid {
+        format: "json-lines",
+        message: format!("line {line_no}: {e}"),
+    }
+}
+
+/// Why an input stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// Opens a trace file, plain or zstd-compressed (recognised by its magic number, whatever its
+/// name), as a buffered reader.
+pub fn open_trace_file(path: &std::path::Path) -> std::io::Result<Box<dyn std::io::BufRead + Send>> {
+    use std::io::{BufRead, BufReader};
+    let mut file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let head = file.fill_buf()?;
+    if head.len() >= 4 && head[..4] == ZSTD_MAGIC {
+        let decoder = zstd::stream::read::Decoder::with_buffer(file)?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, decoder)))
+    } else {
+        Ok(Box::new(file))
     }
 }
 
