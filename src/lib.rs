@@ -7,3 +7,9 @@
 pub mod duration;
 pub mod formats;
 pub mod model;
+pub mod capture;
+pub mod config;
+pub mod analyze;
+pub mod bundle;
+pub mod store;
+pub mod collect;

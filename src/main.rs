@@ -1,1 +1,205 @@
-fn main() {}
+//! The `evidence-locker` binary: parses the command line, loads the configuration, sets up
+//! logging on stderr, and runs one command. Errors end here, with context, and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use evidence_locker::capture::file::FileSource;
+use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
+use evidence_locker::config::Settings;
+use evidence_locker::model::Incident;
+
+/// Preserves the trace evidence of an incident before the tracing backend deletes it.
+#[derive(Parser)]
+#[command(name = "evidence-locker", version, about)]
+struct Cli {
+    /// Configuration file (TOML) over the built-in defaults; EVIDENCE_LOCKER__SECTION__KEY
+    /// variables override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture one incident once and write its evidence bundle.
+    Collect(CollectArgs),
+    /// Run `collect` on the example incident and traces shipped with the tool.
+    Demo {
+        /// Directory to write the bundle under.
+        #[arg(long, value_name = "DIR", default_value = "./evidence")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct CollectArgs {
+    /// The incident (JSON); optional with --traces-file, where the window is then the data's.
+    #[arg(long, value_name = "FILE")]
+    incident: Option<PathBuf>,
+    /// A Jaeger query service (repeatable).
+    #[arg(long, value_name = "URL")]
+    jaeger: Vec<String>,
+    /// A Grafana Tempo query frontend.
+    #[arg(long, value_name = "URL")]
+    tempo: Option<String>,
+    /// A Zipkin server.
+    #[arg(long, value_name = "URL")]
+    zipkin: Option<String>,
+    /// A trace file (repeatable): Jaeger, OTLP JSON or Zipkin, JSON or JSON Lines, plain or zstd.
+    #[arg(long = "traces-file", value_name = "PATH")]
+    traces_file: Vec<PathBuf>,
+    /// Local directory to store the bundle under (default: store.path of the configuration).
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
+    out: Option<PathBuf>,
+    /// Store location: a local path, or s3://bucket/prefix.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
+const DEMO_INCIDENT: &[u8] = include_bytes!("../examples/incident.json");
+const DEMO_TRACES: &[u8] = include_bytes!("../examples/traces.jsonl.zst");
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Collect(args) => {
+            let outcome = run_collect(&settings, args).await?;
+            report(&outcome, false);
+            Ok(())
+        }
+        Command::Demo { out } => {
+            let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
+            let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;
+            let outcome = collect::collect(
+                &settings,
+                CollectRequest {
+                    incident: Some(incident),
+                    input: TraceInput::Files(files),
+                    out,
+                    now: chrono::Utc::now(),
+                },
+            )
+            .await?;
+            report(&outcome, true);
+            Ok(())
+        }
+    }
+}
+
+async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOutcome> {
+    if args.tempo.is_some() || args.zipkin.is_some() {
+        bail!("--tempo and --zipkin are not supported yet in this version; use --jaeger or --traces-file");
+    }
+    let given = usize::from(!args.jaeger.is_empty()) + usize::from(!args.traces_file.is_empty());
+    if given > 1 {
+        bail!("give one trace source: --jaeger URL or --traces-file PATH, not both");
+    }
+    let out = match (args.out, args.store) {
+        (Some(dir), _) => dir,
+        (None, Some(store)) if store.starts_with("s3://") => {
+            bail!("--store s3://… is not supported yet in this version; use --out DIR (a local directory)")
+        }
+        (None, Some(store)) => PathBuf::from(store.strip_prefix("file://").unwrap_or(&store)),
+        (None, None) => PathBuf::from(&settings.store.path),
+    };
+    // The incident is checked before anything is fetched or written.
+    let incident = args.incident.as_deref().map(collect::read_incident).transpose()?;
+    let input = if !args.traces_file.is_empty() {
+        let paths = args.traces_file.clone();
+        TraceInput::Files(
+            tokio::task::spawn_blocking(move || FileSource::read(&paths))
+                .await
+                .context("the file reader stopped unexpectedly")??,
+        )
+    } else if !args.jaeger.is_empty() {
+        TraceInput::Jaeger(args.jaeger)
+    } else {
+        TraceInput::Configured
+    };
+    collect::collect(
+        settings,
+        CollectRequest {
+            incident,
+            input,
+            out,
+            now: chrono::Utc::now(),
+        },
+    )
+    .await
+}
+
+/// Prints the bundle location (stdout, first line) and its status (second line).
+fn report(outcome: &CollectOutcome, demo: bool) {
+    let s = &outcome.summary;
+    tracing::info!(
+        capture = %s.capture_id,
+        status = s.status,
+        traces = s.counts.traces,
+        spans = s.counts.spans,
+        error_traces = s.counts.error_traces,
+        slow_traces = s.counts.slow_traces,
+        baseline_traces = s.counts.baseline_traces,
+        gaps = s.gaps.len(),
+        "bundle written"
+    );
+    if demo {
+        println!("{}", outcome.bundle_dir.join("report.html").display());
+    } else {
+        println!("{}", outcome.bundle_dir.display());
+    }
+    if s.gaps.is_empty() {
+        println!("status: complete");
+    } else {
+        let kinds: std::collections::BTreeSet<&str> = s.gaps.iter().map(|g| g.kind.as_str()).collect();
+        println!(
+            "status: partial ({} gap(s): {}; see completeness in manifest.json)",
+            s.gaps.len(),
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+}

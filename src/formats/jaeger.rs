@@ -643,7 +643,7 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
 }
 
 /// Writes traces as a Jaeger v1 API response (`{"data": […], "total": …}`), one trace at a time.
-pub fn write_api_response<'a, W: Write>(
+pub fn write_api_response<'a, W: Write + ?Sized>(
     traces: impl IntoIterator<Item = &'a Trace>,
     out: &mut W,
 ) -> std::io::Result<()> {

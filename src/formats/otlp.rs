@@ -534,7 +534,7 @@ fn span_out(s: &Span) -> SpanOut<'_> {
 
 /// Writes one trace as one line of OTLP JSON (`{"resourceSpans":[…]}\n`), spans grouped by
 /// resource and scope in the order they first appear.
-pub fn write_trace_line<W: Write>(trace: &Trace, out: &mut W) -> std::io::Result<()> {
+pub fn write_trace_line<W: Write + ?Sized>(trace: &Trace, out: &mut W) -> std::io::Result<()> {
     let mut groups: Vec<ResourceSpansOut<'_>> = Vec::new();
     let mut keys: Vec<(*const Resource, Vec<*const Scope>)> = Vec::new();
     for span in &trace.spans {

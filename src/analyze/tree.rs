@@ -1,0 +1,178 @@
+//! The parent/child structure of each trace, and what follows from it: which errors are the
+//! source of others, and which caller→callee edges a failure travelled along.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{Propagation, time};
+use crate::capture::Purposes;
+use crate::model::{Span, SpanId, Trace, TraceId};
+
+/// A trace with its spans linked to their parents and children (by index).
+pub struct TraceTree<'a> {
+    pub trace: &'a Trace,
+    pub purposes: Purposes,
+    pub parent: Vec<Option<usize>>,
+    pub children: Vec<Vec<usize>>,
+}
+
+impl<'a> TraceTree<'a> {
+    pub fn new(trace: &'a Trace, purposes: Purposes) -> Self {
+        let n = trace.spans.len();
+        let mut by_id: HashMap<SpanId, usize> = HashMap::with_capacity(n);
+        for (i, s) in trace.spans.iter().enumerate() {
+            // Zipkin's shared spans repeat an id: children belong to the server half, which
+            // comes later in the trace or is marked shared; the first non-shared half wins.
+            let shared = s.attribute("zipkin.shared").is_some();
+            match by_id.get(&s.span_id) {
+                Some(_) if !shared => {}
+                _ => {
+                    by_id.insert(s.span_id, i);
+                }
+            }
+        }
+        let mut parent = vec![None; n];
+        let mut children = vec![Vec::new(); n];
+        for (i, s) in trace.spans.iter().enumerate() {
+            if let Some(p) = s.parent.and_then(|p| by_id.get(&p).copied()) {
+                if p != i {
+                    parent[i] = Some(p);
+                    children[p].push(i);
+                }
+            }
+        }
+        Self {
+            trace,
+            purposes,
+            parent,
+            children,
+        }
+    }
+
+    pub fn span(&self, i: usize) -> &'a Span {
+        &self.trace.spans[i]
+    }
+
+    /// True when the span is the entry into its service: no parent, or a parent in another
+    /// service.
+    pub fn is_entry(&self, i: usize) -> bool {
+        match self.parent[i] {
+            None => true,
+            Some(p) => self.span(p).service() != self.span(i).service(),
+        }
+    }
+
+    /// The span's own time: its duration minus the time its children cover (each child cut at
+    /// the parent's end; overlapping children counted once).
+    pub fn self_time_ns(&self, i: usize) -> i64 {
+        let s = self.span(i);
+        let mut intervals: Vec<(i64, i64)> = self.children[i]
+            .iter()
+            .map(|&c| {
+                let c = self.span(c);
+                (c.start_ns.max(s.start_ns), c.end_ns.min(s.end_ns))
+            })
+            .filter(|(a, b)| b > a)
+            .collect();
+        intervals.sort_unstable();
+        let mut covered = 0;
+        let mut cur: Option<(i64, i64)> = None;
+        for (a, b) in intervals {
+            match cur {
+                Some((ca, cb)) if a <= cb => cur = Some((ca, cb.max(b))),
+                Some((ca, cb)) => {
+                    covered += cb - ca;
+                    cur = Some((a, b));
+                }
+                None => cur = Some((a, b)),
+            }
+        }
+        if let Some((ca, cb)) = cur {
+            covered += cb - ca;
+        }
+        (s.duration_ns() - covered).max(0)
+    }
+}
+
+/// An error span that no erroring child explains.
+pub struct SourceError<'a> {
+    pub span: &'a Span,
+}
+
+/// Every source error of every trace.
+pub fn source_errors<'a>(forest: &[TraceTree<'a>]) -> Vec<SourceError<'a>> {
+    let mut out = Vec::new();
+    for t in forest {
+        for (i, s) in t.trace.spans.iter().enumerate() {
+            if s.is_error() && !t.children[i].iter().any(|&c| t.span(c).is_error()) {
+                out.push(SourceError { span: s });
+            }
+        }
+    }
+    out
+}
+
+/// Caller → callee edges along which failures travelled: the callee's error sits in the
+/// subtree of a caller span (of another service) that failed too.
+pub fn propagation(forest: &[TraceTree<'_>]) -> Vec<Propagation> {
+    struct Edge {
+        first_ns: i64,
+        trace_id: TraceId,
+        span_id: SpanId,
+        traces: BTreeSet<TraceId>,
+    }
+    let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
+    for t in forest {
+        for (i, s) in t.trace.spans.iter().enumerate() {
+            if !s.is_error() {
+                continue;
+            }
+            // The nearest ancestor in another service is the caller.
+            let mut up = t.parent[i];
+            let mut hops = 0;
+            while let Some(p) = up {
+                hops += 1;
+                if t.span(p).service() != s.service() || hops > 10_000 {
+                    break;
+                }
+                up = t.parent[p];
+            }
+            let Some(p) = up else { continue };
+            let caller = t.span(p);
+            if !caller.is_error() || caller.service() == s.service() {
+                continue;
+            }
+            let key = (caller.service().to_string(), s.service().to_string());
+            let e = edges.entry(key).or_insert(Edge {
+                first_ns: i64::MAX,
+                trace_id: caller.trace_id,
+                span_id: caller.span_id,
+                traces: BTreeSet::new(),
+            });
+            // The failure reached the caller when the callee's error ended.
+            if (s.end_ns, caller.trace_id, caller.span_id) < (e.first_ns, e.trace_id, e.span_id) {
+                e.first_ns = s.end_ns;
+                e.trace_id = caller.trace_id;
+                e.span_id = caller.span_id;
+            }
+            e.traces.insert(caller.trace_id);
+        }
+    }
+    let mut out: Vec<Propagation> = edges
+        .into_iter()
+        .map(|((from, to), e)| Propagation {
+            from,
+            to,
+            first_seen: time(e.first_ns),
+            trace_id: e.trace_id,
+            span_id: e.span_id,
+            traces: e.traces.len(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.first_seen
+            .cmp(&b.first_seen)
+            .then(a.from.cmp(&b.from))
+            .then(a.to.cmp(&b.to))
+    });
+    out
+}

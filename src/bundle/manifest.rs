@@ -1,0 +1,120 @@
+//! `manifest.json`: what the bundle is, how it was captured, how complete it is, and the size and
+//! SHA-256 of every other file, so an auditor can verify it years later.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::FileEntry;
+use crate::capture::{Capture, CapturePlan, Gap, SourceRecord};
+use crate::model::{Incident, TimeWindow};
+
+/// The manifest's schema version; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub traces: usize,
+    pub spans: usize,
+    pub error_traces: usize,
+    pub slow_traces: usize,
+    pub baseline_traces: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Completeness {
+    /// `complete` or `partial`.
+    pub status: &'static str,
+    pub gaps: Vec<Gap>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureInfo {
+    pub id: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub tool: &'static str,
+    pub tool_version: &'static str,
+    pub host: String,
+    pub slow_threshold: String,
+    pub baseline_traces_max: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Redaction {
+    pub rules: Vec<String>,
+    pub values_redacted: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Retention {
+    /// `none` for the local store; the Object Lock mode on S3.
+    pub mode: String,
+    pub retain_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub incident: Incident,
+    pub window: TimeWindow,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_window: Option<TimeWindow>,
+    pub capture: CaptureInfo,
+    pub sources: Vec<SourceRecord>,
+    pub counts: Counts,
+    pub completeness: Completeness,
+    pub files: Vec<FileEntry>,
+    pub redaction: Redaction,
+    pub retention: Retention,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Manifest {
+    pub fn new(
+        plan: &CapturePlan,
+        capture: &Capture,
+        capture_id: &str,
+        counts: Counts,
+        files: Vec<FileEntry>,
+    ) -> Self {
+        let status = if capture.gaps.is_empty() { "complete" } else { "partial" };
+        Self {
+            schema_version: SCHEMA_VERSION,
+            incident: plan.incident.clone(),
+            window: plan.window,
+            baseline_window: plan.baseline,
+            capture: CaptureInfo {
+                id: capture_id.to_owned(),
+                started: capture.started,
+                finished: capture.finished,
+                tool: "evidence-locker",
+                tool_version: env!("CARGO_PKG_VERSION"),
+                host: host(),
+                slow_threshold: humantime::format_duration(plan.slow_threshold).to_string(),
+                baseline_traces_max: plan.baseline_traces,
+            },
+            sources: capture.sources.clone(),
+            counts,
+            completeness: Completeness {
+                status,
+                gaps: capture.gaps.clone(),
+            },
+            files,
+            redaction: Redaction {
+                rules: Vec::new(),
+                values_redacted: 0,
+            },
+            retention: Retention {
+                mode: "none".into(),
+                retain_until: None,
+            },
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The evidence bundle (DESIGN.md "The bundle"): traces, timeline, analysis, postmortem draft,
+//! report, and `manifest.json` written last with the size and SHA-256 of every other file.
+//! Written into a staging directory; a store then makes it visible in one step.
+
+mod manifest;
+mod postmortem;
+mod report;
+mod writer;
+mod yaml;
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::analyze::{Analysis, AnalysisInput, Timeline, analyze};
+use crate::capture::{Capture, CapturePlan, Gap, Purpose};
+use crate::formats::{jaeger, otlp};
+use crate::model::Trace;
+
+pub use manifest::{Completeness, Counts, Manifest};
+pub use writer::{BundleWriter, FileEntry};
+
+/// Settings that shape a bundle.
+#[derive(Clone, Debug)]
+pub struct BundleOptions {
+    pub capture_id: String,
+    pub error_rate_threshold: f64,
+    /// zstd level for the trace files.
+    pub zstd_level: i32,
+}
+
+/// What was written, for the caller to report.
+#[derive(Clone, Debug, Serialize)]
+pub struct BundleSummary {
+    pub capture_id: String,
+    pub status: &'static str,
+    pub counts: Counts,
+    pub gaps: Vec<Gap>,
+    pub manifest_sha256: String,
+}
+
+/// The traces of each bundle file, as indexes into the capture.
+struct Selection {
+    errors: Vec<usize>,
+    slow: Vec<usize>,
+    baseline: Vec<usize>,
+}
+
+/// Each trace goes to one file: errors first, then slow, then baseline; the baseline is thinned
+/// evenly over time to at most `limit` traces.
+fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selection {
+    let mut s = Selection {
+        errors: Vec::new(),
+        slow: Vec::new(),
+        baseline: Vec::new(),
+    };
+    for (i, (_, p)) in traces.iter().enumerate() {
+        if p.has(Purpose::Errors) {
+            s.errors.push(i);
+        } else if p.has(Purpose::Slow) {
+            s.slow.push(i);
+        } else if p.has(Purpose::Baseline) {
+            s.baseline.push(i);
+        }
+    }
+    let key = |&i: &usize| (traces[i].0.start_ns(), traces[i].0.id);
+    s.errors.sort_by_key(key);
+    s.slow.sort_by_key(key);
+    s.baseline.sort_by_key(key);
+    if s.baseline.len() > limit {
+        let n = s.baseline.len();
+        s.baseline = (0..limit).map(|k| s.baseline[k * n / limit]).collect();
+    }
+    s
+}
+
+fn write_traces(
+    w: &mut BundleWriter,
+    rel: &str,
+    traces: &[(Trace, crate::capture::Purposes)],
+    picks: &[usize],
+    level: i32,
+) -> std::io::Result<()> {
+    w.write(rel, |out| {
+        let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        for &i in picks {
+            otlp::write_trace_line(&traces[i].0, &mut enc)?;
+        }
+        enc.finish()?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Everything the bundle is made from.
+pub struct BundleInput<'a> {
+    pub plan: &'a CapturePlan,
+    pub capture: &'a Capture,
+    pub began_at: DateTime<Utc>,
+}
+
+/// Analyses the capture and writes the whole bundle into `dir` (an empty staging directory).
+pub fn write_bundle(
+    dir: &Path,
+    input: &BundleInput<'_>,
+    opts: &BundleOptions,
+) -> std::io::Result<(BundleSummary, Analysis, Timeline)> {
+    let traces = &input.capture.traces;
+    let plan = input.plan;
+    let picks = select(traces, plan.baseline_traces);
+    let began_ns = input.began_at.timestamp_nanos_opt().unwrap_or(i64::MIN);
+    let (analysis, timeline) = analyze(
+        traces,
+        &AnalysisInput {
+            began_ns,
+            window_start_ns: plan.window.start_ns(),
+            window_end_ns: plan.window.end_ns(),
+            slow_threshold: plan.slow_threshold,
+            error_rate_threshold: opts.error_rate_threshold,
+        },
+    );
+
+    let mut w = BundleWriter::new(dir);
+    write_traces(&mut w, "traces/errors.jsonl.zst", traces, &picks.errors, opts.zstd_level)?;
+    write_traces(&mut w, "traces/slow.jsonl.zst", traces, &picks.slow, opts.zstd_level)?;
+    write_traces(&mut w, "traces/baseline.jsonl.zst", traces, &picks.baseline, opts.zstd_level)?;
+    w.write("traces/jaeger-ui.json", |out| {
+        jaeger::write_api_response(
+            picks.errors.iter().chain(&picks.slow).map(|&i| &traces[i].0),
+            out,
+        )
+    })?;
+
+    #[derive(Serialize)]
+    struct TimelineFile<'a> {
+        incident: &'a crate::model::Incident,
+        entries: &'a [crate::analyze::TimelineEntry],
+    }
+    w.write_json(
+        "timeline.json",
+        &TimelineFile {
+            incident: &plan.incident,
+            entries: &timeline.entries,
+        },
+    )?;
+    w.write_json("analysis.json", &analysis)?;
+
+    let trace_url = input
+        .capture
+        .sources
+        .iter()
+        .find_map(|s| s.trace_url.clone());
+    let counts = Counts {
+        traces: picks.errors.len() + picks.slow.len() + picks.baseline.len(),
+        spans: picks
+            .errors
+            .iter()
+            .chain(&picks.slow)
+            .chain(&picks.baseline)
+            .map(|&i| traces[i].0.spans.len())
+            .sum(),
+        error_traces: picks.errors.len(),
+        slow_traces: picks.slow.len(),
+        baseline_traces: picks.baseline.len(),
+    };
+    let gaps = input.capture.gaps.clone();
+    let status = if gaps.is_empty() { "complete" } else { "partial" };
+    let doc = postmortem::Draft {
+        incident: &plan.incident,
+        window: &plan.window,
+        timeline: &timeline,
+        analysis: &analysis,
+        trace_url: trace_url.as_deref(),
+        status,
+        counts: &counts,
+    };
+    w.write("postmortem.yaml", |out| out.write_all(doc.yaml().as_bytes()))?;
+    w.write("postmortem.md", |out| out.write_all(doc.markdown().as_bytes()))?;
+    let html = report::render(&report::ReportInput {
+        incident: &plan.incident,
+        window: &plan.window,
+        capture_id: &opts.capture_id,
+        status,
+        counts: &counts,
+        gaps: &gaps,
+        analysis: &analysis,
+        timeline: &timeline,
+        trace_url: trace_url.as_deref(),
+    });
+    w.write("report.html", |out| out.write_all(html.as_bytes()))?;
+
+    let manifest = Manifest::new(
+        plan,
+        input.capture,
+        &opts.capture_id,
+        counts.clone(),
+        w.entries(),
+    );
+    let entry = w.write_json("manifest.json", &manifest)?.clone();
+    Ok((
+        BundleSummary {
+            capture_id: opts.capture_id.clone(),
+            status,
+            counts,
+            gaps,
+            manifest_sha256: entry.sha256,
+        },
+        analysis,
+        timeline,
+    ))
+}

@@ -1,0 +1,288 @@
+//! `report.html`: one self-contained page (inline CSS and SVG, no scripts, no network) that an
+//! on-call engineer can open from the bundle: summary, timeline, error rate per service over
+//! time, propagation graph, latency breakdown, suspects.
+
+use std::fmt::Write as _;
+
+use super::Counts;
+use crate::analyze::{Analysis, Timeline};
+use crate::capture::Gap;
+use crate::model::{Incident, TimeWindow};
+
+pub struct ReportInput<'a> {
+    pub incident: &'a Incident,
+    pub window: &'a TimeWindow,
+    pub capture_id: &'a str,
+    pub status: &'a str,
+    pub counts: &'a Counts,
+    pub gaps: &'a [Gap],
+    pub analysis: &'a Analysis,
+    pub timeline: &'a Timeline,
+    pub trace_url: Option<&'a str>,
+}
+
+/// HTML-escapes text.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;padding:0 1rem}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.2rem}
+table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eef}
+th{background:#f5f6fa}code{font-size:12px;background:#f2f3f7;padding:0 .2rem;border-radius:3px}
+.badge{display:inline-block;padding:.1rem .6rem;border-radius:1rem;font-weight:600;font-size:12px}
+.complete{background:#d7f5de;color:#11602a}.partial{background:#ffe6bf;color:#7a4a00}
+.origin{background:#fff3f3;border-left:4px solid #d33;padding:.6rem 1rem;margin:1rem 0}
+.muted{color:#667}.kind{font-family:monospace;font-size:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1rem}";
+
+pub fn render(r: &ReportInput<'_>) -> String {
+    let i = r.incident;
+    let mut h = String::with_capacity(64 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{id} evidence</title><style>{STYLE}</style></head><body>",
+        id = esc(i.id.as_str())
+    );
+    let _ = write!(
+        h,
+        "<h1>{} — {}</h1><p class=\"muted\">Severity {} · window {} → {} UTC · capture <code>{}</code> · <span class=\"badge {}\">{}</span></p>",
+        esc(i.id.as_str()),
+        esc(i.title.as_deref().unwrap_or("(untitled)")),
+        esc(i.severity.as_deref().unwrap_or("—")),
+        r.window.start().format("%Y-%m-%d %H:%M:%S"),
+        r.window.end().format("%Y-%m-%d %H:%M:%S"),
+        esc(r.capture_id),
+        r.status,
+        r.status
+    );
+    let c = r.counts;
+    let _ = write!(
+        h,
+        "<p>{} traces ({} spans): <b>{}</b> with errors, <b>{}</b> slow, <b>{}</b> baseline.</p>",
+        c.traces, c.spans, c.error_traces, c.slow_traces, c.baseline_traces
+    );
+    if !r.gaps.is_empty() {
+        h.push_str("<h2>Gaps: what could not be captured</h2><ul>");
+        for g in r.gaps {
+            let _ = write!(
+                h,
+                "<li><span class=\"kind\">{}</span> {}{}</li>",
+                esc(&g.kind),
+                g.service.as_deref().map(|s| format!("<b>{}</b>: ", esc(s))).unwrap_or_default(),
+                esc(&g.message)
+            );
+        }
+        h.push_str("</ul>");
+    }
+
+    h.push_str("<h2>Summary</h2>");
+    match &r.analysis.origin {
+        Some(o) => {
+            let _ = write!(
+                h,
+                "<div class=\"origin\"><b>Likely origin: {} — {}</b> (confidence {:.0}%)<br>{}<br><span class=\"muted\">example: {}</span></div>",
+                esc(&o.service),
+                esc(&o.operation),
+                o.confidence * 100.0,
+                esc(&o.reason),
+                trace_link(r.trace_url, &o.trace_id.to_hex(), &o.span_id.to_hex())
+            );
+        }
+        None => h.push_str("<p class=\"muted\">No origin stands out among the captured errors.</p>"),
+    }
+    if let Some(rec) = &r.analysis.recovery {
+        let _ = write!(
+            h,
+            "<p>Recovered at <b>{}</b> UTC ({}).</p>",
+            rec.time.format("%H:%M:%S%.3f"),
+            trace_link(r.trace_url, &rec.trace_id.to_hex(), &rec.span_id.to_hex())
+        );
+    }
+
+    h.push_str("<h2>Timeline</h2><table><tr><th>time (UTC)</th><th>kind</th><th>service</th><th>what</th><th>trace</th></tr>");
+    for e in &r.timeline.entries {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"kind\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.time.format("%H:%M:%S%.3f"),
+            e.kind,
+            esc(&e.service),
+            esc(&e.evidence),
+            trace_link(r.trace_url, &e.trace_id.to_hex(), &e.span_id.to_hex())
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Error rate per service over time</h2><div class=\"grid\">");
+    error_rate_charts(&mut h, r);
+    h.push_str("</div>");
+
+    h.push_str("<h2>Propagation</h2>");
+    propagation_graph(&mut h, r.analysis);
+
+    h.push_str("<h2>Root-cause ranking</h2><table><tr><th>#</th><th>service</th><th>operation</th><th>score</th><th>why</th></tr>");
+    for (n, c) in r.analysis.ranking.iter().take(15).enumerate() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            n + 1,
+            esc(&c.service),
+            esc(&c.operation),
+            c.score,
+            esc(&c.reason)
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Where time went (self time per call, failing and slow traces vs baseline)</h2><table><tr><th>service</th><th>operation</th><th>incident ms</th><th>baseline ms</th><th>spans</th></tr>");
+    for l in r.analysis.latency.iter().take(20) {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.service),
+            esc(&l.operation),
+            l.incident_self_ms,
+            l.baseline_self_ms.map_or("—".into(), |b| format!("{b:.1}")),
+            l.incident_spans
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Suspects</h2>");
+    if r.analysis.suspects.is_empty() {
+        h.push_str("<p class=\"muted\">No attribute value sets the failing requests apart.</p>");
+    } else {
+        h.push_str("<table><tr><th>attribute</th><th>value</th><th>failing</th><th>baseline</th><th>lift</th></tr>");
+        for s in &r.analysis.suspects {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.0}%</td><td>{:.0}%</td><td>{:.1}</td></tr>",
+                esc(&s.key),
+                esc(&s.value),
+                s.failing_share * 100.0,
+                s.baseline_share * 100.0,
+                s.lift
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<p class=\"muted\">Generated by evidence-locker from the captured traces; <code>manifest.json</code> lists every file with its SHA-256.</p></body></html>\n");
+    h
+}
+
+fn trace_link(template: Option<&str>, trace_id: &str, span_id: &str) -> String {
+    let short = &trace_id[..trace_id.len().min(12)];
+    match template {
+        Some(t) => format!(
+            "<a href=\"{}\"><code>{}</code></a> <code>{}</code>",
+            esc(&t.replace("{trace_id}", trace_id)),
+            short,
+            esc(span_id)
+        ),
+        None => format!("<code title=\"{}\">{}</code> <code>{}</code>", esc(trace_id), short, esc(span_id)),
+    }
+}
+
+fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
+    let start = r.window.start().timestamp() / 60;
+    let end = (r.window.end().timestamp() + 59) / 60;
+    let minutes = (end - start).clamp(1, 24 * 60) as f64;
+    let (w, ht) = (320.0, 90.0);
+    for (service, stats) in &r.analysis.services {
+        if stats.per_minute.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            h,
+            "<div><b>{}</b> <span class=\"muted\">{} error spans</span><svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"error rate of {}\"><rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{ht}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/>",
+            esc(service),
+            stats.error_spans,
+            esc(service)
+        );
+        let bar = (w / minutes).max(1.0);
+        for m in &stats.per_minute {
+            let x = ((m.minute.timestamp() / 60 - start) as f64 / minutes) * w;
+            if !(0.0..w).contains(&x) {
+                continue;
+            }
+            let rate = m.errors as f64 / m.requests.max(1) as f64;
+            let bh = rate * (ht - 10.0);
+            let _ = write!(
+                h,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#d33\"><title>{} {}/{} errors</title></rect>",
+                ht - bh,
+                (bar - 0.5).max(0.5),
+                m.minute.format("%H:%M"),
+                m.errors,
+                m.requests
+            );
+        }
+        h.push_str("</svg></div>");
+    }
+}
+
+fn propagation_graph(h: &mut String, a: &Analysis) {
+    if a.propagation.is_empty() {
+        h.push_str("<p class=\"muted\">No failure crossed from one service to another.</p>");
+        return;
+    }
+    // Nodes in the order they started failing.
+    let mut nodes: Vec<(&str, chrono::DateTime<chrono::Utc>)> = a
+        .services
+        .iter()
+        .filter_map(|(s, st)| st.first_error.as_ref().map(|e| (s.as_str(), e.time)))
+        .collect();
+    nodes.sort_by(|x, y| x.1.cmp(&y.1).then(x.0.cmp(y.0)));
+    let pos = |name: &str| nodes.iter().position(|(n, _)| *n == name);
+    let (bw, gap, y) = (150.0, 40.0, 70.0);
+    let width = nodes.len() as f64 * (bw + gap) + gap;
+    let _ = write!(
+        h,
+        "<svg width=\"{width}\" height=\"160\" viewBox=\"0 0 {width} 160\" role=\"img\" aria-label=\"propagation graph\"><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#b33\"/></marker></defs>"
+    );
+    for p in &a.propagation {
+        let (Some(from), Some(to)) = (pos(&p.to), pos(&p.from)) else {
+            continue;
+        };
+        let x1 = gap + from as f64 * (bw + gap) + bw / 2.0;
+        let x2 = gap + to as f64 * (bw + gap) + bw / 2.0;
+        let lift = 25.0 + 10.0 * (from as f64 - to as f64).abs();
+        let _ = write!(
+            h,
+            "<path d=\"M{x1:.0},{:.0} C{x1:.0},{:.0} {x2:.0},{:.0} {x2:.0},{:.0}\" fill=\"none\" stroke=\"#b33\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"><title>{} → {}</title></path>",
+            y - 18.0,
+            y - 18.0 - lift,
+            y - 18.0 - lift,
+            y - 18.0,
+            esc(&p.to),
+            esc(&p.from)
+        );
+    }
+    for (n, (name, t)) in nodes.iter().enumerate() {
+        let x = gap + n as f64 * (bw + gap);
+        let _ = write!(
+            h,
+            "<rect x=\"{x:.0}\" y=\"{:.0}\" width=\"{bw}\" height=\"36\" rx=\"6\" fill=\"#fff0f0\" stroke=\"#d33\"/><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"12\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#667\">{}</text>",
+            y - 18.0,
+            x + bw / 2.0,
+            y,
+            esc(name),
+            x + bw / 2.0,
+            y + 12.0,
+            t.format("%H:%M:%S%.3f")
+        );
+    }
+    h.push_str("</svg><p class=\"muted\">Services in the order they started failing; arrows run from the service that failed to the caller it failed.</p>");
+}

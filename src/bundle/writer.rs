@@ -1,0 +1,100 @@
+//! Writes bundle files into a staging directory, hashing (SHA-256) and counting each file as it
+//! is written, so the manifest can list them without reading them back.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// One file of the bundle, as listed in the manifest.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes files under a directory and remembers their size and hash.
+pub struct BundleWriter {
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+}
+
+impl BundleWriter {
+    /// Writes into `dir`, which must exist and be empty.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `rel` (a `/`-separated path) with `fill`, then syncs it to disk.
+    pub fn write(
+        &mut self,
+        rel: &str,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<&FileEntry> {
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        let mut w = Hashing {
+            inner: BufWriter::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        fill(&mut w)?;
+        w.flush()?;
+        let Hashing { inner, hasher, bytes } = w;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        self.files.push(FileEntry {
+            path: rel.to_owned(),
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        });
+        Ok(self.files.last().expect("just pushed"))
+    }
+
+    /// Writes `rel` as pretty JSON followed by a newline.
+    pub fn write_json<T: Serialize>(&mut self, rel: &str, value: &T) -> io::Result<&FileEntry> {
+        self.write(rel, |w| {
+            serde_json::to_writer_pretty(&mut *w, value)?;
+            w.write_all(b"\n")
+        })
+    }
+
+    /// The files written so far, sorted by path.
+    pub fn entries(&self) -> Vec<FileEntry> {
+        let mut v = self.files.clone();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+}

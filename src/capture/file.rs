@@ -1,0 +1,175 @@
+//! Trace files as a source (`collect --traces-file`): any format `formats` reads, plain or zstd.
+//! Files are read once, before the plan exists, because without an incident the window is the
+//! span range of the data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
+use crate::formats::{Collected, ReadError, TraceCollector, open_trace_file};
+
+/// A trace file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read trace file {path}: {source}")]
+pub struct FileError {
+    pub path: String,
+    #[source]
+    pub source: ReadError,
+}
+
+/// Traces read from files, waiting for a plan.
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    collected: Mutex<Option<Collected>>,
+}
+
+impl FileSource {
+    /// Reads every file; the first that cannot be read is an error (nothing is captured then).
+    pub fn read(paths: &[PathBuf]) -> Result<Self, FileError> {
+        let mut collector = TraceCollector::default();
+        for path in paths {
+            let err = |source: ReadError| FileError {
+                path: path.display().to_string(),
+                source,
+            };
+            let input = open_trace_file(path).map_err(|e| err(e.into()))?;
+            collector.read(input).map_err(err)?;
+        }
+        Ok(Self {
+            paths: paths.to_vec(),
+            collected: Mutex::new(Some(collector.finish())),
+        })
+    }
+
+    /// Reads traces from bytes in memory (plain or zstd), as from a file called `name`.
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, FileError> {
+        let err = |source: ReadError| FileError {
+            path: name.to_owned(),
+            source,
+        };
+        let mut collector = TraceCollector::default();
+        if bytes.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+            let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| err(e.into()))?;
+            collector
+                .read(std::io::BufReader::new(decoder))
+                .map_err(err)?;
+        } else {
+            collector.read(bytes).map_err(err)?;
+        }
+        Ok(Self {
+            paths: vec![PathBuf::from(name)],
+            collected: Mutex::new(Some(collector.finish())),
+        })
+    }
+
+    /// Earliest span start and latest span end over all traces, in ns.
+    pub fn span_range(&self) -> Option<(i64, i64)> {
+        let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let traces = &guard.as_ref()?.traces;
+        let start = traces.iter().map(|t| t.start_ns()).min()?;
+        let end = traces.iter().map(|t| t.end_ns()).max()?;
+        Some((start, end))
+    }
+
+    /// The first file's name, for naming an incident that was not given.
+    pub fn first_path(&self) -> Option<String> {
+        self.paths.first().map(|p| p.display().to_string())
+    }
+
+    /// Number of traces read.
+    pub fn trace_count(&self) -> usize {
+        let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map_or(0, |c| c.traces.len())
+    }
+
+    fn classify(&self, plan: &CapturePlan) -> SourceCapture {
+        let collected = self
+            .collected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let slow_ns = plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64;
+        let mut notes = collected.notes;
+        let mut traces = Vec::with_capacity(collected.traces.len());
+        let mut outside = 0usize;
+        for trace in collected.traces {
+            let start = trace.start_ns();
+            let mut p = Purposes::default();
+            if plan.window.contains_ns(start) {
+                if trace.has_error() {
+                    p = p.with(Purpose::Errors);
+                }
+                if trace.max_span_duration_ns() >= slow_ns {
+                    p = p.with(Purpose::Slow);
+                }
+            }
+            if plan.baseline.is_some_and(|b| b.contains_ns(start)) {
+                p = p.with(Purpose::Baseline);
+            }
+            if p == Purposes::default() {
+                if plan.window.contains_ns(start) {
+                    p = p.with(Purpose::Other);
+                } else {
+                    outside += 1;
+                    continue;
+                }
+            }
+            traces.push((trace, p));
+        }
+        if outside > 0 {
+            notes.insert(
+                "traces outside the incident window and the baseline period, not captured".into(),
+                outside,
+            );
+        }
+        let gaps = collected
+            .skipped
+            .iter()
+            .map(|(reason, n)| Gap {
+                source: "file".into(),
+                kind: "unreadable_spans".into(),
+                service: None,
+                purpose: None,
+                start: None,
+                end: None,
+                message: format!("{n} × {reason}"),
+            })
+            .collect();
+        let mut formats: BTreeMap<String, usize> = collected.formats;
+        let api = (!formats.is_empty()).then(|| {
+            std::mem::take(&mut formats)
+                .into_iter()
+                .map(|(f, n)| format!("{f} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        SourceCapture {
+            record: SourceRecord {
+                name: "file".into(),
+                kind: "file".into(),
+                url: self
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                api,
+                queries: Vec::new(),
+                trace_url: None,
+                notes,
+            },
+            traces,
+            gaps,
+        }
+    }
+}
+
+impl TraceSource for FileSource {
+    fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture> {
+        Box::pin(async move { self.classify(plan) })
+    }
+}

@@ -1,0 +1,218 @@
+//! Capture: pulls the error traces, slow traces and a baseline sample of an incident out of its
+//! trace sources, records every query and every gap, and merges what the sources found.
+//!
+//! Each source (`jaeger`, `file`) is a module behind [`TraceSource`]; `search` holds the
+//! completeness machinery (splitting full answers) that the backends share, `http` the request
+//! discipline (timeouts, retries, bounded concurrency, recording).
+
+pub mod file;
+pub mod http;
+pub mod jaeger;
+pub mod search;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::model::{Incident, TimeWindow, Trace, TraceId};
+
+/// What a capture is asked to fetch.
+#[derive(Clone, Debug)]
+pub struct CapturePlan {
+    pub incident: Incident,
+    /// The incident window: error and slow traces are captured from it.
+    pub window: TimeWindow,
+    /// The normal period before the incident began: the baseline sample comes from it.
+    pub baseline: Option<TimeWindow>,
+    /// Services in scope; empty means every service the backend knows.
+    pub services: Vec<String>,
+    pub slow_threshold: Duration,
+    pub baseline_traces: usize,
+}
+
+/// Why a trace was captured. A trace may be found for several reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Errors,
+    Slow,
+    Baseline,
+    /// Read from a file but neither erroring, slow nor in the baseline period: analysed, not
+    /// written to the bundle.
+    Other,
+}
+
+/// A set of [`Purpose`]s, as bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purposes(u8);
+
+impl Purposes {
+    pub fn with(mut self, p: Purpose) -> Self {
+        self.0 |= 1 << p as u8;
+        self
+    }
+    pub fn has(self, p: Purpose) -> bool {
+        self.0 & (1 << p as u8) != 0
+    }
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// One request made to a backend, as recorded in the manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryRecord {
+    /// The URL without credentials, query string included.
+    pub url: String,
+    pub params: BTreeMap<String, String>,
+    pub purpose: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Why it was issued: `initial`, `split` (its parent range came back full) or `verify`
+    /// (checking whether the server caps answers below our limit).
+    pub reason: String,
+    /// HTTP status, or `null` when no answer came.
+    pub status: Option<u16>,
+    /// Traces in the answer.
+    pub count: Option<usize>,
+    pub attempts: usize,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Something that could not be captured.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Gap {
+    pub source: String,
+    /// `backend_unavailable`, `query_failed`, `truncated`, `expired`, `unreadable_spans`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Purpose>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+    pub message: String,
+}
+
+/// A source as recorded in the manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceRecord {
+    pub name: String,
+    /// `jaeger`, `file`, …
+    pub kind: String,
+    /// URL without credentials, or file path.
+    pub url: String,
+    /// What the source turned out to be: `jaeger-v3`, `jaeger-v1`, a file format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    pub queries: Vec<QueryRecord>,
+    /// Where a person can open a trace: `{trace_id}` is replaced by the id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
+    /// Values changed on the way in (for example ids that were not hex), counted.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, usize>,
+}
+
+/// What one source returned.
+pub struct SourceCapture {
+    pub record: SourceRecord,
+    pub traces: Vec<(Trace, Purposes)>,
+    pub gaps: Vec<Gap>,
+}
+
+/// A place traces come from.
+pub trait TraceSource: Send + Sync {
+    /// Captures what the plan asks for. Failures become gaps; this never fails as a whole.
+    fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture>;
+}
+
+/// All sources' results merged: traces deduplicated by id, each with its purposes.
+pub struct Capture {
+    pub traces: Vec<(Trace, Purposes)>,
+    pub sources: Vec<SourceRecord>,
+    pub gaps: Vec<Gap>,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+}
+
+/// Runs every source concurrently and merges their answers.
+pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Capture {
+    let started = Utc::now();
+    let results =
+        futures::future::join_all(sources.iter().map(|s| s.capture(plan))).await;
+    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    let mut traces: Vec<(Trace, Purposes)> = Vec::new();
+    let mut records = Vec::new();
+    let mut gaps = Vec::new();
+    for r in results {
+        records.push(r.record);
+        gaps.extend(r.gaps);
+        for (trace, purposes) in r.traces {
+            match index.get(&trace.id) {
+                Some(&i) => {
+                    let entry = &mut traces[i];
+                    entry.0.merge(trace);
+                    entry.1 = entry.1.union(purposes);
+                }
+                None => {
+                    index.insert(trace.id, traces.len());
+                    traces.push((trace, purposes));
+                }
+            }
+        }
+    }
+    Capture {
+        traces,
+        sources: records,
+        gaps,
+        started,
+        finished: Utc::now(),
+    }
+}
+
+/// A URL with any user name, password and secret-looking query values removed, for logs and the
+/// manifest.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = ["token", "key", "secret", "password", "signature", "auth"]
+                        .iter()
+                        .any(|s| k.to_ascii_lowercase().contains(s));
+                    (k.into_owned(), if secret { "REDACTED".into() } else { v.into_owned() })
+                })
+                .collect();
+            if pairs.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_a_recorded_url() {
+        let u = redact_url("http://admin:hunter2@jaeger:16686/api/traces?service=a&token=abc");
+        assert!(!u.contains("hunter2") && !u.contains("admin") && !u.contains("abc"), "{u}");
+        assert!(u.contains("service=a"), "{u}");
+    }
+}

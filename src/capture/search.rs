@@ -1,0 +1,238 @@
+//! Completeness: backends cap how many traces one search returns, so a search that comes back
+//! full is split in two halves and asked again, recursively, down to a minimum slice; traces are
+//! deduplicated by id.
+//!
+//! A server may also cap answers *below* the limit we asked for, silently. So an answer smaller
+//! than the limit but as large as any answer seen so far is ambiguous: it is verified by asking
+//! for its two halves. If the halves hold more distinct traces than the whole did, the server
+//! caps at that count, which becomes the limit from then on; if not, the range (and so every
+//! part of it) was complete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+use crate::model::{Trace, TraceId};
+
+/// One answer of a search over a time range.
+pub struct Page {
+    /// The traces kept (after filtering on our side).
+    pub traces: Vec<Trace>,
+    /// Ids of the distinct traces the server returned, before our filtering: what the cap
+    /// applies to.
+    pub returned: Vec<TraceId>,
+}
+
+/// Why a range is being asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Initial,
+    Split,
+    Verify,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Split => "split",
+            Self::Verify => "verify",
+        }
+    }
+}
+
+/// A search that can be asked for any time range `[start_ns, end_ns)`; `Err` carries a message
+/// for the gap.
+pub trait RangeQuery: Sync {
+    fn query(&self, start_ns: i64, end_ns: i64, reason: Reason) -> BoxFuture<'_, Result<Page, String>>;
+}
+
+/// What the server has shown about its cap, shared by all searches on one backend.
+#[derive(Default)]
+pub struct CapKnowledge {
+    inner: Mutex<CapState>,
+}
+
+#[derive(Default)]
+struct CapState {
+    /// The largest number of traces any answer held: the cap is at least this.
+    max_seen: usize,
+    /// A cap proven by a verification.
+    proven: Option<usize>,
+}
+
+impl CapKnowledge {
+    fn observe(&self, n: usize) -> (usize, Option<usize>) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.max_seen = s.max_seen.max(n);
+        (s.max_seen, s.proven)
+    }
+
+    fn prove(&self, cap: usize) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.proven = Some(s.proven.map_or(cap, |c| c.min(cap)));
+    }
+
+    /// The cap proven so far, if any.
+    pub fn proven(&self) -> Option<usize> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).proven
+    }
+}
+
+/// A range that could not be captured completely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shortfall {
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub message: String,
+}
+
+/// The result of an exhaustive search.
+#[derive(Default)]
+pub struct Found {
+    pub traces: Vec<Trace>,
+    pub shortfalls: Vec<Shortfall>,
+}
+
+struct Ctx<'a, Q: RangeQuery> {
+    query: &'a Q,
+    limit: usize,
+    min_slice_ns: i64,
+    caps: &'a CapKnowledge,
+    found: Mutex<(HashMap<TraceId, usize>, Vec<Trace>)>,
+    shortfalls: Mutex<Vec<Shortfall>>,
+}
+
+impl<Q: RangeQuery> Ctx<'_, Q> {
+    fn keep(&self, traces: Vec<Trace>) {
+        let mut guard = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        let (index, all) = &mut *guard;
+        for t in traces {
+            match index.get(&t.id) {
+                Some(&i) => all[i].merge(t),
+                None => {
+                    index.insert(t.id, all.len());
+                    all.push(t);
+                }
+            }
+        }
+    }
+
+    fn short(&self, start_ns: i64, end_ns: i64, message: String) {
+        self.shortfalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Shortfall {
+                start_ns,
+                end_ns,
+                message,
+            });
+    }
+}
+
+/// Finds every trace of `[start_ns, end_ns)` that `query` can see, splitting full answers.
+pub async fn exhaustive<Q: RangeQuery>(
+    query: &Q,
+    start_ns: i64,
+    end_ns: i64,
+    limit: usize,
+    min_slice_ns: i64,
+    caps: &CapKnowledge,
+) -> Found {
+    let ctx = Ctx {
+        query,
+        limit: limit.max(1),
+        min_slice_ns: min_slice_ns.max(1),
+        caps,
+        found: Mutex::new((HashMap::new(), Vec::new())),
+        shortfalls: Mutex::new(Vec::new()),
+    };
+    match query.query(start_ns, end_ns, Reason::Initial).await {
+        Ok(page) => judge(&ctx, start_ns, end_ns, page).await,
+        Err(e) => ctx.short(start_ns, end_ns, e),
+    }
+    let (_, traces) = ctx.found.into_inner().unwrap_or_else(|p| p.into_inner());
+    Found {
+        traces,
+        shortfalls: ctx.shortfalls.into_inner().unwrap_or_else(|p| p.into_inner()),
+    }
+}
+
+/// Decides whether an answer for a range is complete, and splits it when it may not be.
+fn judge<'a, Q: RangeQuery>(
+    ctx: &'a Ctx<'a, Q>,
+    start_ns: i64,
+    end_ns: i64,
+    page: Page,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let n = page.returned.len();
+        ctx.keep(page.traces);
+        let (max_seen, proven) = ctx.caps.observe(n);
+        let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
+        if n >= limit {
+            split(ctx, start_ns, end_ns, n, false).await;
+        } else if n > 0 && proven.is_none() && n >= max_seen {
+            split(ctx, start_ns, end_ns, n, true).await;
+        }
+    })
+}
+
+fn split<'a, Q: RangeQuery>(
+    ctx: &'a Ctx<'a, Q>,
+    start_ns: i64,
+    end_ns: i64,
+    whole: usize,
+    verify: bool,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if end_ns - start_ns <= ctx.min_slice_ns {
+            if !verify {
+                ctx.short(
+                    start_ns,
+                    end_ns,
+                    format!(
+                        "the backend returned its maximum of {whole} traces for a range that cannot be split further; more may exist"
+                    ),
+                );
+            }
+            return;
+        }
+        let mid = start_ns + (end_ns - start_ns) / 2;
+        let reason = if verify { Reason::Verify } else { Reason::Split };
+        let (a, b) = futures::join!(
+            ctx.query.query(start_ns, mid, reason),
+            ctx.query.query(mid, end_ns, reason)
+        );
+        if verify {
+            if let (Ok(pa), Ok(pb)) = (&a, &b) {
+                let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
+                let union = union.len();
+                if union <= whole {
+                    // The whole range was complete, and so is every part of it.
+                    if let (Ok(pa), Ok(pb)) = (a, b) {
+                        ctx.keep(pa.traces);
+                        ctx.keep(pb.traces);
+                    }
+                    return;
+                }
+                tracing::info!(cap = whole, "the backend caps search answers below the limit asked for");
+                ctx.caps.prove(whole);
+            }
+        }
+        let left = async {
+            match a {
+                Ok(p) => judge(ctx, start_ns, mid, p).await,
+                Err(e) => ctx.short(start_ns, mid, e),
+            }
+        };
+        let right = async {
+            match b {
+                Ok(p) => judge(ctx, mid, end_ns, p).await,
+                Err(e) => ctx.short(mid, end_ns, e),
+            }
+        };
+        futures::join!(left, right);
+    })
+}

@@ -1,0 +1,200 @@
+//! `collect`: one incident, once — capture → analyze → bundle → store, with no broker. The
+//! embedded path that `demo` and (later) the worker share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+
+use crate::bundle::{BundleInput, BundleOptions, BundleSummary, write_bundle};
+use crate::capture::file::FileSource;
+use crate::capture::jaeger::JaegerSource;
+use crate::capture::{self, CapturePlan, TraceSource};
+use crate::config::{BackendKind, Settings};
+use crate::model::{Incident, IncidentId, TimeWindow, WindowDefaults};
+use crate::store::FsStore;
+
+/// Where the traces come from.
+pub enum TraceInput {
+    /// `--traces-file`, already read.
+    Files(FileSource),
+    /// `--jaeger URL` (repeatable).
+    Jaeger(Vec<String>),
+    /// The `[backends.*]` of the configuration.
+    Configured,
+}
+
+/// One `collect` run.
+pub struct CollectRequest {
+    pub incident: Option<Incident>,
+    pub input: TraceInput,
+    pub out: PathBuf,
+    pub now: DateTime<Utc>,
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct CollectOutcome {
+    pub bundle_dir: PathBuf,
+    pub summary: BundleSummary,
+}
+
+/// Reads and parses an incident file.
+pub fn read_incident(path: &Path) -> Result<Incident> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read incident file {}", path.display()))?;
+    Incident::parse(&bytes).with_context(|| format!("incident file {}", path.display()))
+}
+
+/// An incident for a traces file given without one: named after the file, spanning the data.
+fn incident_for_files(name: &str, window: TimeWindow) -> Result<Incident> {
+    let stem: String = Path::new(name)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(100)
+        .collect();
+    let stem = stem.split('.').next().unwrap_or("traces").trim_matches('-').to_owned();
+    let id = IncidentId::parse(&format!("file-{}", if stem.is_empty() { "traces" } else { &stem }))?;
+    Ok(Incident {
+        id,
+        title: Some(format!("Traces from {name}")),
+        severity: None,
+        declared_at: window.end(),
+        started_at: Some(window.start()),
+        window: Some(window),
+        services: Vec::new(),
+        source: Some("file".into()),
+        labels: Default::default(),
+        links: Default::default(),
+    })
+}
+
+/// Runs one capture and stores the bundle under `req.out`.
+pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<CollectOutcome> {
+    let defaults = WindowDefaults {
+        lookback: settings.capture.lookback,
+        max_window: settings.capture.max_window,
+    };
+    let sources: Vec<Box<dyn TraceSource>>;
+    let (incident, window) = match req.input {
+        TraceInput::Files(files) => {
+            let Some((first_ns, last_ns)) = files.span_range() else {
+                bail!("the traces file holds no usable spans");
+            };
+            let data = TimeWindow::from_ns(first_ns, last_ns + 1_000);
+            let (incident, window) = match req.incident {
+                None => (incident_for_files(&files_name(&files), data)?, data),
+                Some(incident) => {
+                    // A file is history: without a window, it ends where the data ends.
+                    let now = data.end().max(incident.began_at() + chrono::Duration::seconds(1));
+                    let window = incident.resolve_window(&defaults, now)?;
+                    (incident, window)
+                }
+            };
+            sources = vec![Box::new(files)];
+            (incident, window)
+        }
+        other => {
+            let Some(incident) = req.incident else {
+                bail!("--incident FILE is required unless the traces come from --traces-file");
+            };
+            let window = incident.resolve_window(&defaults, req.now)?;
+            sources = backend_sources(settings, other)?;
+            (incident, window)
+        }
+    };
+    let began = incident.began_at().clamp(window.start(), window.end());
+    let baseline = if began > window.start() || incident.started_at.is_some() {
+        let base = chrono::Duration::from_std(settings.capture.baseline).unwrap_or_default();
+        TimeWindow::new(began - base, began).ok()
+    } else {
+        None
+    };
+    let plan = CapturePlan {
+        services: incident.services.clone(),
+        incident,
+        window,
+        baseline,
+        slow_threshold: settings.capture.slow_threshold,
+        baseline_traces: settings.capture.baseline_traces,
+    };
+    tracing::info!(
+        incident = %plan.incident.id,
+        window.start = %plan.window.start(),
+        window.end = %plan.window.end(),
+        services = plan.services.len(),
+        "capturing"
+    );
+    let capture = capture::run(&sources, &plan).await;
+    let store = FsStore::new(&req.out);
+    let staged = store.stage(&plan.incident.id, &capture.started.format("%Y%m%dT%H%M%SZ").to_string())?;
+    let opts = BundleOptions {
+        capture_id: staged.capture_id.clone(),
+        error_rate_threshold: settings.analysis.error_rate_threshold,
+        zstd_level: 3,
+    };
+    let began_at = plan.incident.began_at();
+    let dir = staged.staging.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        write_bundle(
+            &dir,
+            &BundleInput {
+                plan: &plan,
+                capture: &capture,
+                began_at,
+            },
+            &opts,
+        )
+        .map(|(summary, _, _)| summary)
+    })
+    .await
+    .context("the bundle writer stopped unexpectedly")?;
+    let summary = match written {
+        Ok(s) => s,
+        Err(e) => {
+            store.abandon(&staged);
+            return Err(e).context("cannot write the bundle");
+        }
+    };
+    let bundle_dir = store.publish(&staged)?;
+    Ok(CollectOutcome {
+        bundle_dir,
+        summary,
+    })
+}
+
+fn files_name(files: &FileSource) -> String {
+    files.first_path().unwrap_or_else(|| "traces".into())
+}
+
+fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn TraceSource>>> {
+    let base = settings.backends.get("default").cloned().unwrap_or_default();
+    let mut out: Vec<Box<dyn TraceSource>> = Vec::new();
+    match input {
+        TraceInput::Jaeger(urls) => {
+            for (n, url) in urls.iter().enumerate() {
+                url::Url::parse(url).with_context(|| format!("--jaeger {url:?} is not a URL"))?;
+                let name = if urls.len() == 1 { "jaeger".to_owned() } else { format!("jaeger-{}", n + 1) };
+                out.push(Box::new(JaegerSource::new(&name, &base.with_url(BackendKind::Jaeger, url))?));
+            }
+        }
+        _ => {
+            for (name, b) in &settings.backends {
+                match b.kind {
+                    BackendKind::Jaeger => out.push(Box::new(JaegerSource::new(name, b)?)),
+                    other => bail!(
+                        "backend {name}: kind {:?} is not supported yet (Jaeger only in this version)",
+                        other.name()
+                    ),
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no trace source: give --jaeger URL or --traces-file PATH, or configure [backends.<name>]");
+    }
+    Ok(out)
+}

@@ -1,0 +1,305 @@
+//! Typed, layered configuration: `config/default.toml` (built in) ← `--config FILE` ←
+//! `EVIDENCE_LOCKER__SECTION__KEY` environment variables. A bad key or value fails at start-up
+//! with the key's name, never later.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::duration::serde_config as dur;
+
+/// The defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub backends: BTreeMap<String, BackendSettings>,
+    pub capture: CaptureSettings,
+    pub analysis: AnalysisSettings,
+    pub store: StoreSettings,
+    pub intake: IntakeSettings,
+    pub notify: NotifySettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub consumer: String,
+}
+
+/// Which API a backend speaks.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Jaeger,
+    Tempo,
+    Zipkin,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jaeger => "jaeger",
+            Self::Tempo => "tempo",
+            Self::Zipkin => "zipkin",
+        }
+    }
+}
+
+/// One tracing backend. Keys left out take the defaults of `[backends.default]` in
+/// `config/default.toml`, so a second backend needs only `kind` and `url`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSettings {
+    pub kind: BackendKind,
+    pub url: String,
+    #[serde(with = "dur")]
+    pub retention: Duration,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub query_limit: usize,
+    #[serde(with = "dur")]
+    pub min_slice: Duration,
+    pub retries: usize,
+    pub username: String,
+    pub password: String,
+    pub bearer_token: String,
+}
+
+impl std::fmt::Debug for BackendSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs.
+        f.debug_struct("BackendSettings")
+            .field("kind", &self.kind)
+            .field("url", &crate::capture::redact_url(&self.url))
+            .field("retention", &self.retention)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("query_limit", &self.query_limit)
+            .field("min_slice", &self.min_slice)
+            .field("retries", &self.retries)
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "<set>" })
+            .field("bearer_token", &if self.bearer_token.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Jaeger,
+            url: String::new(),
+            retention: Duration::from_secs(72 * 3600),
+            timeout: Duration::from_secs(10),
+            concurrency: 4,
+            query_limit: 500,
+            min_slice: Duration::from_secs(1),
+            retries: 4,
+            username: String::new(),
+            password: String::new(),
+            bearer_token: String::new(),
+        }
+    }
+}
+
+impl BackendSettings {
+    /// The settings of `[backends.default]` with another kind and URL (for `collect --jaeger`).
+    pub fn with_url(&self, kind: BackendKind, url: &str) -> Self {
+        Self {
+            kind,
+            url: url.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSettings {
+    #[serde(with = "dur")]
+    pub lookback: Duration,
+    #[serde(with = "dur")]
+    pub slow_threshold: Duration,
+    #[serde(with = "dur")]
+    pub baseline: Duration,
+    pub baseline_traces: usize,
+    #[serde(with = "dur")]
+    pub max_window: Duration,
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSettings {
+    pub error_rate_threshold: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub kind: String,
+    pub path: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: String,
+    pub path_style: bool,
+    pub object_lock_mode: String,
+    pub object_lock_days: u32,
+    #[serde(with = "dur")]
+    pub link_ttl: Duration,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeSettings {
+    pub listen: String,
+    pub bearer_token: String,
+    pub pagerduty_secrets: Vec<String>,
+    pub body_limit: String,
+}
+
+impl std::fmt::Debug for IntakeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakeSettings")
+            .field("listen", &self.listen)
+            .field("bearer_token", &if self.bearer_token.is_empty() { "" } else { "<set>" })
+            .field("pagerduty_secrets", &self.pagerduty_secrets.len())
+            .field("body_limit", &self.body_limit)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub webhook_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: String,
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` when given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, Env::prefixed("EVIDENCE_LOCKER__").split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let settings: Self = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, b) in &self.backends {
+            if url::Url::parse(&b.url).is_err() {
+                return bad(format!("backends.{name}.url {:?} is not a URL", crate::capture::redact_url(&b.url)));
+            }
+            if b.concurrency == 0 || b.query_limit == 0 {
+                return bad(format!("backends.{name}: concurrency and query_limit must be at least 1"));
+            }
+        }
+        if self.capture.concurrency == 0 {
+            return bad("capture.concurrency must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.analysis.error_rate_threshold) {
+            return bad("analysis.error_rate_threshold must be between 0 and 1".into());
+        }
+        if !matches!(self.store.kind.as_str(), "fs" | "s3") {
+            return bad(format!("store.kind {:?} must be \"fs\" or \"s3\"", self.store.kind));
+        }
+        Ok(())
+    }
+}
+
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("{key}: {}{from}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_match_the_design() {
+        let s = Settings::load_with_env(None, Env::prefixed("EL_TEST_NONE__").split("__")).unwrap();
+        assert_eq!(s.capture.lookback, Duration::from_secs(1800));
+        assert_eq!(s.capture.baseline_traces, 500);
+        assert_eq!(s.backends["default"].kind, BackendKind::Jaeger);
+        assert_eq!(s.store.link_ttl, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn file_then_environment_override_and_bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[store]\npath = \"/from-file\"\n[capture]\nslow_threshold = \"2s\"\n").unwrap();
+        // SAFETY: the variables are unique to this test.
+        unsafe {
+            std::env::set_var("EL_TEST_A__STORE__PATH", "/from-env");
+        }
+        let s = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_A__").split("__")).unwrap();
+        assert_eq!(s.store.path, "/from-env");
+        assert_eq!(s.capture.slow_threshold, Duration::from_secs(2));
+
+        unsafe {
+            std::env::set_var("EL_TEST_B__CAPTURE__LOOKBACK", "soon");
+        }
+        let e = Settings::load_with_env(None, Env::prefixed("EL_TEST_B__").split("__")).unwrap_err();
+        assert!(e.to_string().contains("capture.lookback"), "{e}");
+
+        std::fs::write(&file, "[capture]\nlookbak = \"1m\"\n").unwrap();
+        let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__")).unwrap_err();
+        assert!(e.to_string().contains("lookbak"), "{e}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The local filesystem store: `<root>/<incident id>/<capture id>/`. A capture is staged in a
+//! hidden sibling directory (claimed with an atomic `mkdir`, so two writers never share a capture
+//! id) and renamed into place when complete: readers see a whole bundle or none, and an existing
+//! capture is never overwritten.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::model::IncidentId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create {path}: {source}")]
+    Create { path: String, source: io::Error },
+    #[error("no free capture id for {0} (tried 1000 suffixes)")]
+    NoFreeId(String),
+    #[error("cannot move the bundle into place at {path}: {source}")]
+    Publish { path: String, source: io::Error },
+}
+
+/// A claimed capture: its id and its staging directory.
+#[derive(Debug)]
+pub struct Staged {
+    pub capture_id: String,
+    pub staging: PathBuf,
+    pub target: PathBuf,
+}
+
+/// Bundles under a root directory.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Claims a capture id (`base`, else `base-2`, `base-3`, …) and creates its empty staging
+    /// directory.
+    pub fn stage(&self, incident: &IncidentId, base: &str) -> Result<Staged, StoreError> {
+        let dir = self.root.join(incident.as_str());
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Create {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        for n in 1..=1000 {
+            let capture_id = if n == 1 { base.to_owned() } else { format!("{base}-{n}") };
+            let target = dir.join(&capture_id);
+            if target.exists() {
+                continue;
+            }
+            let staging = dir.join(format!(".{capture_id}.staging"));
+            match std::fs::create_dir(&staging) {
+                Ok(()) => {
+                    if target.exists() {
+                        // Published by another writer between our two checks.
+                        let _ = std::fs::remove_dir(&staging);
+                        continue;
+                    }
+                    return Ok(Staged {
+                        capture_id,
+                        staging,
+                        target,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(StoreError::Create {
+                        path: staging.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NoFreeId(base.to_owned()))
+    }
+
+    /// Renames the staged bundle into place. Refuses (and keeps the staging directory) if the
+    /// target exists.
+    pub fn publish(&self, staged: &Staged) -> Result<PathBuf, StoreError> {
+        let fail = |source| StoreError::Publish {
+            path: staged.target.display().to_string(),
+            source,
+        };
+        if staged.target.exists() {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a capture with this id already exists; it is never overwritten",
+            )));
+        }
+        // rename(2) onto a non-empty directory fails, so a bundle can never be replaced.
+        std::fs::rename(&staged.staging, &staged.target).map_err(fail)?;
+        if let Some(parent) = staged.target.parent() {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(staged.target.clone())
+    }
+
+    /// Removes a staging directory after a failed write.
+    pub fn abandon(&self, staged: &Staged) {
+        let _ = std::fs::remove_dir_all(&staged.staging);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_capture_in_the_same_second_gets_a_suffix_and_nothing_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let id = IncidentId::parse("INC-1").unwrap();
+        let a = store.stage(&id, "20260205T144000Z").unwrap();
+        std::fs::write(a.staging.join("manifest.json"), "a").unwrap();
+        let b = store.stage(&id, "20260205T144000Z").unwrap();
+        assert_eq!(b.capture_id, "20260205T144000Z-2");
+        std::fs::write(b.staging.join("manifest.json"), "b").unwrap();
+        store.publish(&a).unwrap();
+        store.publish(&b).unwrap();
+        let c = store.stage(&id, "20260205T144000Z").unwrap();
+        assert_eq!(c.capture_id, "20260205T144000Z-3");
+        assert_eq!(std::fs::read_to_string(a.target.join("manifest.json")).unwrap(), "a");
+        // Publishing onto an existing capture is refused.
+        let forged = Staged {
+            capture_id: a.capture_id.clone(),
+            staging: c.staging.clone(),
+            target: a.target.clone(),
+        };
+        assert!(store.publish(&forged).is_err());
+        assert_eq!(std::fs::read_to_string(a.target.join("manifest.json")).unwrap(), "a");
+    }
+}
