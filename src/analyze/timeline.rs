@@ -84,7 +84,9 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
                 .min_by_key(|s| (s.end_ns, s.trace_id, s.span_id));
             if let Some(s) = example {
                 entries.push(TimelineEntry {
-                    time: m.minute,
+                    // When the first error of that minute was seen, not the minute's start, so
+                    // the entry never precedes its own evidence.
+                    time: time(s.end_ns),
                     kind: "error_rate_threshold",
                     service: service.clone(),
                     operation: s.operation.to_string(),
