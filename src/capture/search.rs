@@ -209,16 +209,21 @@ fn split<'a, Q: RangeQuery>(
             if let (Ok(pa), Ok(pb)) = (&a, &b) {
                 let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
                 let union = union.len();
-                if union <= whole {
-                    // The whole range was complete, and so is every part of it.
+                if union > whole {
+                    tracing::info!(cap = whole, "the backend caps search answers below the limit asked for");
+                    ctx.caps.prove(whole);
+                } else if pa.returned.len() < whole && pb.returned.len() < whole {
+                    // Neither half can be capped (the cap is at least `whole`) and together
+                    // they hold no more than the whole: the whole was complete, and so is
+                    // every part of it.
                     if let (Ok(pa), Ok(pb)) = (a, b) {
                         ctx.keep(pa.traces);
                         ctx.keep(pb.traces);
                     }
                     return;
                 }
-                tracing::info!(cap = whole, "the backend caps search answers below the limit asked for");
-                ctx.caps.prove(whole);
+                // Otherwise one half holds everything and may itself be capped: judging it
+                // verifies it in turn.
             }
         }
         let left = async {

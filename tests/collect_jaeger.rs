@@ -1,0 +1,187 @@
+//! `collect --jaeger` against a loopback Jaeger with the real API's semantics: completeness under
+//! a result cap (v1 and v3, a cap at our limit and one hidden below it), retries through 503s,
+//! and a partial bundle when the backend is down.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+use support::jaeger::{self, Api, Server, synthetic_traces};
+use support::*;
+
+struct Scenario {
+    dir: tempfile::TempDir,
+    incident: std::path::PathBuf,
+}
+
+/// An incident over the last hour that began 30 minutes ago, with payment in scope.
+fn scenario() -> Scenario {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let incident = json!({
+        "id": "INC-TEST-1",
+        "title": "Payment failures",
+        "declared_at": (now - Duration::minutes(20)).to_rfc3339(),
+        "started_at": (now - Duration::minutes(30)).to_rfc3339(),
+        "window": {"start": (now - Duration::minutes(60)).to_rfc3339(), "end": (now - Duration::minutes(1)).to_rfc3339()},
+        "services": ["payment"],
+    });
+    let path = dir.path().join("incident.json");
+    std::fs::write(&path, incident.to_string()).unwrap();
+    Scenario { dir, incident: path }
+}
+
+fn us(d: Duration) -> i64 {
+    (Utc::now() - d).timestamp_micros()
+}
+
+/// 5,000 error traces in the incident and 300 normal ones in the baseline period.
+fn many_errors() -> Vec<serde_json::Value> {
+    let mut traces = synthetic_traces(5000, us(Duration::minutes(25)), us(Duration::minutes(5)), true, 20_000, 0);
+    traces.extend(synthetic_traces(300, us(Duration::minutes(58)), us(Duration::minutes(32)), false, 20_000, 1_000_000));
+    traces
+}
+
+fn collect(s: &Scenario, url: &str, env: &[(&str, String)]) -> std::process::Output {
+    let out = s.dir.path().join("evidence");
+    run_cli(
+        &["collect", "--incident", s.incident.to_str().unwrap(), "--jaeger", url, "--out", out.to_str().unwrap()],
+        env,
+    )
+}
+
+fn expected_error_ids() -> BTreeSet<String> {
+    (1..=5000u64).map(|i| format!("{i:032x}")).collect()
+}
+
+fn assert_all_errors_captured(bundle: &Path) -> serde_json::Value {
+    let manifest = verify_manifest(bundle);
+    let ids: BTreeSet<String> = bundle_trace_ids(bundle, "errors").into_iter().collect();
+    assert_eq!(ids.len(), 5000, "distinct error traces in errors.jsonl.zst");
+    assert_eq!(ids, expected_error_ids());
+    assert_eq!(manifest["counts"]["error_traces"], 5000);
+    assert_eq!(manifest["counts"]["baseline_traces"], 300);
+    assert_eq!(manifest["completeness"]["status"], "complete", "{:#}", manifest["completeness"]);
+    manifest
+}
+
+fn queries<'a>(manifest: &'a serde_json::Value, reason: &str) -> Vec<&'a serde_json::Value> {
+    manifest["sources"][0]["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["reason"] == reason)
+        .collect()
+}
+
+#[test]
+fn v1_cap_of_500_still_yields_all_5000_error_traces_with_the_splits_recorded() {
+    let s = scenario();
+    let (addr, server) = jaeger::start(Server::new(Api::V1, 500, many_errors()));
+    let out = collect(&s, &format!("http://{addr}"), &[]);
+    let bundle = bundle_dir(&out);
+    assert!(stdout(&out).contains("status: complete"), "{}", stdout(&out));
+    let manifest = assert_all_errors_captured(&bundle);
+    assert_eq!(manifest["sources"][0]["api"], "jaeger-v1");
+    let splits = queries(&manifest, "split");
+    assert!(splits.len() >= 10, "5,000 traces under a cap of 500 need at least 10 split queries, got {}", splits.len());
+    // Every recorded query is a real request the server saw, with its parameters and count.
+    let recorded = manifest["sources"][0]["queries"].as_array().unwrap().len();
+    assert_eq!(recorded, server.request_count());
+    let q = splits[0];
+    assert!(q["url"].as_str().unwrap().contains("/api/traces?"));
+    assert_eq!(q["params"]["tags"], r#"{"error":"true"}"#);
+    assert!(q["count"].as_u64().unwrap() <= 500);
+    assert_eq!(q["status"], 200);
+}
+
+#[test]
+fn v3_with_a_cap_hidden_below_our_limit_still_yields_every_error_trace() {
+    let s = scenario();
+    let (addr, _server) = jaeger::start(Server::new(Api::V3, 500, many_errors()));
+    // We ask for 1,000 per query; the server silently returns at most 500.
+    let out = collect(&s, &format!("http://{addr}"), &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__QUERY_LIMIT", "1000".into())]);
+    let bundle = bundle_dir(&out);
+    let manifest = assert_all_errors_captured(&bundle);
+    assert_eq!(manifest["sources"][0]["api"], "jaeger-v3");
+    assert!(!queries(&manifest, "verify").is_empty(), "the hidden cap was detected by a verification");
+    // An empty range answers 404 "No traces found" in v3; that is no gap.
+    assert!(manifest["completeness"]["gaps"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_backend_answering_503_for_a_while_is_retried_into_a_complete_bundle() {
+    let s = scenario();
+    let traces = synthetic_traces(40, us(Duration::minutes(20)), us(Duration::minutes(10)), true, 1_500_000, 0);
+    let server = Server::new(Api::V1, 500, traces);
+    server.fail_first.store(3, Ordering::SeqCst);
+    let (addr, server) = jaeger::start(server);
+    let out = collect(&s, &format!("http://{addr}"), &[]);
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["completeness"]["status"], "complete", "{:#}", manifest["completeness"]);
+    assert_eq!(manifest["counts"]["error_traces"], 40);
+    let first = &manifest["sources"][0]["queries"][0];
+    assert_eq!(first["attempts"], 4, "three 503s, then an answer: {first:#}");
+    assert_eq!(server.fail_first.load(Ordering::SeqCst), 0);
+    // 1.5 s payment spans make the traces slow too; they are in errors.jsonl.zst, once.
+    assert_eq!(manifest["counts"]["slow_traces"], 0);
+    let timeline = read_json(&bundle.join("timeline.json"));
+    let kinds: BTreeSet<&str> = timeline["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains("first_error") && kinds.contains("first_slow"), "{kinds:?}");
+}
+
+#[test]
+fn a_backend_that_is_down_gives_a_partial_bundle_with_a_gap_and_exit_0() {
+    let s = scenario();
+    let addr = jaeger::dead_address();
+    let out = collect(&s, &format!("http://admin:s3cret@{addr}"), &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "1".into())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("status: partial"), "{}", stdout(&out));
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    assert_eq!(manifest["completeness"]["status"], "partial");
+    assert_eq!(gaps[0]["kind"], "backend_unavailable");
+    for name in ["report.html", "postmortem.yaml", "postmortem.md", "timeline.json", "analysis.json", "traces/jaeger-ui.json"] {
+        assert!(bundle.join(name).exists(), "{name}");
+    }
+    // Credentials never reach the bundle nor the output.
+    let all = std::fs::read_to_string(bundle.join("manifest.json")).unwrap() + &stdout(&out) + &stderr(&out);
+    assert!(!all.contains("s3cret"), "a password leaked");
+}
+
+#[test]
+fn upstream_fixture_traces_served_by_the_backend_land_in_the_bundle() {
+    // jaeger-ui's TraceGraph test trace: 11 spans, one erroring, recorded in November 2018.
+    let fixture = read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jaeger-ui/ui-trace_TraceGraph_testTrace.json"));
+    let start_us = fixture["spans"][0]["startTime"].as_i64().unwrap();
+    let erroring_service = {
+        let span = fixture["spans"].as_array().unwrap().iter().find(|s| s["tags"].as_array().unwrap().iter().any(|t| t["key"] == "error")).unwrap();
+        fixture["processes"][span["processID"].as_str().unwrap()]["serviceName"].as_str().unwrap().to_owned()
+    };
+    let t = chrono::DateTime::from_timestamp_micros(start_us).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let incident = dir.path().join("incident.json");
+    std::fs::write(&incident, json!({
+        "id": "INC-2018", "declared_at": t.to_rfc3339(), "started_at": (t - Duration::minutes(1)).to_rfc3339(),
+        "window": {"start": (t - Duration::minutes(30)).to_rfc3339(), "end": (t + Duration::minutes(30)).to_rfc3339()},
+        "services": [erroring_service],
+    }).to_string()).unwrap();
+    let (addr, _server) = jaeger::start(Server::new(Api::V1, 100, vec![fixture]));
+    let out_dir = dir.path().join("evidence");
+    let out = run_cli(
+        &["collect", "--incident", incident.to_str().unwrap(), "--jaeger", &format!("http://{addr}"), "--out", out_dir.to_str().unwrap()],
+        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETENTION", "10000d".into())],
+    );
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["counts"]["error_traces"], 1);
+    assert_eq!(manifest["counts"]["spans"], 11);
+    let ui = read_json(&bundle.join("traces/jaeger-ui.json"));
+    assert_eq!(ui["data"][0]["spans"].as_array().unwrap().len(), 11);
+}
