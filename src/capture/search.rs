@@ -241,3 +241,73 @@ fn split<'a, Q: RangeQuery>(
         futures::join!(left, right);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Trace;
+
+    /// Traces at the given start times (ns); answers the most recent `min(limit, cap)`.
+    struct Fake {
+        starts: Vec<i64>,
+        cap: usize,
+        limit: usize,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RangeQuery for Fake {
+        fn query(&self, s: i64, e: i64, _: Reason) -> BoxFuture<'_, Result<Page, String>> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut hits: Vec<(i64, usize)> = self
+                .starts
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t >= s && **t < e)
+                .map(|(i, t)| (*t, i))
+                .collect();
+            hits.sort_by_key(|h| std::cmp::Reverse(*h));
+            hits.truncate(self.cap.min(self.limit));
+            let traces: Vec<Trace> = hits
+                .iter()
+                .map(|(_, i)| {
+                    let mut id = [0u8; 16];
+                    id[8..].copy_from_slice(&(*i as u64 + 1).to_be_bytes());
+                    Trace { id: TraceId(id), spans: Vec::new() }
+                })
+                .collect();
+            let returned = traces.iter().map(|t| t.id).collect();
+            Box::pin(async move { Ok(Page { traces, returned }) })
+        }
+    }
+
+    fn run(starts: Vec<i64>, cap: usize, limit: usize, min_slice: i64) -> (Found, usize) {
+        let fake = Fake { starts, cap, limit, asked: Default::default() };
+        let caps = CapKnowledge::default();
+        let found = futures::executor::block_on(exhaustive(&fake, 0, 1_000_000, limit, min_slice, &caps));
+        (found, fake.asked.into_inner())
+    }
+
+    #[test]
+    fn a_cap_below_the_limit_is_found_and_everything_is_captured() {
+        let starts: Vec<i64> = (0..3000).map(|i| i * 300).collect();
+        let (found, _) = run(starts, 100, 1000, 1);
+        assert_eq!(found.traces.len(), 3000);
+        assert!(found.shortfalls.is_empty());
+    }
+
+    #[test]
+    fn a_small_complete_answer_costs_one_verification_only() {
+        let (found, asked) = run(vec![10, 500_000, 900_000], 100, 100, 1);
+        assert_eq!(found.traces.len(), 3);
+        assert_eq!(asked, 3, "the answer and its two halves");
+    }
+
+    #[test]
+    fn a_full_slice_that_cannot_be_split_is_a_shortfall() {
+        // 50 traces at one instant under a cap of 10.
+        let (found, _) = run(vec![42; 50], 10, 10, 1_000);
+        assert_eq!(found.traces.len(), 10);
+        assert_eq!(found.shortfalls.len(), 1);
+        assert!(found.shortfalls[0].message.contains("maximum of 10"));
+    }
+}

@@ -1,0 +1,193 @@
+//! The command line as a user meets it: bad incidents refused with a reason and nothing written,
+//! trace files collected with and without an incident, the demo, and deterministic analysis.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel).display().to_string()
+}
+
+fn example(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(rel).display().to_string()
+}
+
+fn files_under(dir: &Path) -> usize {
+    if !dir.exists() {
+        return 0;
+    }
+    walkdir(dir)
+}
+
+fn walkdir(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { 1 + walkdir(&p) } else { 1 }
+        })
+        .sum()
+}
+
+#[test]
+fn bad_incident_files_are_refused_with_a_reason_and_nothing_is_written() {
+    let cases: [(&str, &str); 5] = [
+        ("this is not json", "not valid JSON"),
+        (r#"{"title":"no id","declared_at":"2026-02-05T14:40:00Z"}"#, "no `id`"),
+        (
+            r#"{"id":"INC-1","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-05T15:00:00Z","end":"2026-02-05T14:00:00Z"}}"#,
+            "ends",
+        ),
+        (r#"{"id":"INC-1","declared_at":"yesterday"}"#, "wrong type or shape"),
+        (r#"{"id":"../../etc","declared_at":"2026-02-05T14:40:00Z"}"#, "not usable"),
+    ];
+    for (body, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let incident = dir.path().join("incident.json");
+        std::fs::write(&incident, body).unwrap();
+        let out_dir = dir.path().join("evidence");
+        let out = run_cli(
+            &[
+                "collect",
+                "--incident",
+                incident.to_str().unwrap(),
+                "--traces-file",
+                &fixture("jaeger/v1-ui_trace_ui_01.json"),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{body}: accepted");
+        let err = stderr(&out);
+        assert!(err.contains(reason), "{body}: {err}");
+        assert!(err.contains("incident.json"), "the message names the file: {err}");
+        assert_eq!(files_under(&out_dir), 0, "{body}: something was written");
+        assert!(stdout(&out).is_empty());
+    }
+}
+
+#[test]
+fn an_unreadable_traces_file_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("traces.json");
+    std::fs::write(&bad, "{\"data\": [").unwrap();
+    let out_dir = dir.path().join("evidence");
+    let out = run_cli(&["collect", "--traces-file", bad.to_str().unwrap(), "--out", out_dir.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("traces.json"), "{}", stderr(&out));
+    assert_eq!(files_under(&out_dir), 0);
+}
+
+#[test]
+fn a_traces_file_without_incident_spans_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("evidence");
+    let out = run_cli(
+        &["collect", "--traces-file", &fixture("zipkin/v2-trace_messaging-kafka.json"), "--out", out_dir.to_str().unwrap()],
+        &[],
+    );
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["incident"]["id"], "file-v2-trace_messaging-kafka");
+    assert_eq!(manifest["counts"]["error_traces"], 1);
+    assert_eq!(manifest["counts"]["spans"], 28);
+    // The window is the span range: it starts at the first span (µs 1541405397200002 in the file).
+    assert_eq!(manifest["window"]["start"], "2018-11-05T08:09:57.200002Z");
+}
+
+#[test]
+fn the_spec_example_with_empty_ids_is_a_partial_capture_that_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("evidence");
+    // Every span of the spec's example has an empty id: none can be captured, and that is said.
+    let out = run_cli(&["collect", "--traces-file", &fixture("otlp/spec_file-exporter_traces.jsonl"), "--out", out_dir.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no usable spans"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("evidence");
+    let out = run_cli(&["demo", "--out", out_dir.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = PathBuf::from(stdout(&out).lines().next().unwrap());
+    assert!(report.ends_with("report.html") && report.exists(), "{}", report.display());
+    let bundle = report.parent().unwrap();
+    let manifest = verify_manifest(bundle);
+    assert_eq!(manifest["completeness"]["status"], "complete");
+    assert_eq!(manifest["incident"]["id"], "INC-2026-0142");
+    let analysis = read_json(&bundle.join("analysis.json"));
+    // The generator's story: payment's database calls fail first; checkout and frontend follow.
+    assert_eq!(analysis["origin"]["service"], "payment-service");
+    let edges: Vec<(String, String)> = analysis["propagation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["from"].as_str().unwrap().to_owned(), p["to"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(edges.contains(&("checkout-service".into(), "payment-service".into())), "{edges:?}");
+    assert!(edges.contains(&("frontend".into(), "checkout-service".into())), "{edges:?}");
+    // Recovery after the rollback at 14:47.
+    let recovery = analysis["recovery"]["time"].as_str().unwrap();
+    assert!(recovery.starts_with("2026-02-05T14:47"), "{recovery}");
+    let yaml = std::fs::read_to_string(bundle.join("postmortem.yaml")).unwrap();
+    for key in ["incident:", "timeline:", "root_cause:", "action_items:", "origin_service: \"payment-service\""] {
+        assert!(yaml.contains(key), "postmortem.yaml lacks {key}");
+    }
+    let html = std::fs::read_to_string(report).unwrap();
+    // Self-contained: inline SVG, no scripts, nothing fetched from the network.
+    assert!(html.contains("<svg"));
+    assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("<link"));
+}
+
+#[test]
+fn the_same_input_gives_a_byte_identical_analysis_and_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for run in 0..2 {
+        let out_dir = dir.path().join(format!("evidence-{run}"));
+        let out = run_cli(
+            &[
+                "collect",
+                "--incident",
+                &example("incident.json"),
+                "--traces-file",
+                &example("traces.jsonl.zst"),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let bundle = bundle_dir(&out);
+        outputs.push((
+            std::fs::read(bundle.join("analysis.json")).unwrap(),
+            std::fs::read(bundle.join("timeline.json")).unwrap(),
+            bundle_trace_ids(&bundle, "errors"),
+        ));
+    }
+    assert!(outputs[0] == outputs[1], "two runs on the same input differ");
+}
+
+#[test]
+fn a_config_file_and_environment_override_and_a_bad_key_stops_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[store]\npath = \"PLACEHOLDER\"\n").unwrap();
+    let out_dir = dir.path().join("from-env");
+    let out = run_cli(
+        &["--config", cfg.to_str().unwrap(), "collect", "--traces-file", &fixture("jaeger/v1-ui_trace_ui_01.json")],
+        &[("EVIDENCE_LOCKER__STORE__PATH", out_dir.display().to_string())],
+    );
+    let bundle = bundle_dir(&out);
+    assert!(bundle.starts_with(&out_dir), "{}", bundle.display());
+
+    std::fs::write(&cfg, "[capture]\nslow_treshold = \"1s\"\n").unwrap();
+    let out = run_cli(&["--config", cfg.to_str().unwrap(), "demo", "--out", dir.path().join("x").to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("slow_treshold"), "{}", stderr(&out));
+}
