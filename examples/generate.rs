@@ -101,41 +101,106 @@ fn checkout(b: &mut Builder<'_>, start: i64, minute: i64) {
     let pod_n = b.rng.range(1, 4);
     let bad_pod = incident && pod_n >= 2;
     let front_pod = format!("frontend-6d8f7-{}", b.rng.range(1, 3));
-    let front = b.span(None, "frontend", front_pod, "v1.8.0", "POST /checkout", "server", start, 0);
+    let front = b.span(
+        None,
+        "frontend",
+        front_pod,
+        "v1.8.0",
+        "POST /checkout",
+        "server",
+        start,
+        0,
+    );
     let front_id = b.spans[front].id.clone();
     let co_start = start + b.rng.range(300, 900);
-    let co = b.span(Some(&front_id), "checkout-service", "checkout-5c7d9-1".into(), "v3.1.0", "PlaceOrder", "server", co_start, 0);
+    let co = b.span(
+        Some(&front_id),
+        "checkout-service",
+        "checkout-5c7d9-1".into(),
+        "v3.1.0",
+        "PlaceOrder",
+        "server",
+        co_start,
+        0,
+    );
     let co_id = b.spans[co].id.clone();
     let mut t = co_start + b.rng.range(200, 500);
     // cart
     let cart_d = b.rng.range(2_000, 9_000);
-    let cart = b.span(Some(&co_id), "cart-service", "cart-77b4c-1".into(), "v2.0.4", "GetCart", "server", t, cart_d);
+    let cart = b.span(
+        Some(&co_id),
+        "cart-service",
+        "cart-77b4c-1".into(),
+        "v2.0.4",
+        "GetCart",
+        "server",
+        t,
+        cart_d,
+    );
     b.spans[cart].tags.push(("rpc.system", json!("grpc")));
     t += cart_d + b.rng.range(100, 400);
     // catalog: steady 1% errors, before and during the incident
     let cat_d = b.rng.range(3_000, 15_000);
-    let cat = b.span(Some(&co_id), "catalog-service", "catalog-9f2e1-1".into(), "v5.2.2", "GetProduct", "server", t, cat_d);
+    let cat = b.span(
+        Some(&co_id),
+        "catalog-service",
+        "catalog-9f2e1-1".into(),
+        "v5.2.2",
+        "GetProduct",
+        "server",
+        t,
+        cat_d,
+    );
     if b.rng.unit() < 0.01 {
         b.spans[cat].error = Some("product cache miss: upstream timeout".into());
     }
     t += cat_d + b.rng.range(100, 400);
     // payment and its database
-    let version = if pod_n >= 2 && minute >= INCIDENT_START_MIN - 2 && minute < RECOVERY_MIN { "v2.3.1" } else { "v2.2.0" };
+    let version = if pod_n >= 2 && (INCIDENT_START_MIN - 2..RECOVERY_MIN).contains(&minute) {
+        "v2.3.1"
+    } else {
+        "v2.2.0"
+    };
     let pay_start = t;
-    let pay = b.span(Some(&co_id), "payment-service", format!("payment-7f9c4-{pod_n}"), version, "POST /charge", "server", pay_start, 0);
+    let pay = b.span(
+        Some(&co_id),
+        "payment-service",
+        format!("payment-7f9c4-{pod_n}"),
+        version,
+        "POST /charge",
+        "server",
+        pay_start,
+        0,
+    );
     let pay_id = b.spans[pay].id.clone();
     let db_start = pay_start + b.rng.range(500, 1_500);
     let fails = bad_pod && b.rng.unit() < 0.7;
-    let db_d = if bad_pod { b.rng.range(900_000, 2_400_000) } else { b.rng.range(4_000, 20_000) };
-    let db = b.span(Some(&pay_id), "payment-service", format!("payment-7f9c4-{pod_n}"), version, "SELECT accounts", "client", db_start, db_d);
+    let db_d = if bad_pod {
+        b.rng.range(900_000, 2_400_000)
+    } else {
+        b.rng.range(4_000, 20_000)
+    };
+    let db = b.span(
+        Some(&pay_id),
+        "payment-service",
+        format!("payment-7f9c4-{pod_n}"),
+        version,
+        "SELECT accounts",
+        "client",
+        db_start,
+        db_d,
+    );
     b.spans[db].tags.push(("db.system", json!("postgresql")));
     b.spans[db].tags.push(("peer.service", json!("payment-db")));
     if fails {
-        b.spans[db].error = Some("connection pool exhausted: timeout after 900ms waiting for a connection".into());
+        b.spans[db].error =
+            Some("connection pool exhausted: timeout after 900ms waiting for a connection".into());
     }
     let pay_d = (db_start - pay_start) + db_d + b.rng.range(1_000, 4_000);
     b.spans[pay].dur = pay_d;
-    b.spans[pay].tags.push(("http.status_code", json!(if fails { 503 } else { 200 })));
+    b.spans[pay]
+        .tags
+        .push(("http.status_code", json!(if fails { 503 } else { 200 })));
     if fails {
         b.spans[pay].error = Some("charge failed: connection pool exhausted".into());
     }
@@ -147,7 +212,9 @@ fn checkout(b: &mut Builder<'_>, start: i64, minute: i64) {
     }
     let front_d = (co_start - start) + co_d + b.rng.range(300, 900);
     b.spans[front].dur = front_d;
-    b.spans[front].tags.push(("http.status_code", json!(if fails { 502 } else { 200 })));
+    b.spans[front]
+        .tags
+        .push(("http.status_code", json!(if fails { 502 } else { 200 })));
     if fails {
         b.spans[front].error = Some("502 Bad Gateway: checkout failed".into());
     }
@@ -155,11 +222,29 @@ fn checkout(b: &mut Builder<'_>, start: i64, minute: i64) {
 
 fn browse(b: &mut Builder<'_>, start: i64) {
     let front_pod = format!("frontend-6d8f7-{}", b.rng.range(1, 3));
-    let front = b.span(None, "frontend", front_pod, "v1.8.0", "GET /products", "server", start, 0);
+    let front = b.span(
+        None,
+        "frontend",
+        front_pod,
+        "v1.8.0",
+        "GET /products",
+        "server",
+        start,
+        0,
+    );
     let front_id = b.spans[front].id.clone();
     let cat_start = start + b.rng.range(200, 700);
     let cat_d = b.rng.range(3_000, 25_000);
-    let cat = b.span(Some(&front_id), "catalog-service", "catalog-9f2e1-1".into(), "v5.2.2", "ListProducts", "server", cat_start, cat_d);
+    let cat = b.span(
+        Some(&front_id),
+        "catalog-service",
+        "catalog-9f2e1-1".into(),
+        "v5.2.2",
+        "ListProducts",
+        "server",
+        cat_start,
+        cat_d,
+    );
     if b.rng.unit() < 0.01 {
         b.spans[cat].error = Some("product cache miss: upstream timeout".into());
     }
@@ -219,7 +304,12 @@ fn to_jaeger(trace_id: &str, spans: &[Span]) -> Value {
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let rate: i64 = arg("--rate").and_then(|r| r.parse().ok()).unwrap_or(40);
     let plain = args.iter().any(|a| a == "--plain");
     let out = arg("--out").unwrap_or_else(|| "examples/traces.jsonl.zst".into());
@@ -234,7 +324,10 @@ fn main() -> std::io::Result<()> {
             .collect();
         starts.sort_unstable();
         for start in starts {
-            let mut b = Builder { rng: &mut rng, spans: Vec::new() };
+            let mut b = Builder {
+                rng: &mut rng,
+                spans: Vec::new(),
+            };
             if b.rng.unit() < 0.6 {
                 checkout(&mut b, start, minute);
             } else {
@@ -247,9 +340,17 @@ fn main() -> std::io::Result<()> {
             lines.push(b'\n');
         }
     }
-    let bytes = if plain { lines } else { zstd::encode_all(&lines[..], 19)? };
+    let bytes = if plain {
+        lines
+    } else {
+        zstd::encode_all(&lines[..], 19)?
+    };
     std::fs::File::create(&out)?.write_all(&bytes)?;
-    eprintln!("{out}: {} traces/min × {MINUTES} min, {spans_total} spans, {} bytes", rate, bytes.len());
+    eprintln!(
+        "{out}: {} traces/min × {MINUTES} min, {spans_total} spans, {} bytes",
+        rate,
+        bytes.len()
+    );
     let inc = json!({
         "id": "INC-2026-0142",
         "title": "Checkout failing: payment charges rejected",

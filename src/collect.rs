@@ -53,11 +53,25 @@ fn incident_for_files(name: &str, window: TimeWindow) -> Result<Incident> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(100)
         .collect();
-    let stem = stem.split('.').next().unwrap_or("traces").trim_matches('-').to_owned();
-    let id = IncidentId::parse(&format!("file-{}", if stem.is_empty() { "traces" } else { &stem }))?;
+    let stem = stem
+        .split('.')
+        .next()
+        .unwrap_or("traces")
+        .trim_matches('-')
+        .to_owned();
+    let id = IncidentId::parse(&format!(
+        "file-{}",
+        if stem.is_empty() { "traces" } else { &stem }
+    ))?;
     Ok(Incident {
         id,
         title: Some(format!("Traces from {name}")),
@@ -89,7 +103,9 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
                 None => (incident_for_files(&files_name(&files), data)?, data),
                 Some(incident) => {
                     // A file is history: without a window, it ends where the data ends.
-                    let now = data.end().max(incident.began_at() + chrono::Duration::seconds(1));
+                    let now = data
+                        .end()
+                        .max(incident.began_at() + chrono::Duration::seconds(1));
                     let window = incident.resolve_window(&defaults, now)?;
                     (incident, window)
                 }
@@ -130,7 +146,10 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     );
     let capture = capture::run(&sources, &plan).await;
     let store = FsStore::new(&req.out);
-    let staged = store.stage(&plan.incident.id, &capture.started.format("%Y%m%dT%H%M%SZ").to_string())?;
+    let staged = store.stage(
+        &plan.incident.id,
+        &capture.started.format("%Y%m%dT%H%M%SZ").to_string(),
+    )?;
     let opts = BundleOptions {
         capture_id: staged.capture_id.clone(),
         error_rate_threshold: settings.analysis.error_rate_threshold,
@@ -171,14 +190,25 @@ fn files_name(files: &FileSource) -> String {
 }
 
 fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn TraceSource>>> {
-    let base = settings.backends.get("default").cloned().unwrap_or_default();
+    let base = settings
+        .backends
+        .get("default")
+        .cloned()
+        .unwrap_or_default();
     let mut out: Vec<Box<dyn TraceSource>> = Vec::new();
     match input {
         TraceInput::Jaeger(urls) => {
             for (n, url) in urls.iter().enumerate() {
                 url::Url::parse(url).with_context(|| format!("--jaeger {url:?} is not a URL"))?;
-                let name = if urls.len() == 1 { "jaeger".to_owned() } else { format!("jaeger-{}", n + 1) };
-                out.push(Box::new(JaegerSource::new(&name, &base.with_url(BackendKind::Jaeger, url))?));
+                let name = if urls.len() == 1 {
+                    "jaeger".to_owned()
+                } else {
+                    format!("jaeger-{}", n + 1)
+                };
+                out.push(Box::new(JaegerSource::new(
+                    &name,
+                    &base.with_url(BackendKind::Jaeger, url),
+                )?));
             }
         }
         _ => {
@@ -194,7 +224,9 @@ fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn
         }
     }
     if out.is_empty() {
-        bail!("no trace source: give --jaeger URL or --traces-file PATH, or configure [backends.<name>]");
+        bail!(
+            "no trace source: give --jaeger URL or --traces-file PATH, or configure [backends.<name>]"
+        );
     }
     Ok(out)
 }

@@ -98,8 +98,22 @@ impl std::fmt::Debug for BackendSettings {
             .field("min_slice", &self.min_slice)
             .field("retries", &self.retries)
             .field("username", &self.username)
-            .field("password", &if self.password.is_empty() { "" } else { "<set>" })
-            .field("bearer_token", &if self.bearer_token.is_empty() { "" } else { "<set>" })
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field(
+                "bearer_token",
+                &if self.bearer_token.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
             .finish()
     }
 }
@@ -183,7 +197,14 @@ impl std::fmt::Debug for IntakeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntakeSettings")
             .field("listen", &self.listen)
-            .field("bearer_token", &if self.bearer_token.is_empty() { "" } else { "<set>" })
+            .field(
+                "bearer_token",
+                &if self.bearer_token.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
             .field("pagerduty_secrets", &self.pagerduty_secrets.len())
             .field("body_limit", &self.body_limit)
             .finish()
@@ -228,10 +249,15 @@ impl Settings {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         for (name, b) in &self.backends {
             if url::Url::parse(&b.url).is_err() {
-                return bad(format!("backends.{name}.url {:?} is not a URL", crate::capture::redact_url(&b.url)));
+                return bad(format!(
+                    "backends.{name}.url {:?} is not a URL",
+                    crate::capture::redact_url(&b.url)
+                ));
             }
             if b.concurrency == 0 || b.query_limit == 0 {
-                return bad(format!("backends.{name}: concurrency and query_limit must be at least 1"));
+                return bad(format!(
+                    "backends.{name}: concurrency and query_limit must be at least 1"
+                ));
             }
         }
         if self.capture.concurrency == 0 {
@@ -241,7 +267,10 @@ impl Settings {
             return bad("analysis.error_rate_threshold must be between 0 and 1".into());
         }
         if !matches!(self.store.kind.as_str(), "fs" | "s3") {
-            return bad(format!("store.kind {:?} must be \"fs\" or \"s3\"", self.store.kind));
+            return bad(format!(
+                "store.kind {:?} must be \"fs\" or \"s3\"",
+                self.store.kind
+            ));
         }
         Ok(())
     }
@@ -283,23 +312,30 @@ mod tests {
     fn file_then_environment_override_and_bad_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[store]\npath = \"/from-file\"\n[capture]\nslow_threshold = \"2s\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[store]\npath = \"/from-file\"\n[capture]\nslow_threshold = \"2s\"\n",
+        )
+        .unwrap();
         // SAFETY: the variables are unique to this test.
         unsafe {
             std::env::set_var("EL_TEST_A__STORE__PATH", "/from-env");
         }
-        let s = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_A__").split("__")).unwrap();
+        let s =
+            Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_A__").split("__")).unwrap();
         assert_eq!(s.store.path, "/from-env");
         assert_eq!(s.capture.slow_threshold, Duration::from_secs(2));
 
         unsafe {
             std::env::set_var("EL_TEST_B__CAPTURE__LOOKBACK", "soon");
         }
-        let e = Settings::load_with_env(None, Env::prefixed("EL_TEST_B__").split("__")).unwrap_err();
+        let e =
+            Settings::load_with_env(None, Env::prefixed("EL_TEST_B__").split("__")).unwrap_err();
         assert!(e.to_string().contains("capture.lookback"), "{e}");
 
         std::fs::write(&file, "[capture]\nlookbak = \"1m\"\n").unwrap();
-        let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__")).unwrap_err();
+        let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__"))
+            .unwrap_err();
         assert!(e.to_string().contains("lookbak"), "{e}");
     }
 }

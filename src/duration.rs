@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(parse_go("250µs"), Some(Duration::from_micros(250)));
         assert_eq!(parse_go("1.5"), None);
         assert_eq!(parse_go("abc"), None);
-        assert_eq!(parse_go(&format_go(Duration::from_millis(1500))), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_go(&format_go(Duration::from_millis(1500))),
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]

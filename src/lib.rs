@@ -4,12 +4,12 @@
 //! The modules follow the flow: `model` (the domain, imported by all) → `formats` (reading and
 //! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store`.
 
+pub mod analyze;
+pub mod bundle;
+pub mod capture;
+pub mod collect;
+pub mod config;
 pub mod duration;
 pub mod formats;
 pub mod model;
-pub mod capture;
-pub mod config;
-pub mod analyze;
-pub mod bundle;
 pub mod store;
-pub mod collect;

@@ -88,7 +88,10 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -133,7 +136,9 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOutcome> {
     if args.tempo.is_some() || args.zipkin.is_some() {
-        bail!("--tempo and --zipkin are not supported yet in this version; use --jaeger or --traces-file");
+        bail!(
+            "--tempo and --zipkin are not supported yet in this version; use --jaeger or --traces-file"
+        );
     }
     let given = usize::from(!args.jaeger.is_empty()) + usize::from(!args.traces_file.is_empty());
     if given > 1 {
@@ -142,13 +147,19 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     let out = match (args.out, args.store) {
         (Some(dir), _) => dir,
         (None, Some(store)) if store.starts_with("s3://") => {
-            bail!("--store s3://… is not supported yet in this version; use --out DIR (a local directory)")
+            bail!(
+                "--store s3://… is not supported yet in this version; use --out DIR (a local directory)"
+            )
         }
         (None, Some(store)) => PathBuf::from(store.strip_prefix("file://").unwrap_or(&store)),
         (None, None) => PathBuf::from(&settings.store.path),
     };
     // The incident is checked before anything is fetched or written.
-    let incident = args.incident.as_deref().map(collect::read_incident).transpose()?;
+    let incident = args
+        .incident
+        .as_deref()
+        .map(collect::read_incident)
+        .transpose()?;
     let input = if !args.traces_file.is_empty() {
         let paths = args.traces_file.clone();
         TraceInput::Files(
@@ -195,7 +206,8 @@ fn report(outcome: &CollectOutcome, demo: bool) {
     if s.gaps.is_empty() {
         println!("status: complete");
     } else {
-        let kinds: std::collections::BTreeSet<&str> = s.gaps.iter().map(|g| g.kind.as_str()).collect();
+        let kinds: std::collections::BTreeSet<&str> =
+            s.gaps.iter().map(|g| g.kind.as_str()).collect();
         println!(
             "status: partial ({} gap(s): {}; see completeness in manifest.json)",
             s.gaps.len(),

@@ -8,11 +8,19 @@ use std::path::{Path, PathBuf};
 use support::*;
 
 fn fixture(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+        .display()
+        .to_string()
 }
 
 fn example(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(rel).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(rel)
+        .display()
+        .to_string()
 }
 
 fn files_under(dir: &Path) -> usize {
@@ -36,13 +44,22 @@ fn walkdir(dir: &Path) -> usize {
 fn bad_incident_files_are_refused_with_a_reason_and_nothing_is_written() {
     let cases: [(&str, &str); 5] = [
         ("this is not json", "not valid JSON"),
-        (r#"{"title":"no id","declared_at":"2026-02-05T14:40:00Z"}"#, "no `id`"),
+        (
+            r#"{"title":"no id","declared_at":"2026-02-05T14:40:00Z"}"#,
+            "no `id`",
+        ),
         (
             r#"{"id":"INC-1","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-05T15:00:00Z","end":"2026-02-05T14:00:00Z"}}"#,
             "ends",
         ),
-        (r#"{"id":"INC-1","declared_at":"yesterday"}"#, "wrong type or shape"),
-        (r#"{"id":"../../etc","declared_at":"2026-02-05T14:40:00Z"}"#, "not usable"),
+        (
+            r#"{"id":"INC-1","declared_at":"yesterday"}"#,
+            "wrong type or shape",
+        ),
+        (
+            r#"{"id":"../../etc","declared_at":"2026-02-05T14:40:00Z"}"#,
+            "not usable",
+        ),
     ];
     for (body, reason) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -64,7 +81,10 @@ fn bad_incident_files_are_refused_with_a_reason_and_nothing_is_written() {
         assert!(!out.status.success(), "{body}: accepted");
         let err = stderr(&out);
         assert!(err.contains(reason), "{body}: {err}");
-        assert!(err.contains("incident.json"), "the message names the file: {err}");
+        assert!(
+            err.contains("incident.json"),
+            "the message names the file: {err}"
+        );
         assert_eq!(files_under(&out_dir), 0, "{body}: something was written");
         assert!(stdout(&out).is_empty());
     }
@@ -76,7 +96,16 @@ fn an_unreadable_traces_file_is_refused_and_nothing_is_written() {
     let bad = dir.path().join("traces.json");
     std::fs::write(&bad, "{\"data\": [").unwrap();
     let out_dir = dir.path().join("evidence");
-    let out = run_cli(&["collect", "--traces-file", bad.to_str().unwrap(), "--out", out_dir.to_str().unwrap()], &[]);
+    let out = run_cli(
+        &[
+            "collect",
+            "--traces-file",
+            bad.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("traces.json"), "{}", stderr(&out));
     assert_eq!(files_under(&out_dir), 0);
@@ -87,7 +116,13 @@ fn a_traces_file_without_incident_spans_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("evidence");
     let out = run_cli(
-        &["collect", "--traces-file", &fixture("zipkin/v2-trace_messaging-kafka.json"), "--out", out_dir.to_str().unwrap()],
+        &[
+            "collect",
+            "--traces-file",
+            &fixture("zipkin/v2-trace_messaging-kafka.json"),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
         &[],
     );
     let bundle = bundle_dir(&out);
@@ -104,7 +139,16 @@ fn the_spec_example_with_empty_ids_is_a_partial_capture_that_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("evidence");
     // Every span of the spec's example has an empty id: none can be captured, and that is said.
-    let out = run_cli(&["collect", "--traces-file", &fixture("otlp/spec_file-exporter_traces.jsonl"), "--out", out_dir.to_str().unwrap()], &[]);
+    let out = run_cli(
+        &[
+            "collect",
+            "--traces-file",
+            &fixture("otlp/spec_file-exporter_traces.jsonl"),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no usable spans"), "{}", stderr(&out));
 }
@@ -116,7 +160,11 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
     let out = run_cli(&["demo", "--out", out_dir.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = PathBuf::from(stdout(&out).lines().next().unwrap());
-    assert!(report.ends_with("report.html") && report.exists(), "{}", report.display());
+    assert!(
+        report.ends_with("report.html") && report.exists(),
+        "{}",
+        report.display()
+    );
     let bundle = report.parent().unwrap();
     let manifest = verify_manifest(bundle);
     assert_eq!(manifest["completeness"]["status"], "complete");
@@ -128,15 +176,32 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["from"].as_str().unwrap().to_owned(), p["to"].as_str().unwrap().to_owned()))
+        .map(|p| {
+            (
+                p["from"].as_str().unwrap().to_owned(),
+                p["to"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert!(edges.contains(&("checkout-service".into(), "payment-service".into())), "{edges:?}");
-    assert!(edges.contains(&("frontend".into(), "checkout-service".into())), "{edges:?}");
+    assert!(
+        edges.contains(&("checkout-service".into(), "payment-service".into())),
+        "{edges:?}"
+    );
+    assert!(
+        edges.contains(&("frontend".into(), "checkout-service".into())),
+        "{edges:?}"
+    );
     // Recovery after the rollback at 14:47.
     let recovery = analysis["recovery"]["time"].as_str().unwrap();
     assert!(recovery.starts_with("2026-02-05T14:47"), "{recovery}");
     let yaml = std::fs::read_to_string(bundle.join("postmortem.yaml")).unwrap();
-    for key in ["incident:", "timeline:", "root_cause:", "action_items:", "origin_service: \"payment-service\""] {
+    for key in [
+        "incident:",
+        "timeline:",
+        "root_cause:",
+        "action_items:",
+        "origin_service: \"payment-service\"",
+    ] {
         assert!(yaml.contains(key), "postmortem.yaml lacks {key}");
     }
     let html = std::fs::read_to_string(report).unwrap();
@@ -170,7 +235,10 @@ fn the_same_input_gives_a_byte_identical_analysis_and_timeline() {
             bundle_trace_ids(&bundle, "errors"),
         ));
     }
-    assert!(outputs[0] == outputs[1], "two runs on the same input differ");
+    assert!(
+        outputs[0] == outputs[1],
+        "two runs on the same input differ"
+    );
 }
 
 #[test]
@@ -180,14 +248,32 @@ fn a_config_file_and_environment_override_and_a_bad_key_stops_at_start_up() {
     std::fs::write(&cfg, "[store]\npath = \"PLACEHOLDER\"\n").unwrap();
     let out_dir = dir.path().join("from-env");
     let out = run_cli(
-        &["--config", cfg.to_str().unwrap(), "collect", "--traces-file", &fixture("jaeger/v1-ui_trace_ui_01.json")],
-        &[("EVIDENCE_LOCKER__STORE__PATH", out_dir.display().to_string())],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "collect",
+            "--traces-file",
+            &fixture("jaeger/v1-ui_trace_ui_01.json"),
+        ],
+        &[(
+            "EVIDENCE_LOCKER__STORE__PATH",
+            out_dir.display().to_string(),
+        )],
     );
     let bundle = bundle_dir(&out);
     assert!(bundle.starts_with(&out_dir), "{}", bundle.display());
 
     std::fs::write(&cfg, "[capture]\nslow_treshold = \"1s\"\n").unwrap();
-    let out = run_cli(&["--config", cfg.to_str().unwrap(), "demo", "--out", dir.path().join("x").to_str().unwrap()], &[]);
+    let out = run_cli(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "demo",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("slow_treshold"), "{}", stderr(&out));
 }

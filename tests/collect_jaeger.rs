@@ -32,7 +32,10 @@ fn scenario() -> Scenario {
     });
     let path = dir.path().join("incident.json");
     std::fs::write(&path, incident.to_string()).unwrap();
-    Scenario { dir, incident: path }
+    Scenario {
+        dir,
+        incident: path,
+    }
 }
 
 fn us(d: Duration) -> i64 {
@@ -41,15 +44,37 @@ fn us(d: Duration) -> i64 {
 
 /// 5,000 error traces in the incident and 300 normal ones in the baseline period.
 fn many_errors() -> Vec<serde_json::Value> {
-    let mut traces = synthetic_traces(5000, us(Duration::minutes(25)), us(Duration::minutes(5)), true, 20_000, 0);
-    traces.extend(synthetic_traces(300, us(Duration::minutes(58)), us(Duration::minutes(32)), false, 20_000, 1_000_000));
+    let mut traces = synthetic_traces(
+        5000,
+        us(Duration::minutes(25)),
+        us(Duration::minutes(5)),
+        true,
+        20_000,
+        0,
+    );
+    traces.extend(synthetic_traces(
+        300,
+        us(Duration::minutes(58)),
+        us(Duration::minutes(32)),
+        false,
+        20_000,
+        1_000_000,
+    ));
     traces
 }
 
 fn collect(s: &Scenario, url: &str, env: &[(&str, String)]) -> std::process::Output {
     let out = s.dir.path().join("evidence");
     run_cli(
-        &["collect", "--incident", s.incident.to_str().unwrap(), "--jaeger", url, "--out", out.to_str().unwrap()],
+        &[
+            "collect",
+            "--incident",
+            s.incident.to_str().unwrap(),
+            "--jaeger",
+            url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
         env,
     )
 }
@@ -65,7 +90,11 @@ fn assert_all_errors_captured(bundle: &Path) -> serde_json::Value {
     assert_eq!(ids, expected_error_ids());
     assert_eq!(manifest["counts"]["error_traces"], 5000);
     assert_eq!(manifest["counts"]["baseline_traces"], 300);
-    assert_eq!(manifest["completeness"]["status"], "complete", "{:#}", manifest["completeness"]);
+    assert_eq!(
+        manifest["completeness"]["status"], "complete",
+        "{:#}",
+        manifest["completeness"]
+    );
     manifest
 }
 
@@ -84,11 +113,19 @@ fn v1_cap_of_500_still_yields_all_5000_error_traces_with_the_splits_recorded() {
     let (addr, server) = jaeger::start(Server::new(Api::V1, 500, many_errors()));
     let out = collect(&s, &format!("http://{addr}"), &[]);
     let bundle = bundle_dir(&out);
-    assert!(stdout(&out).contains("status: complete"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("status: complete"),
+        "{}",
+        stdout(&out)
+    );
     let manifest = assert_all_errors_captured(&bundle);
     assert_eq!(manifest["sources"][0]["api"], "jaeger-v1");
     let splits = queries(&manifest, "split");
-    assert!(splits.len() >= 10, "5,000 traces under a cap of 500 need at least 10 split queries, got {}", splits.len());
+    assert!(
+        splits.len() >= 10,
+        "5,000 traces under a cap of 500 need at least 10 split queries, got {}",
+        splits.len()
+    );
     // Every recorded query is a real request the server saw, with its parameters and count.
     let recorded = manifest["sources"][0]["queries"].as_array().unwrap().len();
     assert_eq!(recorded, server.request_count());
@@ -104,42 +141,83 @@ fn v3_with_a_cap_hidden_below_our_limit_still_yields_every_error_trace() {
     let s = scenario();
     let (addr, _server) = jaeger::start(Server::new(Api::V3, 500, many_errors()));
     // We ask for 1,000 per query; the server silently returns at most 500.
-    let out = collect(&s, &format!("http://{addr}"), &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__QUERY_LIMIT", "1000".into())]);
+    let out = collect(
+        &s,
+        &format!("http://{addr}"),
+        &[(
+            "EVIDENCE_LOCKER__BACKENDS__DEFAULT__QUERY_LIMIT",
+            "1000".into(),
+        )],
+    );
     let bundle = bundle_dir(&out);
     let manifest = assert_all_errors_captured(&bundle);
     assert_eq!(manifest["sources"][0]["api"], "jaeger-v3");
-    assert!(!queries(&manifest, "verify").is_empty(), "the hidden cap was detected by a verification");
+    assert!(
+        !queries(&manifest, "verify").is_empty(),
+        "the hidden cap was detected by a verification"
+    );
     // An empty range answers 404 "No traces found" in v3; that is no gap.
-    assert!(manifest["completeness"]["gaps"].as_array().unwrap().is_empty());
+    assert!(
+        manifest["completeness"]["gaps"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn a_backend_answering_503_for_a_while_is_retried_into_a_complete_bundle() {
     let s = scenario();
-    let traces = synthetic_traces(40, us(Duration::minutes(20)), us(Duration::minutes(10)), true, 1_500_000, 0);
+    let traces = synthetic_traces(
+        40,
+        us(Duration::minutes(20)),
+        us(Duration::minutes(10)),
+        true,
+        1_500_000,
+        0,
+    );
     let server = Server::new(Api::V1, 500, traces);
     server.fail_first.store(3, Ordering::SeqCst);
     let (addr, server) = jaeger::start(server);
     let out = collect(&s, &format!("http://{addr}"), &[]);
     let bundle = bundle_dir(&out);
     let manifest = verify_manifest(&bundle);
-    assert_eq!(manifest["completeness"]["status"], "complete", "{:#}", manifest["completeness"]);
+    assert_eq!(
+        manifest["completeness"]["status"], "complete",
+        "{:#}",
+        manifest["completeness"]
+    );
     assert_eq!(manifest["counts"]["error_traces"], 40);
     let first = &manifest["sources"][0]["queries"][0];
-    assert_eq!(first["attempts"], 4, "three 503s, then an answer: {first:#}");
+    assert_eq!(
+        first["attempts"], 4,
+        "three 503s, then an answer: {first:#}"
+    );
     assert_eq!(server.fail_first.load(Ordering::SeqCst), 0);
     // 1.5 s payment spans make the traces slow too; they are in errors.jsonl.zst, once.
     assert_eq!(manifest["counts"]["slow_traces"], 0);
     let timeline = read_json(&bundle.join("timeline.json"));
-    let kinds: BTreeSet<&str> = timeline["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains("first_error") && kinds.contains("first_slow"), "{kinds:?}");
+    let kinds: BTreeSet<&str> = timeline["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains("first_error") && kinds.contains("first_slow"),
+        "{kinds:?}"
+    );
 }
 
 #[test]
 fn a_backend_that_is_down_gives_a_partial_bundle_with_a_gap_and_exit_0() {
     let s = scenario();
     let addr = jaeger::dead_address();
-    let out = collect(&s, &format!("http://admin:s3cret@{addr}"), &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "1".into())]);
+    let out = collect(
+        &s,
+        &format!("http://admin:s3cret@{addr}"),
+        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "1".into())],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("status: partial"), "{}", stdout(&out));
     let bundle = bundle_dir(&out);
@@ -147,22 +225,48 @@ fn a_backend_that_is_down_gives_a_partial_bundle_with_a_gap_and_exit_0() {
     let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
     assert_eq!(manifest["completeness"]["status"], "partial");
     assert_eq!(gaps[0]["kind"], "backend_unavailable");
-    for name in ["report.html", "postmortem.yaml", "postmortem.md", "timeline.json", "analysis.json", "traces/jaeger-ui.json"] {
+    for name in [
+        "report.html",
+        "postmortem.yaml",
+        "postmortem.md",
+        "timeline.json",
+        "analysis.json",
+        "traces/jaeger-ui.json",
+    ] {
         assert!(bundle.join(name).exists(), "{name}");
     }
     // Credentials never reach the bundle nor the output.
-    let all = std::fs::read_to_string(bundle.join("manifest.json")).unwrap() + &stdout(&out) + &stderr(&out);
+    let all = std::fs::read_to_string(bundle.join("manifest.json")).unwrap()
+        + &stdout(&out)
+        + &stderr(&out);
     assert!(!all.contains("s3cret"), "a password leaked");
 }
 
 #[test]
 fn upstream_fixture_traces_served_by_the_backend_land_in_the_bundle() {
     // jaeger-ui's TraceGraph test trace: 11 spans, one erroring, recorded in November 2018.
-    let fixture = read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jaeger-ui/ui-trace_TraceGraph_testTrace.json"));
+    let fixture = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jaeger-ui/ui-trace_TraceGraph_testTrace.json"),
+    );
     let start_us = fixture["spans"][0]["startTime"].as_i64().unwrap();
     let erroring_service = {
-        let span = fixture["spans"].as_array().unwrap().iter().find(|s| s["tags"].as_array().unwrap().iter().any(|t| t["key"] == "error")).unwrap();
-        fixture["processes"][span["processID"].as_str().unwrap()]["serviceName"].as_str().unwrap().to_owned()
+        let span = fixture["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["key"] == "error")
+            })
+            .unwrap();
+        fixture["processes"][span["processID"].as_str().unwrap()]["serviceName"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let t = chrono::DateTime::from_timestamp_micros(start_us).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -175,8 +279,19 @@ fn upstream_fixture_traces_served_by_the_backend_land_in_the_bundle() {
     let (addr, _server) = jaeger::start(Server::new(Api::V1, 100, vec![fixture]));
     let out_dir = dir.path().join("evidence");
     let out = run_cli(
-        &["collect", "--incident", incident.to_str().unwrap(), "--jaeger", &format!("http://{addr}"), "--out", out_dir.to_str().unwrap()],
-        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETENTION", "10000d".into())],
+        &[
+            "collect",
+            "--incident",
+            incident.to_str().unwrap(),
+            "--jaeger",
+            &format!("http://{addr}"),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[(
+            "EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETENTION",
+            "10000d".into(),
+        )],
     );
     let bundle = bundle_dir(&out);
     let manifest = verify_manifest(&bundle);

@@ -23,7 +23,9 @@ fn parse(path: &Path) -> Parsed {
 }
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 fn restricted(rel: &str) -> PathBuf {
@@ -39,28 +41,64 @@ const COUNTS: &[(&str, usize, usize, usize, usize)] = &[
     ("jaeger-ui/ui-trace_TraceGraph_testTrace.json", 11, 1, 1, 0),
     ("jaeger-ui/ui-trace_genaiTestTrace.json", 57, 1, 1, 0),
     ("jaeger-ui/ui-trace_spansAmongEachOther.json", 12, 1, 0, 0),
-    ("jaeger-ui/v1-api-response_oltp2jaeger-multi-out.json", 4, 1, 0, 0),
+    (
+        "jaeger-ui/v1-api-response_oltp2jaeger-multi-out.json",
+        4,
+        1,
+        0,
+        0,
+    ),
     ("jaeger/otlp-integration_default.json", 1, 1, 0, 0),
     ("jaeger/otlp-integration_dur_trace.json", 1, 1, 0, 0),
     ("jaeger/otlp-integration_example_trace.json", 5, 1, 0, 0),
-    ("jaeger/otlp-integration_link_attributes_trace.json", 1, 1, 0, 0),
+    (
+        "jaeger/otlp-integration_link_attributes_trace.json",
+        1,
+        1,
+        0,
+        0,
+    ),
     ("jaeger/otlp-integration_log_tags_trace.json", 1, 1, 0, 0),
     ("jaeger/otlp-integration_multiple1_trace.json", 1, 1, 0, 0),
-    ("jaeger/otlp-integration_process_tags_trace.json", 1, 1, 0, 0),
-    ("jaeger/otlp-integration_scope_attributes_trace.json", 1, 1, 0, 0),
+    (
+        "jaeger/otlp-integration_process_tags_trace.json",
+        1,
+        1,
+        0,
+        0,
+    ),
+    (
+        "jaeger/otlp-integration_scope_attributes_trace.json",
+        1,
+        1,
+        0,
+        0,
+    ),
     ("jaeger/otlp-integration_span_tags_trace.json", 1, 1, 0, 0),
     ("jaeger/otlp2jaeger-in.json", 2, 1, 0, 0),
     ("jaeger/otlp_otel_traces_01.json", 1, 1, 1, 0),
     ("jaeger/v1-api-response_otlp2jaeger-out.json", 2, 1, 0, 0),
     ("jaeger/v1-domain_01.json", 5, 1, 1, 0),
-    ("jaeger/v1-spans-with-inline-process_trace_success.json", 2, 1, 1, 0),
+    (
+        "jaeger/v1-spans-with-inline-process_trace_success.json",
+        2,
+        1,
+        1,
+        0,
+    ),
     ("jaeger/v1-ui_trace_ui_01.json", 5, 1, 1, 0),
     ("jaeger/v3-snapshot_FindTraces.json", 1, 1, 1, 0),
     ("jaeger/v3-snapshot_GetTrace.json", 1, 1, 1, 0),
     ("otlp/examples_trace.json", 1, 1, 0, 0),
     // The spec's file-exporter example has empty ids: every span is unusable, and counted.
     ("otlp/spec_file-exporter_traces.jsonl", 0, 0, 0, 8),
-    ("tempo/v1-trace-by-id_batches_pkg-tempopb-trace.json", 1, 1, 0, 0),
+    (
+        "tempo/v1-trace-by-id_batches_pkg-tempopb-trace.json",
+        1,
+        1,
+        0,
+        0,
+    ),
     ("zipkin/v2-single-span_zipkin2-chinese.json", 1, 1, 1, 0),
     ("zipkin/v2-single-span_zipkin2-client.json", 1, 1, 0, 0),
     ("zipkin/v2-trace_ascend.json", 8, 1, 0, 0),
@@ -69,15 +107,39 @@ const COUNTS: &[(&str, usize, usize, usize, usize)] = &[
     ("zipkin/v2-trace_messaging.json", 4, 1, 0, 0),
     ("zipkin/v2-trace_simple-db-p6.json", 5, 1, 0, 0),
     ("zipkin/v2-trace_skew.json", 4, 1, 0, 0),
-    ("zipkin/v2-trace_smartthings-oauth-authorization.json", 175, 1, 2, 0),
+    (
+        "zipkin/v2-trace_smartthings-oauth-authorization.json",
+        175,
+        1,
+        2,
+        0,
+    ),
     ("zipkin/v2-trace_yelp.json", 16, 1, 0, 0),
 ];
 
 /// Tempo's gogo-jsonpb traces (AGPL: read from ../shared, never copied).
 const RESTRICTED_COUNTS: &[(&str, usize, usize, usize, usize)] = &[
-    ("tempo/otlp-gogojsonpb_trace-with-failed-requests.json", 15, 1, 3, 0),
-    ("tempo/otlp-gogojsonpb_trace-with-queue-database.json", 19, 1, 0, 0),
-    ("tempo/otlp-gogojsonpb_trace-with-virtual-nodes.json", 3, 2, 0, 0),
+    (
+        "tempo/otlp-gogojsonpb_trace-with-failed-requests.json",
+        15,
+        1,
+        3,
+        0,
+    ),
+    (
+        "tempo/otlp-gogojsonpb_trace-with-queue-database.json",
+        19,
+        1,
+        0,
+        0,
+    ),
+    (
+        "tempo/otlp-gogojsonpb_trace-with-virtual-nodes.json",
+        3,
+        2,
+        0,
+        0,
+    ),
     ("tempo/otlp-gogojsonpb_vulture-trace.json", 6, 1, 0, 0),
 ];
 
@@ -109,14 +171,21 @@ fn every_copied_trace_fixture_parses_with_hand_counted_figures() {
 fn tempo_gogo_jsonpb_traces_parse_with_hand_counted_figures() {
     for &(rel, spans, traces, errors, skipped) in RESTRICTED_COUNTS {
         let path = restricted(rel);
-        assert!(path.exists(), "{} is missing: ../shared must sit beside the project", path.display());
+        assert!(
+            path.exists(),
+            "{} is missing: ../shared must sit beside the project",
+            path.display()
+        );
         check(&path, spans, traces, errors, skipped);
     }
 }
 
 #[test]
 fn non_trace_json_is_refused_with_a_reason() {
-    for rel in ["otlp/examples_logs.json", "jaeger/v3-snapshot_GetServices.json"] {
+    for rel in [
+        "otlp/examples_logs.json",
+        "jaeger/v3-snapshot_GetServices.json",
+    ] {
         let mut c = TraceCollector::default();
         let err = c.read(open_trace_file(&fixture(rel)).unwrap()).unwrap_err();
         assert!(!err.to_string().is_empty(), "{rel}");
@@ -135,19 +204,38 @@ fn jaeger_tags_map_to_kind_status_and_links() {
     // `error` became the status: it is not kept as an attribute as well.
     assert!(erroring[0].attribute("error").is_none());
     // The span with a reference into another trace keeps its same-trace parent and links the other.
-    let multi = spans.iter().find(|s| !s.links.is_empty()).expect("a span with a link");
-    assert_eq!(multi.parent.map(|p| p.to_hex()).as_deref(), Some("0000000000000002"));
-    assert_eq!(multi.links[0].trace_id.to_hex(), "000000000000000000000000000000ff");
+    let multi = spans
+        .iter()
+        .find(|s| !s.links.is_empty())
+        .expect("a span with a link");
+    assert_eq!(
+        multi.parent.map(|p| p.to_hex()).as_deref(),
+        Some("0000000000000002")
+    );
+    assert_eq!(
+        multi.links[0].trace_id.to_hex(),
+        "000000000000000000000000000000ff"
+    );
 }
 
 #[test]
 fn tempo_batches_with_base64_ids_and_enum_names_parse() {
-    let p = parse(&restricted("tempo/otlp-gogojsonpb_trace-with-failed-requests.json"));
+    let p = parse(&restricted(
+        "tempo/otlp-gogojsonpb_trace-with-failed-requests.json",
+    ));
     let t = &p.traces[0];
     assert!(t.spans.iter().any(|s| s.kind == SpanKind::Server));
     assert!(t.spans.iter().any(|s| s.kind == SpanKind::Client));
-    assert_eq!(t.spans.iter().filter(|s| s.status.code == StatusCode::Error).count(), 3);
-    let p = parse(&fixture("tempo/v1-trace-by-id_batches_pkg-tempopb-trace.json"));
+    assert_eq!(
+        t.spans
+            .iter()
+            .filter(|s| s.status.code == StatusCode::Error)
+            .count(),
+        3
+    );
+    let p = parse(&fixture(
+        "tempo/v1-trace-by-id_batches_pkg-tempopb-trace.json",
+    ));
     let s = &p.traces[0].spans[0];
     assert_eq!(s.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");
     assert_eq!(&**s.service(), "my.service");
@@ -171,7 +259,10 @@ fn zstd_json_lines_are_read_directly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.jsonl.zst");
     let mut lines = Vec::new();
-    for rel in ["jaeger/v1-ui_trace_ui_01.json", "jaeger-ui/ui-trace_TraceGraph_testTrace.json"] {
+    for rel in [
+        "jaeger/v1-ui_trace_ui_01.json",
+        "jaeger-ui/ui-trace_TraceGraph_testTrace.json",
+    ] {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(fixture(rel)).unwrap()).unwrap();
         lines.extend(serde_json::to_vec(&v).unwrap());
@@ -186,7 +277,10 @@ fn zstd_json_lines_are_read_directly() {
     std::fs::write(&path, zstd::encode_all(&lines[..], 3).unwrap()).unwrap();
     let p = parse(&path);
     assert_eq!(p.traces.len(), 3);
-    assert_eq!(p.traces.iter().map(|t| t.spans.len()).sum::<usize>(), 5 + 11 + 5);
+    assert_eq!(
+        p.traces.iter().map(|t| t.spans.len()).sum::<usize>(),
+        5 + 11 + 5
+    );
 }
 
 #[test]

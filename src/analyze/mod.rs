@@ -136,7 +136,7 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     let origin = ranking.first().filter(|c| !c.pre_existing).and_then(|c| {
         let example = sources
             .iter()
-            .filter(|s| &*s.span.service().as_ref() == c.service && &*s.span.operation == c.operation)
+            .filter(|s| s.span.service().as_ref() == c.service && *s.span.operation == c.operation)
             .min_by_key(|s| (s.span.end_ns, s.span.trace_id, s.span.span_id))?;
         Some(Origin {
             service: c.service.clone(),
@@ -149,7 +149,9 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     });
     let propagation = tree::propagation(&forest);
     let latency = stats::latency(&forest, input);
-    let recovery = origin.as_ref().and_then(|o| recovery(&forest, &o.service, &o.operation));
+    let recovery = origin
+        .as_ref()
+        .and_then(|o| recovery(&forest, &o.service, &o.operation));
     let analysis = Analysis {
         services,
         origin,
@@ -192,8 +194,10 @@ fn rank(
             g.traces.insert(s.span.trace_id);
         }
     }
-    let error_traces: std::collections::BTreeSet<TraceId> =
-        groups.values().flat_map(|g| g.traces.iter().copied()).collect();
+    let error_traces: std::collections::BTreeSet<TraceId> = groups
+        .values()
+        .flat_map(|g| g.traces.iter().copied())
+        .collect();
     let total = error_traces.len().max(1) as f64;
     let mut out: Vec<(Candidate, i64)> = groups
         .into_iter()
@@ -250,7 +254,10 @@ fn recovery(forest: &[tree::TraceTree<'_>], service: &str, operation: &str) -> O
             .flat_map(|t| t.trace.spans.iter())
             .filter(|s| &**s.service() == service && &*s.operation == operation)
     };
-    let last_error = matching().filter(|s| s.is_error()).map(|s| s.end_ns).max()?;
+    let last_error = matching()
+        .filter(|s| s.is_error())
+        .map(|s| s.end_ns)
+        .max()?;
     matching()
         .filter(|s| !s.is_error() && s.start_ns > last_error)
         .min_by_key(|s: &&Span| (s.end_ns, s.trace_id, s.span_id))

@@ -46,7 +46,12 @@ pub struct ServiceStats {
 struct Acc {
     spans: usize,
     error_spans: usize,
-    first_error: Option<(i64, crate::model::TraceId, crate::model::SpanId, Option<String>)>,
+    first_error: Option<(
+        i64,
+        crate::model::TraceId,
+        crate::model::SpanId,
+        Option<String>,
+    )>,
     baseline: Vec<(i64, bool)>,
     incident: Vec<(i64, bool)>,
     minutes: BTreeMap<i64, (usize, usize)>,
@@ -79,7 +84,10 @@ fn summarize(mut v: Vec<(i64, bool)>) -> LatencyStats {
 
 /// Figures per service. Requests are entry spans (no parent, or a parent in another service);
 /// spans that start before the incident began are the baseline.
-pub fn service_stats(forest: &[TraceTree<'_>], input: &AnalysisInput) -> BTreeMap<String, ServiceStats> {
+pub fn service_stats(
+    forest: &[TraceTree<'_>],
+    input: &AnalysisInput,
+) -> BTreeMap<String, ServiceStats> {
     let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
     for t in forest {
         let incident_trace = is_incident_trace(t.purposes);
@@ -89,8 +97,16 @@ pub fn service_stats(forest: &[TraceTree<'_>], input: &AnalysisInput) -> BTreeMa
             if s.is_error() {
                 a.error_spans += 1;
                 if s.start_ns >= input.window_start_ns {
-                    let candidate = (s.end_ns, s.trace_id, s.span_id, s.status.message.as_deref().map(str::to_owned));
-                    if a.first_error.as_ref().is_none_or(|f| (candidate.0, candidate.1, candidate.2) < (f.0, f.1, f.2)) {
+                    let candidate = (
+                        s.end_ns,
+                        s.trace_id,
+                        s.span_id,
+                        s.status.message.as_deref().map(str::to_owned),
+                    );
+                    if a.first_error
+                        .as_ref()
+                        .is_none_or(|f| (candidate.0, candidate.1, candidate.2) < (f.0, f.1, f.2))
+                    {
                         a.first_error = Some(candidate);
                     }
                 }

@@ -56,7 +56,9 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
 
     for (service, stats) in &analysis.services {
         if let Some(e) = &stats.first_error {
-            let operation = span_of(e.trace_id, e.span_id).map(|s| s.operation.to_string()).unwrap_or_default();
+            let operation = span_of(e.trace_id, e.span_id)
+                .map(|s| s.operation.to_string())
+                .unwrap_or_default();
             let message = stats.first_error_message.as_deref().unwrap_or("no message");
             entries.push(TimelineEntry {
                 time: e.time,
@@ -76,9 +78,19 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
             let start = m.minute.timestamp_nanos_opt().unwrap_or(0);
             let example = forest
                 .iter()
-                .flat_map(|t| t.trace.spans.iter().enumerate().map(move |(i, s)| (t, i, s)))
+                .flat_map(|t| {
+                    t.trace
+                        .spans
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, s)| (t, i, s))
+                })
                 .filter(|(t, i, s)| {
-                    &**s.service() == service && s.is_error() && t.is_entry(*i) && s.start_ns >= start && s.start_ns < start + 60_000_000_000
+                    &**s.service() == service
+                        && s.is_error()
+                        && t.is_entry(*i)
+                        && s.start_ns >= start
+                        && s.start_ns < start + 60_000_000_000
                 })
                 .map(|(_, _, s)| s)
                 .min_by_key(|s| (s.end_ns, s.trace_id, s.span_id));
@@ -106,7 +118,9 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
     }
 
     for p in &analysis.propagation {
-        let operation = span_of(p.trace_id, p.span_id).map(|s| s.operation.to_string()).unwrap_or_default();
+        let operation = span_of(p.trace_id, p.span_id)
+            .map(|s| s.operation.to_string())
+            .unwrap_or_default();
         entries.push(TimelineEntry {
             time: p.first_seen,
             kind: "propagation",

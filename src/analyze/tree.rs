@@ -33,11 +33,11 @@ impl<'a> TraceTree<'a> {
         let mut parent = vec![None; n];
         let mut children = vec![Vec::new(); n];
         for (i, s) in trace.spans.iter().enumerate() {
-            if let Some(p) = s.parent.and_then(|p| by_id.get(&p).copied()) {
-                if p != i {
-                    parent[i] = Some(p);
-                    children[p].push(i);
-                }
+            if let Some(p) = s.parent.and_then(|p| by_id.get(&p).copied())
+                && p != i
+            {
+                parent[i] = Some(p);
+                children[p].push(i);
             }
         }
         Self {

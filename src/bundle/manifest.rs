@@ -84,7 +84,11 @@ impl Manifest {
         counts: Counts,
         files: Vec<FileEntry>,
     ) -> Self {
-        let status = if capture.gaps.is_empty() { "complete" } else { "partial" };
+        let status = if capture.gaps.is_empty() {
+            "complete"
+        } else {
+            "partial"
+        };
         Self {
             schema_version: SCHEMA_VERSION,
             incident: plan.incident.clone(),

@@ -122,12 +122,34 @@ pub fn write_bundle(
     );
 
     let mut w = BundleWriter::new(dir);
-    write_traces(&mut w, "traces/errors.jsonl.zst", traces, &picks.errors, opts.zstd_level)?;
-    write_traces(&mut w, "traces/slow.jsonl.zst", traces, &picks.slow, opts.zstd_level)?;
-    write_traces(&mut w, "traces/baseline.jsonl.zst", traces, &picks.baseline, opts.zstd_level)?;
+    write_traces(
+        &mut w,
+        "traces/errors.jsonl.zst",
+        traces,
+        &picks.errors,
+        opts.zstd_level,
+    )?;
+    write_traces(
+        &mut w,
+        "traces/slow.jsonl.zst",
+        traces,
+        &picks.slow,
+        opts.zstd_level,
+    )?;
+    write_traces(
+        &mut w,
+        "traces/baseline.jsonl.zst",
+        traces,
+        &picks.baseline,
+        opts.zstd_level,
+    )?;
     w.write("traces/jaeger-ui.json", |out| {
         jaeger::write_api_response(
-            picks.errors.iter().chain(&picks.slow).map(|&i| &traces[i].0),
+            picks
+                .errors
+                .iter()
+                .chain(&picks.slow)
+                .map(|&i| &traces[i].0),
             out,
         )
     })?;
@@ -165,7 +187,11 @@ pub fn write_bundle(
         baseline_traces: picks.baseline.len(),
     };
     let gaps = input.capture.gaps.clone();
-    let status = if gaps.is_empty() { "complete" } else { "partial" };
+    let status = if gaps.is_empty() {
+        "complete"
+    } else {
+        "partial"
+    };
     let doc = postmortem::Draft {
         incident: &plan.incident,
         window: &plan.window,
@@ -175,8 +201,12 @@ pub fn write_bundle(
         status,
         counts: &counts,
     };
-    w.write("postmortem.yaml", |out| out.write_all(doc.yaml().as_bytes()))?;
-    w.write("postmortem.md", |out| out.write_all(doc.markdown().as_bytes()))?;
+    w.write("postmortem.yaml", |out| {
+        out.write_all(doc.yaml().as_bytes())
+    })?;
+    w.write("postmortem.md", |out| {
+        out.write_all(doc.markdown().as_bytes())
+    })?;
     let html = report::render(&report::ReportInput {
         incident: &plan.incident,
         window: &plan.window,

@@ -74,7 +74,8 @@ impl Draft<'_> {
                     "failure spread from {} to {} (first at {}, {} trace(s))",
                     p.to,
                     p.from,
-                    p.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    p.first_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     p.traces
                 ))
             })
@@ -146,7 +147,11 @@ impl Draft<'_> {
         for e in &self.timeline.entries {
             let trace = e.trace_id.to_hex();
             let link = match self.trace_url {
-                Some(t) => format!("[{}]({})", &trace[..8.min(trace.len())], t.replace("{trace_id}", &trace)),
+                Some(t) => format!(
+                    "[{}]({})",
+                    &trace[..8.min(trace.len())],
+                    t.replace("{trace_id}", &trace)
+                ),
                 None => format!("`{trace}`"),
             };
             md.push_str(&format!(
@@ -173,7 +178,8 @@ impl Draft<'_> {
                 "- Spread: {} → {} first at {}\n",
                 p.to,
                 p.from,
-                p.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                p.first_seen
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ));
         }
         md.push_str("\n## Action items\n\n- [ ] TODO (owner, due date)\n");

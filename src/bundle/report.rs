@@ -80,7 +80,10 @@ pub fn render(r: &ReportInput<'_>) -> String {
                 h,
                 "<li><span class=\"kind\">{}</span> {}{}</li>",
                 esc(&g.kind),
-                g.service.as_deref().map(|s| format!("<b>{}</b>: ", esc(s))).unwrap_or_default(),
+                g.service
+                    .as_deref()
+                    .map(|s| format!("<b>{}</b>: ", esc(s)))
+                    .unwrap_or_default(),
                 esc(&g.message)
             );
         }
@@ -100,7 +103,9 @@ pub fn render(r: &ReportInput<'_>) -> String {
                 trace_link(r.trace_url, &o.trace_id.to_hex(), &o.span_id.to_hex())
             );
         }
-        None => h.push_str("<p class=\"muted\">No origin stands out among the captured errors.</p>"),
+        None => {
+            h.push_str("<p class=\"muted\">No origin stands out among the captured errors.</p>")
+        }
     }
     if let Some(rec) = &r.analysis.recovery {
         let _ = write!(
@@ -191,7 +196,12 @@ fn trace_link(template: Option<&str>, trace_id: &str, span_id: &str) -> String {
             short,
             esc(span_id)
         ),
-        None => format!("<code title=\"{}\">{}</code> <code>{}</code>", esc(trace_id), short, esc(span_id)),
+        None => format!(
+            "<code title=\"{}\">{}</code> <code>{}</code>",
+            esc(trace_id),
+            short,
+            esc(span_id)
+        ),
     }
 }
 

@@ -72,7 +72,11 @@ impl BundleWriter {
         };
         fill(&mut w)?;
         w.flush()?;
-        let Hashing { inner, hasher, bytes } = w;
+        let Hashing {
+            inner,
+            hasher,
+            bytes,
+        } = w;
         let file = inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         self.files.push(FileEntry {

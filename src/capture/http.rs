@@ -61,8 +61,7 @@ pub struct RequestLabel<'a> {
 
 impl HttpBackend {
     pub fn new(settings: &BackendSettings) -> Result<Self, HttpError> {
-        let mut base =
-            url::Url::parse(&settings.url).map_err(|e| HttpError::Url(e.to_string()))?;
+        let mut base = url::Url::parse(&settings.url).map_err(|e| HttpError::Url(e.to_string()))?;
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -157,11 +156,14 @@ impl HttpBackend {
                 Ok((status, headers, body)) if status == 429 || status >= 500 => {
                     record.status = Some(status);
                     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-                    (retry_after(&headers), HttpError::Status {
-                        status,
-                        attempts: record.attempts,
-                        body: text,
-                    })
+                    (
+                        retry_after(&headers),
+                        HttpError::Status {
+                            status,
+                            attempts: record.attempts,
+                            body: text,
+                        },
+                    )
                 }
                 Ok((status, _, body)) => {
                     record.status = Some(status);
@@ -175,15 +177,20 @@ impl HttpBackend {
                 }
                 Err(e) => {
                     record.status = None;
-                    (None, HttpError::Unreachable {
-                        attempts: record.attempts,
-                        message: e,
-                    })
+                    (
+                        None,
+                        HttpError::Unreachable {
+                            attempts: record.attempts,
+                            message: e,
+                        },
+                    )
                 }
             };
             match delays.next() {
                 Some(delay) => {
-                    let wait = retry_after.map_or(delay, |r| r.max(delay)).min(Duration::from_secs(60));
+                    let wait = retry_after
+                        .map_or(delay, |r| r.max(delay))
+                        .min(Duration::from_secs(60));
                     tracing::debug!(url = %record.url, attempt = record.attempts, ?wait, error = %failure, "retrying");
                     tokio::time::sleep(wait).await;
                 }

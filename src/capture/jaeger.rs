@@ -77,7 +77,9 @@ impl JaegerSource {
 
     /// Shortens retry delays (tests).
     pub fn with_fast_retries(mut self) -> Self {
-        self.http = self.http.with_first_retry_delay(std::time::Duration::from_millis(10));
+        self.http = self
+            .http
+            .with_first_retry_delay(std::time::Duration::from_millis(10));
         self
     }
 
@@ -93,14 +95,24 @@ impl JaegerSource {
     async fn discover(&self) -> Result<(Api, Vec<String>), String> {
         let v3 = self
             .http
-            .get("api/v3/services", &[], Self::label("services", None, "initial"))
+            .get(
+                "api/v3/services",
+                &[],
+                Self::label("services", None, "initial"),
+            )
             .await
             .map_err(|e| e.to_string())?;
         match v3.status {
             200 => {
                 let parsed = serde_json::from_slice::<V3Services>(&v3.body);
-                let services = parsed.as_ref().map(|s| s.services.clone()).unwrap_or_default();
-                let err = parsed.as_ref().err().map(|e| format!("unreadable answer: {e}"));
+                let services = parsed
+                    .as_ref()
+                    .map(|s| s.services.clone())
+                    .unwrap_or_default();
+                let err = parsed
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("unreadable answer: {e}"));
                 let count = services.len();
                 self.http.finish(v3, Some(count), err.clone());
                 match err {
@@ -109,10 +121,15 @@ impl JaegerSource {
                 }
             }
             404 => {
-                self.http.finish(v3, None, Some("no v3 API; using v1".into()));
+                self.http
+                    .finish(v3, None, Some("no v3 API; using v1".into()));
                 let v1 = self
                     .http
-                    .get("api/services", &[], Self::label("services", None, "initial"))
+                    .get(
+                        "api/services",
+                        &[],
+                        Self::label("services", None, "initial"),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 if v1.status != 200 {
@@ -154,12 +171,19 @@ impl JaegerSource {
                 purpose: None,
                 start: Some(plan.window.start()),
                 end: Some(plan.window.end()),
-                message: format!("Jaeger at {} could not be queried: {message}", self.http.display_url()),
+                message: format!(
+                    "Jaeger at {} could not be queried: {message}",
+                    self.http.display_url()
+                ),
             }),
             Ok((api, known)) => {
                 api_name = Some(api.name().to_owned());
                 let services: Vec<String> = if plan.services.is_empty() {
-                    known.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+                    known
+                        .into_iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect()
                 } else {
                     plan.services.clone()
                 };
@@ -168,7 +192,9 @@ impl JaegerSource {
                 }
                 let caps = CapKnowledge::default();
                 let per_service = futures::future::join_all(
-                    services.iter().map(|svc| self.capture_service(api, svc, plan, &caps)),
+                    services
+                        .iter()
+                        .map(|svc| self.capture_service(api, svc, plan, &caps)),
                 )
                 .await;
                 for (traces, service_gaps) in per_service {
@@ -241,15 +267,27 @@ impl JaegerSource {
                 caps,
             )
             .await;
-            out.extend(result.traces.into_iter().map(|t| (t, Purposes::default().with(purpose))));
-            gaps.extend(result.shortfalls.into_iter().map(|s| Gap {
-                source: self.name.clone(),
-                kind: if s.message.contains("maximum") { "truncated" } else { "query_failed" }.into(),
-                service: Some(service.to_owned()),
-                purpose: Some(purpose),
-                start: Some(DateTime::from_timestamp_nanos(s.start_ns)),
-                end: Some(DateTime::from_timestamp_nanos(s.end_ns)),
-                message: s.message,
+            out.extend(
+                result
+                    .traces
+                    .into_iter()
+                    .map(|t| (t, Purposes::default().with(purpose))),
+            );
+            gaps.extend(result.shortfalls.into_iter().map(|s| {
+                Gap {
+                    source: self.name.clone(),
+                    kind: if s.message.contains("maximum") {
+                        "truncated"
+                    } else {
+                        "query_failed"
+                    }
+                    .into(),
+                    service: Some(service.to_owned()),
+                    purpose: Some(purpose),
+                    start: Some(DateTime::from_timestamp_nanos(s.start_ns)),
+                    end: Some(DateTime::from_timestamp_nanos(s.end_ns)),
+                    message: s.message,
+                }
             }));
         }
         if let Some(baseline) = plan.baseline {
@@ -293,7 +331,11 @@ impl JaegerSource {
         let mut gaps = Vec::new();
         for (s, e, page) in pages {
             match page {
-                Ok(p) => out.extend(p.traces.into_iter().map(|t| (t, Purposes::default().with(Purpose::Baseline)))),
+                Ok(p) => out.extend(
+                    p.traces
+                        .into_iter()
+                        .map(|t| (t, Purposes::default().with(Purpose::Baseline))),
+                ),
                 Err(message) => gaps.push(Gap {
                     source: self.name.clone(),
                     kind: "query_failed".into(),
@@ -330,7 +372,9 @@ fn rfc3339(ns: i64) -> String {
 }
 
 fn body_text(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned()
+    String::from_utf8_lossy(&body[..body.len().min(300)])
+        .trim()
+        .to_owned()
 }
 
 impl Search<'_> {
@@ -359,7 +403,9 @@ impl Search<'_> {
                     ("query.num_traces", self.limit.to_string()),
                 ];
                 match self.purpose {
-                    Purpose::Errors => p.push(("query.attributes", r#"{"error":"true"}"#.to_owned())),
+                    Purpose::Errors => {
+                        p.push(("query.attributes", r#"{"error":"true"}"#.to_owned()))
+                    }
                     Purpose::Slow => p.push(("query.duration_min", min_duration)),
                     _ => {}
                 }
@@ -372,7 +418,8 @@ impl Search<'_> {
         match self.purpose {
             Purpose::Errors => t.has_error(),
             Purpose::Slow => {
-                t.max_span_duration_ns() >= self.plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
+                t.max_span_duration_ns()
+                    >= self.plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
             }
             _ => true,
         }
@@ -385,17 +432,28 @@ impl Search<'_> {
             Purpose::Slow => "slow",
             _ => "baseline",
         };
-        let reason_name = if self.purpose == Purpose::Baseline { "sample" } else { reason.as_str() };
+        let reason_name = if self.purpose == Purpose::Baseline {
+            "sample"
+        } else {
+            reason.as_str()
+        };
         let answer = self
             .source
             .http
-            .get(path, &params, JaegerSource::label(purpose, Some(self.service), reason_name))
+            .get(
+                path,
+                &params,
+                JaegerSource::label(purpose, Some(self.service), reason_name),
+            )
             .await
             .map_err(|e| e.to_string())?;
         if self.api == Api::V3 && answer.status == 404 {
             // v3 answers "No traces found" with 404.
             self.source.http.finish(answer, Some(0), None);
-            return Ok(Page { traces: Vec::new(), returned: Vec::new() });
+            return Ok(Page {
+                traces: Vec::new(),
+                returned: Vec::new(),
+            });
         }
         if answer.status != 200 {
             let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
@@ -404,7 +462,10 @@ impl Search<'_> {
         }
         let mut collector = TraceCollector::default();
         let parsed = match self.api {
-            Api::V1 => collector.add_document(&answer.body).map(|_| ()).map_err(|e| e.to_string()),
+            Api::V1 => collector
+                .add_document(&answer.body)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Api::V3 => collector.read(&answer.body[..]).map_err(|e| e.to_string()),
         };
         if let Err(e) = parsed {
@@ -429,19 +490,30 @@ impl Search<'_> {
         let collected = collector.finish();
         let _ = Format::JaegerApiResponse;
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
-        let traces: Vec<Trace> = collected.traces.into_iter().filter(|t| self.keep(t)).collect();
-        self.source.http.finish(answer, Some(returned.len()), server_errors.clone());
-        if let Some(e) = server_errors {
-            if returned.is_empty() {
-                return Err(format!("the backend reported errors: {e}"));
-            }
+        let traces: Vec<Trace> = collected
+            .traces
+            .into_iter()
+            .filter(|t| self.keep(t))
+            .collect();
+        self.source
+            .http
+            .finish(answer, Some(returned.len()), server_errors.clone());
+        if let Some(e) = server_errors
+            && returned.is_empty()
+        {
+            return Err(format!("the backend reported errors: {e}"));
         }
         Ok(Page { traces, returned })
     }
 }
 
 impl RangeQuery for Search<'_> {
-    fn query(&self, start_ns: i64, end_ns: i64, reason: Reason) -> BoxFuture<'_, Result<Page, String>> {
+    fn query(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        reason: Reason,
+    ) -> BoxFuture<'_, Result<Page, String>> {
         Box::pin(self.run(start_ns, end_ns, reason))
     }
 }

@@ -146,8 +146,7 @@ pub struct Capture {
 /// Runs every source concurrently and merges their answers.
 pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Capture {
     let started = Utc::now();
-    let results =
-        futures::future::join_all(sources.iter().map(|s| s.capture(plan))).await;
+    let results = futures::future::join_all(sources.iter().map(|s| s.capture(plan))).await;
     let mut index: HashMap<TraceId, usize> = HashMap::new();
     let mut traces: Vec<(Trace, Purposes)> = Vec::new();
     let mut records = Vec::new();
@@ -191,7 +190,14 @@ pub fn redact_url(raw: &str) -> String {
                     let secret = ["token", "key", "secret", "password", "signature", "auth"]
                         .iter()
                         .any(|s| k.to_ascii_lowercase().contains(s));
-                    (k.into_owned(), if secret { "REDACTED".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret {
+                            "REDACTED".into()
+                        } else {
+                            v.into_owned()
+                        },
+                    )
                 })
                 .collect();
             if pairs.is_empty() {
@@ -212,7 +218,10 @@ mod tests {
     #[test]
     fn credentials_never_reach_a_recorded_url() {
         let u = redact_url("http://admin:hunter2@jaeger:16686/api/traces?service=a&token=abc");
-        assert!(!u.contains("hunter2") && !u.contains("admin") && !u.contains("abc"), "{u}");
+        assert!(
+            !u.contains("hunter2") && !u.contains("admin") && !u.contains("abc"),
+            "{u}"
+        );
         assert!(u.contains("service=a"), "{u}");
     }
 }

@@ -45,7 +45,12 @@ impl Reason {
 /// A search that can be asked for any time range `[start_ns, end_ns)`; `Err` carries a message
 /// for the gap.
 pub trait RangeQuery: Sync {
-    fn query(&self, start_ns: i64, end_ns: i64, reason: Reason) -> BoxFuture<'_, Result<Page, String>>;
+    fn query(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        reason: Reason,
+    ) -> BoxFuture<'_, Result<Page, String>>;
 }
 
 /// What the server has shown about its cap, shared by all searches on one backend.
@@ -155,7 +160,10 @@ pub async fn exhaustive<Q: RangeQuery>(
     let (_, traces) = ctx.found.into_inner().unwrap_or_else(|p| p.into_inner());
     Found {
         traces,
-        shortfalls: ctx.shortfalls.into_inner().unwrap_or_else(|p| p.into_inner()),
+        shortfalls: ctx
+            .shortfalls
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
     }
 }
 
@@ -200,31 +208,36 @@ fn split<'a, Q: RangeQuery>(
             return;
         }
         let mid = start_ns + (end_ns - start_ns) / 2;
-        let reason = if verify { Reason::Verify } else { Reason::Split };
+        let reason = if verify {
+            Reason::Verify
+        } else {
+            Reason::Split
+        };
         let (a, b) = futures::join!(
             ctx.query.query(start_ns, mid, reason),
             ctx.query.query(mid, end_ns, reason)
         );
-        if verify {
-            if let (Ok(pa), Ok(pb)) = (&a, &b) {
-                let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
-                let union = union.len();
-                if union > whole {
-                    tracing::info!(cap = whole, "the backend caps search answers below the limit asked for");
-                    ctx.caps.prove(whole);
-                } else if pa.returned.len() < whole && pb.returned.len() < whole {
-                    // Neither half can be capped (the cap is at least `whole`) and together
-                    // they hold no more than the whole: the whole was complete, and so is
-                    // every part of it.
-                    if let (Ok(pa), Ok(pb)) = (a, b) {
-                        ctx.keep(pa.traces);
-                        ctx.keep(pb.traces);
-                    }
-                    return;
+        if verify && let (Ok(pa), Ok(pb)) = (&a, &b) {
+            let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
+            let union = union.len();
+            if union > whole {
+                tracing::info!(
+                    cap = whole,
+                    "the backend caps search answers below the limit asked for"
+                );
+                ctx.caps.prove(whole);
+            } else if pa.returned.len() < whole && pb.returned.len() < whole {
+                // Neither half can be capped (the cap is at least `whole`) and together
+                // they hold no more than the whole: the whole was complete, and so is
+                // every part of it.
+                if let (Ok(pa), Ok(pb)) = (a, b) {
+                    ctx.keep(pa.traces);
+                    ctx.keep(pb.traces);
                 }
-                // Otherwise one half holds everything and may itself be capped: judging it
-                // verifies it in turn.
+                return;
             }
+            // Otherwise one half holds everything and may itself be capped: judging it
+            // verifies it in turn.
         }
         let left = async {
             match a {
@@ -272,7 +285,10 @@ mod tests {
                 .map(|(_, i)| {
                     let mut id = [0u8; 16];
                     id[8..].copy_from_slice(&(*i as u64 + 1).to_be_bytes());
-                    Trace { id: TraceId(id), spans: Vec::new() }
+                    Trace {
+                        id: TraceId(id),
+                        spans: Vec::new(),
+                    }
                 })
                 .collect();
             let returned = traces.iter().map(|t| t.id).collect();
@@ -281,9 +297,15 @@ mod tests {
     }
 
     fn run(starts: Vec<i64>, cap: usize, limit: usize, min_slice: i64) -> (Found, usize) {
-        let fake = Fake { starts, cap, limit, asked: Default::default() };
+        let fake = Fake {
+            starts,
+            cap,
+            limit,
+            asked: Default::default(),
+        };
         let caps = CapKnowledge::default();
-        let found = futures::executor::block_on(exhaustive(&fake, 0, 1_000_000, limit, min_slice, &caps));
+        let found =
+            futures::executor::block_on(exhaustive(&fake, 0, 1_000_000, limit, min_slice, &caps));
         (found, fake.asked.into_inner())
     }
 

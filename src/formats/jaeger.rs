@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::lenient::i64_any;
 use super::{Format, FormatError, TraceCollector};
 use crate::model::{
-    AttrValue, Attribute, Event, Link, Resource, Span, SpanId, SpanKind, Status, StatusCode,
-    Trace, TraceId,
+    AttrValue, Attribute, Event, Link, Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace,
+    TraceId,
 };
 
 #[derive(Deserialize)]
@@ -195,10 +195,10 @@ fn tag_value(tag: &JTag<'_>) -> AttrValue {
     if let Some(f) = tag.v_float64 {
         return AttrValue::Double(f);
     }
-    if let Some(b) = &tag.v_binary {
-        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b.as_bytes()) {
-            return AttrValue::Bytes(bytes.into());
-        }
+    if let Some(b) = &tag.v_binary
+        && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b.as_bytes())
+    {
+        return AttrValue::Bytes(bytes.into());
     }
     let kind = tag.kind.to_ascii_lowercase();
     match &tag.value {
@@ -209,7 +209,10 @@ fn tag_value(tag: &JTag<'_>) -> AttrValue {
         },
         Some(serde_json::Value::String(s)) => match kind.as_str() {
             "bool" => AttrValue::Bool(s.eq_ignore_ascii_case("true")),
-            "int64" => s.parse().map(AttrValue::Int).unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
+            "int64" => s
+                .parse()
+                .map(AttrValue::Int)
+                .unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
             "float64" => s
                 .parse()
                 .map(AttrValue::Double)
@@ -356,7 +359,10 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
             continue;
         };
         let child_of = r.ref_type.eq_ignore_ascii_case("CHILD_OF");
-        if parent.is_none() && t == trace_id && (child_of || r.ref_type.eq_ignore_ascii_case("FOLLOWS_FROM")) {
+        if parent.is_none()
+            && t == trace_id
+            && (child_of || r.ref_type.eq_ignore_ascii_case("FOLLOWS_FROM"))
+        {
             parent = Some(sp);
         } else {
             let mut attributes = Vec::new();

@@ -154,11 +154,10 @@ impl TraceCollector {
 
     /// Parses a whole input in memory: one JSON document, or JSON Lines of documents.
     pub fn add_input(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
-        self.read(std::io::Cursor::new(bytes))
-            .map_err(|e| match e {
-                ReadError::Format(f) => f,
-                ReadError::Io(io) => FormatError::NotJson(io.to_string()),
-            })
+        self.read(std::io::Cursor::new(bytes)).map_err(|e| match e {
+            ReadError::Format(f) => f,
+            ReadError::Io(io) => FormatError::NotJson(io.to_string()),
+        })
     }
 
     /// Reads an input stream: when its first line is a whole JSON document, the input is JSON
@@ -253,7 +252,9 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Opens a trace file, plain or zstd-compressed (recognised by its magic number, whatever its
 /// name), as a buffered reader.
-pub fn open_trace_file(path: &std::path::Path) -> std::io::Result<Box<dyn std::io::BufRead + Send>> {
+pub fn open_trace_file(
+    path: &std::path::Path,
+) -> std::io::Result<Box<dyn std::io::BufRead + Send>> {
     use std::io::{BufRead, BufReader};
     let mut file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     let head = file.fill_buf()?;
@@ -295,7 +296,11 @@ pub fn detect(bytes: &[u8]) -> Result<Format, FormatError> {
         b'{' => {
             let p: Probe =
                 serde_json::from_slice(bytes).map_err(|e| FormatError::NotJson(e.to_string()))?;
-            if p.resource_spans.is_some() || p.batches.is_some() || p.result.is_some() || p.trace.is_some() {
+            if p.resource_spans.is_some()
+                || p.batches.is_some()
+                || p.result.is_some()
+                || p.trace.is_some()
+            {
                 Ok(Format::Otlp)
             } else if p.data.is_some() {
                 Ok(Format::JaegerApiResponse)
@@ -354,7 +359,10 @@ mod tests {
     fn detects_each_shape() {
         let cases: [(&str, Format); 8] = [
             (r#"{"data":[]}"#, Format::JaegerApiResponse),
-            (r#"{"traceID":"1","spans":[],"processes":{}}"#, Format::JaegerTrace),
+            (
+                r#"{"traceID":"1","spans":[],"processes":{}}"#,
+                Format::JaegerTrace,
+            ),
             (r#"{"spans":[],"processMap":[]}"#, Format::JaegerDomain),
             (r#"{"resourceSpans":[]}"#, Format::Otlp),
             (r#"{"batches":[]}"#, Format::Otlp),

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::lenient::{NumberOrName, f64_any, i64_any};
 use super::{FormatError, TraceCollector};
 use crate::model::{
-    AttrValue, Attribute, Event, Link, Resource, Scope, Span, SpanId, SpanKind, Status,
-    StatusCode, Trace, TraceId,
+    AttrValue, Attribute, Event, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode,
+    Trace, TraceId,
 };
 
 #[derive(Deserialize, Default)]
@@ -208,10 +208,14 @@ fn status_code(code: &NumberOrName) -> StatusCode {
     match code {
         NumberOrName::Number(2) => StatusCode::Error,
         NumberOrName::Number(1) => StatusCode::Ok,
-        NumberOrName::Name(n) if n.eq_ignore_ascii_case("STATUS_CODE_ERROR") || n.eq_ignore_ascii_case("ERROR") => {
+        NumberOrName::Name(n)
+            if n.eq_ignore_ascii_case("STATUS_CODE_ERROR") || n.eq_ignore_ascii_case("ERROR") =>
+        {
             StatusCode::Error
         }
-        NumberOrName::Name(n) if n.eq_ignore_ascii_case("STATUS_CODE_OK") || n.eq_ignore_ascii_case("OK") => {
+        NumberOrName::Name(n)
+            if n.eq_ignore_ascii_case("STATUS_CODE_OK") || n.eq_ignore_ascii_case("OK") =>
+        {
             StatusCode::Ok
         }
         _ => StatusCode::Unset,
@@ -220,10 +224,11 @@ fn status_code(code: &NumberOrName) -> StatusCode {
 
 /// Parses one OTLP JSON document into the collector.
 pub fn parse(bytes: &[u8], c: &mut TraceCollector) -> Result<(), FormatError> {
-    let mut doc: Document<'_> = serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid {
-        format: "otlp-json",
-        message: e.to_string(),
-    })?;
+    let mut doc: Document<'_> =
+        serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid {
+            format: "otlp-json",
+            message: e.to_string(),
+        })?;
     // Jaeger v3 wraps in `result`, Tempo v2 in `trace`.
     while doc.resource_spans.is_empty() {
         match doc.result.take().or_else(|| doc.trace.take()) {
@@ -394,9 +399,12 @@ impl Serialize for Value<'_> {
                     values: items.iter().map(Value).collect(),
                 },
             )?,
-            AttrValue::Map(attrs) => {
-                m.serialize_entry("kvlistValue", &KvListOut { values: Attrs(attrs) })?
-            }
+            AttrValue::Map(attrs) => m.serialize_entry(
+                "kvlistValue",
+                &KvListOut {
+                    values: Attrs(attrs),
+                },
+            )?,
         }
         m.end()
     }

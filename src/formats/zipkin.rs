@@ -97,11 +97,13 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
         (Err(e), _) | (_, Err(e)) => return c.skip(format!("zipkin span with {e}")),
         _ => return c.skip("zipkin span with an all-zero trace id"),
     };
-    let Some(start_us) = s
-        .timestamp
-        .filter(|t| *t > 0)
-        .or_else(|| s.annotations.iter().map(|a| a.timestamp).filter(|t| *t > 0).min())
-    else {
+    let Some(start_us) = s.timestamp.filter(|t| *t > 0).or_else(|| {
+        s.annotations
+            .iter()
+            .map(|a| a.timestamp)
+            .filter(|t| *t > 0)
+            .min()
+    }) else {
         return c.skip("zipkin span without a timestamp or annotations");
     };
     let parent = s
@@ -121,13 +123,13 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
         key: c.interner.get("service.name"),
         value: AttrValue::Str(service.as_ref().into()),
     }];
-    if let Some(e) = &s.local_endpoint {
-        if let Some(ip) = e.ipv4.as_deref().or(e.ipv6.as_deref()) {
-            resource_attrs.push(Attribute {
-                key: c.interner.get("host.ip"),
-                value: AttrValue::Str(ip.into()),
-            });
-        }
+    if let Some(e) = &s.local_endpoint
+        && let Some(ip) = e.ipv4.as_deref().or(e.ipv6.as_deref())
+    {
+        resource_attrs.push(Attribute {
+            key: c.interner.get("host.ip"),
+            value: AttrValue::Str(ip.into()),
+        });
     }
     let resource = c.resource(Resource {
         service,
@@ -193,7 +195,10 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
         operation,
         start_ns,
         end_ns: start_ns.saturating_add(s.duration.unwrap_or(0).max(0).saturating_mul(1000)),
-        kind: s.kind.as_deref().map_or(SpanKind::Unspecified, SpanKind::from_name),
+        kind: s
+            .kind
+            .as_deref()
+            .map_or(SpanKind::Unspecified, SpanKind::from_name),
         status,
         attributes,
         resource,

@@ -37,16 +37,9 @@ fn decode<const N: usize>(kind: &'static str, s: &str) -> Result<[u8; N], IdErro
     if s.len() <= N * 2 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let digits = s.as_bytes();
         // Right-align the digits; an odd count gets an implicit leading zero.
-        let mut value_index = N * 2 - digits.len();
-        for &d in digits {
+        for (nibble, &d) in (N * 2 - digits.len()..).zip(digits) {
             let v = (d as char).to_digit(16).unwrap_or(0) as u8;
-            let byte = &mut out[value_index / 2];
-            if value_index % 2 == 0 {
-                *byte |= v << 4;
-            } else {
-                *byte |= v;
-            }
-            value_index += 1;
+            out[nibble / 2] |= if nibble.is_multiple_of(2) { v << 4 } else { v };
         }
         return Ok(out);
     }
@@ -151,7 +144,10 @@ mod tests {
             TraceId::parse("W47/95gDgQPSabYzgT/HAA==").unwrap().to_hex(),
             "5b8efff798038103d269b633813fc700"
         );
-        assert_eq!(SpanId::parse("AAAAAAAAAAI=").unwrap().to_hex(), "0000000000000002");
+        assert_eq!(
+            SpanId::parse("AAAAAAAAAAI=").unwrap().to_hex(),
+            "0000000000000002"
+        );
     }
 
     #[test]
@@ -159,6 +155,9 @@ mod tests {
         let e = SpanId::parse("not an id!").unwrap_err();
         assert!(e.to_string().contains("not an id!"), "{e}");
         assert!(SpanId::parse("").is_err());
-        assert!(SpanId::parse("00112233445566778899").is_err(), "too long for a span id");
+        assert!(
+            SpanId::parse("00112233445566778899").is_err(),
+            "too long for a span id"
+        );
     }
 }

@@ -43,8 +43,7 @@ impl IncidentId {
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -226,8 +225,8 @@ impl Incident {
         let window = match self.window {
             Some(w) => w,
             None => {
-                let lookback = chrono::Duration::from_std(defaults.lookback)
-                    .unwrap_or(chrono::Duration::MAX);
+                let lookback =
+                    chrono::Duration::from_std(defaults.lookback).unwrap_or(chrono::Duration::MAX);
                 let start = self.began_at() - lookback;
                 TimeWindow::new(start, now.max(start + chrono::Duration::seconds(1)))?
             }
@@ -299,7 +298,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = Incident::parse(input).unwrap_err().to_string();
-            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(input));
+            assert!(
+                err.contains(want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -50,7 +50,11 @@ impl FsStore {
             source,
         })?;
         for n in 1..=1000 {
-            let capture_id = if n == 1 { base.to_owned() } else { format!("{base}-{n}") };
+            let capture_id = if n == 1 {
+                base.to_owned()
+            } else {
+                format!("{base}-{n}")
+            };
             let target = dir.join(&capture_id);
             if target.exists() {
                 continue;
@@ -96,10 +100,10 @@ impl FsStore {
         }
         // rename(2) onto a non-empty directory fails, so a bundle can never be replaced.
         std::fs::rename(&staged.staging, &staged.target).map_err(fail)?;
-        if let Some(parent) = staged.target.parent() {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
+        if let Some(parent) = staged.target.parent()
+            && let Ok(d) = std::fs::File::open(parent)
+        {
+            let _ = d.sync_all();
         }
         Ok(staged.target.clone())
     }
@@ -128,7 +132,10 @@ mod tests {
         store.publish(&b).unwrap();
         let c = store.stage(&id, "20260205T144000Z").unwrap();
         assert_eq!(c.capture_id, "20260205T144000Z-3");
-        assert_eq!(std::fs::read_to_string(a.target.join("manifest.json")).unwrap(), "a");
+        assert_eq!(
+            std::fs::read_to_string(a.target.join("manifest.json")).unwrap(),
+            "a"
+        );
         // Publishing onto an existing capture is refused.
         let forged = Staged {
             capture_id: a.capture_id.clone(),
@@ -136,6 +143,9 @@ mod tests {
             target: a.target.clone(),
         };
         assert!(store.publish(&forged).is_err());
-        assert_eq!(std::fs::read_to_string(a.target.join("manifest.json")).unwrap(), "a");
+        assert_eq!(
+            std::fs::read_to_string(a.target.join("manifest.json")).unwrap(),
+            "a"
+        );
     }
 }

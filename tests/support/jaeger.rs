@@ -5,6 +5,8 @@
 //! traces found" when empty, OTLP with hex ids and integer enums). A configurable cap on the
 //! traces of one answer, whatever `limit` asked for; failures on demand.
 
+#![allow(clippy::result_large_err)] // handlers return ready responses as errors
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,7 +45,10 @@ impl Server {
             api,
             cap,
             fail_first: AtomicUsize::new(0),
-            traces: traces.into_iter().map(|json| StoredTrace { json }).collect(),
+            traces: traces
+                .into_iter()
+                .map(|json| StoredTrace { json })
+                .collect(),
             requests: Mutex::new(Vec::new()),
         }
     }
@@ -85,11 +90,21 @@ pub fn dead_address() -> SocketAddr {
 }
 
 fn text(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn json_ok(body: Value) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn v1_error(status: StatusCode, msg: &str) -> Response {
@@ -100,19 +115,30 @@ fn v1_error(status: StatusCode, msg: &str) -> Response {
 }
 
 fn v3_error(status: StatusCode, msg: &str) -> Response {
-    text(status, json!({"error": {"httpCode": status.as_u16(), "message": msg}}).to_string())
+    text(
+        status,
+        json!({"error": {"httpCode": status.as_u16(), "message": msg}}).to_string(),
+    )
 }
 
 /// Records the request; answers 503 while failures are due.
 fn gate(s: &Server, path: &str, q: &HashMap<String, String>) -> Option<Response> {
     let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
     keys.sort();
-    s.requests.lock().unwrap().push(format!("{path}?{}", keys.join("&")));
+    s.requests
+        .lock()
+        .unwrap()
+        .push(format!("{path}?{}", keys.join("&")));
     let due = s.fail_first.load(Ordering::SeqCst);
     if due > 0 {
         s.fail_first.fetch_sub(1, Ordering::SeqCst);
         return Some(
-            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "0")], "upstream storage unavailable").into_response(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "0")],
+                "upstream storage unavailable",
+            )
+                .into_response(),
         );
     }
     None
@@ -128,7 +154,10 @@ fn services(s: &Server) -> Vec<String> {
     set.into_iter().collect()
 }
 
-async fn v1_services(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn v1_services(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&s, "/api/services", &q) {
         return r;
     }
@@ -140,7 +169,10 @@ async fn v1_services(State(s): State<Arc<Server>>, Query(q): Query<HashMap<Strin
     json_ok(json!({"data": list, "total": list.len(), "limit": 0, "offset": 0, "errors": null}))
 }
 
-async fn v3_services(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn v3_services(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&s, "/api/v3/services", &q) {
         return r;
     }
@@ -194,26 +226,38 @@ fn matches(t: &Value, c: &Criteria) -> bool {
         if start < c.start_us || start > c.end_us {
             return false;
         }
-        if let Some(min) = c.min_duration_us {
-            if span["duration"].as_i64().unwrap() < min {
-                return false;
-            }
+        if let Some(min) = c.min_duration_us
+            && span["duration"].as_i64().unwrap() < min
+        {
+            return false;
         }
         c.tags.iter().all(|(k, v)| {
-            span["tags"].as_array().unwrap().iter().any(|tag| tag["key"] == k.as_str() && tag_text(tag) == *v)
+            span["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|tag| tag["key"] == k.as_str() && tag_text(tag) == *v)
         })
     })
 }
 
 fn search<'a>(s: &'a Server, c: &Criteria) -> Vec<&'a Value> {
-    let mut found: Vec<&Value> = s.traces.iter().map(|t| &t.json).filter(|t| matches(t, c)).collect();
+    let mut found: Vec<&Value> = s
+        .traces
+        .iter()
+        .map(|t| &t.json)
+        .filter(|t| matches(t, c))
+        .collect();
     // Most recent first, as Jaeger's storages return them.
     found.sort_by_key(|t| std::cmp::Reverse(t["spans"][0]["startTime"].as_i64().unwrap()));
     found.truncate(c.limit.min(s.cap));
     found
 }
 
-async fn v1_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn v1_traces(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&s, "/api/traces", &q) {
         return r;
     }
@@ -226,13 +270,20 @@ async fn v1_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
     let int = |k: &str, default: i64| -> Result<i64, Response> {
         match q.get(k) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|e| v1_error(StatusCode::BAD_REQUEST, &format!("unable to parse param '{k}': {e}"))),
+            Some(v) => v.parse().map_err(|e| {
+                v1_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unable to parse param '{k}': {e}"),
+                )
+            }),
         }
     };
     let now_us = chrono::Utc::now().timestamp_micros();
-    let (end_us, start_us, limit) = match (int("end", now_us), int("start", now_us - 48 * 3_600_000_000), int("limit", 100)) {
+    let (end_us, start_us, limit) = match (
+        int("end", now_us),
+        int("start", now_us - 48 * 3_600_000_000),
+        int("limit", 100),
+    ) {
         (Ok(e), Ok(s), Ok(l)) => (e, s, l),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
@@ -240,14 +291,24 @@ async fn v1_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
         None => HashMap::new(),
         Some(t) => match serde_json::from_str(t) {
             Ok(m) => m,
-            Err(e) => return v1_error(StatusCode::BAD_REQUEST, &format!("unable to parse param 'tags': {e}")),
+            Err(e) => {
+                return v1_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unable to parse param 'tags': {e}"),
+                );
+            }
         },
     };
     let min_duration_us = match q.get("minDuration") {
         None => None,
         Some(d) => match go_duration_us(d) {
             Some(us) => Some(us),
-            None => return v1_error(StatusCode::BAD_REQUEST, "unable to parse param 'minDuration'"),
+            None => {
+                return v1_error(
+                    StatusCode::BAD_REQUEST,
+                    "unable to parse param 'minDuration'",
+                );
+            }
         },
     };
     let c = Criteria {
@@ -264,7 +325,10 @@ async fn v1_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
 
 fn rfc3339_us(v: Option<&String>, name: &str) -> Result<i64, Response> {
     let Some(v) = v else {
-        return Err(v3_error(StatusCode::BAD_REQUEST, &format!("{name} is required")));
+        return Err(v3_error(
+            StatusCode::BAD_REQUEST,
+            &format!("{name} is required"),
+        ));
     };
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.timestamp_micros())
@@ -280,8 +344,15 @@ fn to_otlp(traces: &[&Value]) -> Value {
         for span in t["spans"].as_array().unwrap() {
             let p = &processes[span["processID"].as_str().unwrap()];
             let tags = span["tags"].as_array().unwrap();
-            let error = tags.iter().any(|g| g["key"] == "error" && tag_text(g) == "true");
-            let kind = match tags.iter().find(|g| g["key"] == "span.kind").map(tag_text).as_deref() {
+            let error = tags
+                .iter()
+                .any(|g| g["key"] == "error" && tag_text(g) == "true");
+            let kind = match tags
+                .iter()
+                .find(|g| g["key"] == "span.kind")
+                .map(tag_text)
+                .as_deref()
+            {
                 Some("server") => 2,
                 Some("client") => 3,
                 _ => 1,
@@ -313,7 +384,10 @@ fn to_otlp(traces: &[&Value]) -> Value {
     json!({"result": {"resourceSpans": resource_spans}})
 }
 
-async fn v3_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn v3_traces(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(r) = gate(&s, "/api/v3/traces", &q) {
         return r;
     }
@@ -329,7 +403,10 @@ async fn v3_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
         Err(r) => return r,
     };
     if end_us <= start_us {
-        return v3_error(StatusCode::BAD_REQUEST, "query.start_time_min must be before query.start_time_max");
+        return v3_error(
+            StatusCode::BAD_REQUEST,
+            "query.start_time_min must be before query.start_time_max",
+        );
     }
     let tags: HashMap<String, String> = q
         .get("query.attributes")
@@ -341,7 +418,10 @@ async fn v3_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
         end_us,
         tags,
         min_duration_us: q.get("query.duration_min").and_then(|d| go_duration_us(d)),
-        limit: q.get("query.num_traces").and_then(|n| n.parse().ok()).unwrap_or(100),
+        limit: q
+            .get("query.num_traces")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100),
     };
     let found = search(&s, &c);
     if found.is_empty() {
@@ -352,7 +432,14 @@ async fn v3_traces(State(s): State<Arc<Server>>, Query(q): Query<HashMap<String,
 
 /// `n` synthetic traces of frontend → payment between `start_us` and `end_us`, evenly spread;
 /// payment's span errors when `error`, and lasts `payment_us`.
-pub fn synthetic_traces(n: usize, start_us: i64, end_us: i64, error: bool, payment_us: i64, id_offset: u64) -> Vec<Value> {
+pub fn synthetic_traces(
+    n: usize,
+    start_us: i64,
+    end_us: i64,
+    error: bool,
+    payment_us: i64,
+    id_offset: u64,
+) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let t = start_us + ((end_us - start_us) as i128 * i as i128 / n.max(1) as i128) as i64;

@@ -39,8 +39,10 @@ pub fn bundle_dir(o: &Output) -> PathBuf {
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Trace ids (hex) of a bundle's `traces/<name>.jsonl.zst`, one per line, read independently of
@@ -68,20 +70,35 @@ pub fn verify_manifest(bundle: &Path) -> serde_json::Value {
     for f in manifest["files"].as_array().unwrap() {
         let rel = f["path"].as_str().unwrap();
         let bytes = std::fs::read(bundle.join(rel)).unwrap();
-        assert_eq!(bytes.len() as u64, f["bytes"].as_u64().unwrap(), "{rel} size");
-        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap(), "{rel} sha256");
+        assert_eq!(
+            bytes.len() as u64,
+            f["bytes"].as_u64().unwrap(),
+            "{rel} size"
+        );
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap(),
+            "{rel} sha256"
+        );
         listed.push(rel.to_owned());
     }
     let mut on_disk = Vec::new();
     for entry in walk(bundle) {
-        let rel = entry.strip_prefix(bundle).unwrap().to_string_lossy().into_owned();
+        let rel = entry
+            .strip_prefix(bundle)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if rel != "manifest.json" {
             on_disk.push(rel);
         }
     }
     listed.sort();
     on_disk.sort();
-    assert_eq!(listed, on_disk, "the manifest lists exactly the other files");
+    assert_eq!(
+        listed, on_disk,
+        "the manifest lists exactly the other files"
+    );
     manifest
 }
 
