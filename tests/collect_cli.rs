@@ -5,6 +5,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use evidence_locker::formats::{TraceCollector, open_trace_file};
 use support::*;
 
 fn fixture(rel: &str) -> String {
@@ -204,6 +205,37 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
     ] {
         assert!(yaml.contains(key), "postmortem.yaml lacks {key}");
     }
+    // The bundle's trace files read back to what the manifest counts: OTLP lines and the Jaeger UI
+    // file alike.
+    let read = |path: PathBuf| {
+        let mut c = TraceCollector::default();
+        c.read(open_trace_file(&path).unwrap()).unwrap();
+        c.finish().traces
+    };
+    let errors = read(bundle.join("traces/errors.jsonl.zst"));
+    let slow = read(bundle.join("traces/slow.jsonl.zst"));
+    let ui = read(bundle.join("traces/jaeger-ui.json"));
+    assert_eq!(
+        errors.len() as u64,
+        manifest["counts"]["error_traces"].as_u64().unwrap()
+    );
+    assert!(errors.iter().all(|t| t.has_error()));
+    assert_eq!(ui.len(), errors.len() + slow.len());
+    let spans =
+        |ts: &[evidence_locker::model::Trace]| ts.iter().map(|t| t.spans.len()).sum::<usize>();
+    assert_eq!(spans(&ui), spans(&errors) + spans(&slow));
+    let ui_errors = ui
+        .iter()
+        .flat_map(|t| &t.spans)
+        .filter(|s| s.is_error())
+        .count();
+    let otlp_errors = errors
+        .iter()
+        .chain(&slow)
+        .flat_map(|t| &t.spans)
+        .filter(|s| s.is_error())
+        .count();
+    assert_eq!(ui_errors, otlp_errors);
     let html = std::fs::read_to_string(report).unwrap();
     // Self-contained: inline SVG, no scripts, nothing fetched from the network.
     assert!(html.contains("<svg"));

@@ -14,7 +14,7 @@ use super::http::{HttpBackend, HttpError, RequestLabel};
 use super::search::{self, CapKnowledge, Page, RangeQuery, Reason};
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::config::BackendSettings;
-use crate::formats::{Format, TraceCollector};
+use crate::formats::TraceCollector;
 use crate::model::Trace;
 
 /// Which Jaeger query API the server has.
@@ -191,10 +191,12 @@ impl JaegerSource {
                     gaps.push(gap);
                 }
                 let caps = CapKnowledge::default();
+                // The baseline budget is shared by the services in scope.
+                let quota = plan.baseline_traces.div_ceil(services.len().max(1)).max(1);
                 let per_service = futures::future::join_all(
                     services
                         .iter()
-                        .map(|svc| self.capture_service(api, svc, plan, &caps)),
+                        .map(|svc| self.capture_service(api, svc, plan, &caps, quota)),
                 )
                 .await;
                 for (traces, service_gaps) in per_service {
@@ -245,6 +247,7 @@ impl JaegerSource {
         service: &str,
         plan: &CapturePlan,
         caps: &CapKnowledge,
+        baseline_quota: usize,
     ) -> (Vec<(Trace, Purposes)>, Vec<Gap>) {
         let mut out = Vec::new();
         let mut gaps = Vec::new();
@@ -291,7 +294,9 @@ impl JaegerSource {
             }));
         }
         if let Some(baseline) = plan.baseline {
-            let (traces, baseline_gaps) = self.sample_baseline(api, service, plan, baseline).await;
+            let (traces, baseline_gaps) = self
+                .sample_baseline(api, service, plan, baseline, baseline_quota)
+                .await;
             out.extend(traces);
             gaps.extend(baseline_gaps);
         }
@@ -305,9 +310,8 @@ impl JaegerSource {
         service: &str,
         plan: &CapturePlan,
         baseline: crate::model::TimeWindow,
+        quota: usize,
     ) -> (Vec<(Trace, Purposes)>, Vec<Gap>) {
-        let services = plan.services.len().max(1);
-        let quota = plan.baseline_traces.div_ceil(services).max(1);
         let slices = quota.min(6) as i64;
         let per_slice = quota.div_ceil(slices as usize);
         let (start, end) = (baseline.start_ns(), baseline.end_ns());
@@ -488,7 +492,6 @@ impl Search<'_> {
             None
         };
         let collected = collector.finish();
-        let _ = Format::JaegerApiResponse;
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
         let traces: Vec<Trace> = collected
             .traces

@@ -30,6 +30,8 @@ struct ApiResponse<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JTrace<'a> {
+    #[serde(default, borrow, rename = "traceID")]
+    trace_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     spans: Vec<JSpan<'a>>,
     #[serde(default, borrow)]
@@ -109,8 +111,8 @@ struct JTag<'a> {
     key: Cow<'a, str>,
     #[serde(default, borrow, rename = "type", alias = "vType")]
     kind: Cow<'a, str>,
-    #[serde(default)]
-    value: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    value: Option<TagValue<'a>>,
     #[serde(default, borrow)]
     v_str: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -125,6 +127,73 @@ struct JTag<'a> {
 
 fn opt_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     i64_any(d).map(Some)
+}
+
+/// A tag's `value` as written, borrowed from the input where it can be (no tree is built).
+enum TagValue<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// Arrays, objects and null, as JSON text.
+    Other(String),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TagValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TagValue<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tag value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(TagValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(TagValue::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(TagValue::Float(v as f64), TagValue::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(TagValue::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(TagValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TagValue::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(TagValue::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(TagValue::Other("null".into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = a.next_element::<serde_json::Value>()? {
+                    items.push(v);
+                }
+                Ok(TagValue::Other(serde_json::Value::Array(items).to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = serde_json::Map::new();
+                while let Some((k, v)) = a.next_entry::<String, serde_json::Value>()? {
+                    m.insert(k, v);
+                }
+                Ok(TagValue::Other(serde_json::Value::Object(m).to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// µs since the epoch (UI model) or RFC 3339 (domain model), as ns.
@@ -200,31 +269,31 @@ fn tag_value(tag: &JTag<'_>) -> AttrValue {
     {
         return AttrValue::Bytes(bytes.into());
     }
-    let kind = tag.kind.to_ascii_lowercase();
+    let kind = tag.kind.as_ref();
+    let is = |name: &str| kind.eq_ignore_ascii_case(name);
     match &tag.value {
-        Some(serde_json::Value::Bool(b)) => AttrValue::Bool(*b),
-        Some(serde_json::Value::Number(n)) => match n.as_i64() {
-            Some(i) if kind != "float64" => AttrValue::Int(i),
-            _ => AttrValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Some(serde_json::Value::String(s)) => match kind.as_str() {
-            "bool" => AttrValue::Bool(s.eq_ignore_ascii_case("true")),
-            "int64" => s
-                .parse()
-                .map(AttrValue::Int)
-                .unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
-            "float64" => s
-                .parse()
-                .map(AttrValue::Double)
-                .unwrap_or_else(|_| AttrValue::Str(s.as_str().into())),
-            "binary" => match base64::engine::general_purpose::STANDARD.decode(s) {
+        Some(TagValue::Bool(b)) => AttrValue::Bool(*b),
+        Some(TagValue::Int(i)) if is("float64") => AttrValue::Double(*i as f64),
+        Some(TagValue::Int(i)) => AttrValue::Int(*i),
+        Some(TagValue::Float(f)) => AttrValue::Double(*f),
+        Some(TagValue::Str(s)) if is("bool") => AttrValue::Bool(s.eq_ignore_ascii_case("true")),
+        Some(TagValue::Str(s)) if is("int64") => s
+            .parse()
+            .map(AttrValue::Int)
+            .unwrap_or_else(|_| AttrValue::Str(s.as_ref().into())),
+        Some(TagValue::Str(s)) if is("float64") => s
+            .parse()
+            .map(AttrValue::Double)
+            .unwrap_or_else(|_| AttrValue::Str(s.as_ref().into())),
+        Some(TagValue::Str(s)) if is("binary") => {
+            match base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
                 Ok(b) => AttrValue::Bytes(b.into()),
-                Err(_) => AttrValue::Str(s.as_str().into()),
-            },
-            _ => AttrValue::Str(s.as_str().into()),
-        },
-        Some(other) => AttrValue::Str(other.to_string().into()),
-        None if kind == "bool" => AttrValue::Bool(false),
+                Err(_) => AttrValue::Str(s.as_ref().into()),
+            }
+        }
+        Some(TagValue::Str(s)) => AttrValue::Str(s.as_ref().into()),
+        Some(TagValue::Other(text)) => AttrValue::Str(text.as_str().into()),
+        None if is("bool") => AttrValue::Bool(false),
         None => AttrValue::Str("".into()),
     }
 }
@@ -272,6 +341,7 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
                 .data
         }
         Format::JaegerSpans => vec![JTrace {
+            trace_id: None,
             spans: serde_json::from_slice(bytes).map_err(invalid)?,
             processes: HashMap::new(),
             process_map: Vec::new(),
@@ -282,6 +352,19 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
         add_trace(trace, c);
     }
     Ok(())
+}
+
+/// Parses `bytes` as one Jaeger UI trace (`{traceID, spans, processes}`) if it is one; `false`,
+/// with nothing added, if it is not. JSON Lines of traces are read a line at a time this way,
+/// without detecting each line's format again.
+pub fn parse_if_trace(bytes: &[u8], c: &mut TraceCollector) -> bool {
+    match serde_json::from_slice::<JTrace<'_>>(bytes) {
+        Ok(t) if t.trace_id.is_some() && !t.spans.is_empty() => {
+            add_trace(t, c);
+            true
+        }
+        _ => false,
+    }
 }
 
 fn add_trace(trace: JTrace<'_>, c: &mut TraceCollector) {

@@ -196,12 +196,20 @@ impl TraceCollector {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            // Lines may mix formats, so each is detected; the probe skips values without
-            // building them.
-            let _ = format;
-            format = self
-                .add_document(&line)
-                .map_err(|e| line_error(line_no, e))?;
+            // Lines are usually all of one format: try the previous line's first, and detect
+            // afresh only when the line is not of it (lines may mix formats).
+            let same = match format {
+                Format::JaegerTrace => jaeger::parse_if_trace(&line, self),
+                Format::Otlp => otlp::parse_if_plain(&line, self),
+                _ => false,
+            };
+            if same {
+                *self.formats.entry(format).or_default() += 1;
+            } else {
+                format = self
+                    .add_document(&line)
+                    .map_err(|e| line_error(line_no, e))?;
+            }
         }
     }
 

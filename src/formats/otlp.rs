@@ -240,6 +240,18 @@ pub fn parse(bytes: &[u8], c: &mut TraceCollector) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// Parses `bytes` as a plain OTLP `TracesData` (`resourceSpans` or `batches`) if it is one;
+/// `false`, with nothing added, if it is not.
+pub fn parse_if_plain(bytes: &[u8], c: &mut TraceCollector) -> bool {
+    match serde_json::from_slice::<Document<'_>>(bytes) {
+        Ok(doc) if !doc.resource_spans.is_empty() => {
+            add_resource_spans(doc.resource_spans, c);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Whether a Tempo v2 trace-by-id answer says it is partial, and the traces it holds.
 pub fn parse_tempo_v2(bytes: &[u8], c: &mut TraceCollector) -> Result<bool, FormatError> {
     let doc: Document<'_> = serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid {
