@@ -162,11 +162,14 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
         .transpose()?;
     let input = if !args.traces_file.is_empty() {
         let paths = args.traces_file.clone();
-        TraceInput::Files(
+        let clock = std::time::Instant::now();
+        let files = TraceInput::Files(
             tokio::task::spawn_blocking(move || FileSource::read(&paths))
                 .await
                 .context("the file reader stopped unexpectedly")??,
-        )
+        );
+        tracing::debug!(ms = clock.elapsed().as_millis() as u64, "trace files read");
+        files
     } else if !args.jaeger.is_empty() {
         TraceInput::Jaeger(args.jaeger)
     } else {

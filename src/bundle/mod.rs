@@ -76,21 +76,20 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
 }
 
 fn write_traces(
-    w: &mut BundleWriter,
+    dir: &Path,
     rel: &str,
     traces: &[(Trace, crate::capture::Purposes)],
     picks: &[usize],
     level: i32,
-) -> std::io::Result<()> {
-    w.write(rel, |out| {
+) -> std::io::Result<FileEntry> {
+    writer::write_file(dir, rel, |out| {
         let mut enc = zstd::stream::write::Encoder::new(out, level)?;
         for &i in picks {
             otlp::write_trace_line(&traces[i].0, &mut enc)?;
         }
         enc.finish()?;
         Ok(())
-    })?;
-    Ok(())
+    })
 }
 
 /// Everything the bundle is made from.
@@ -108,6 +107,8 @@ pub fn write_bundle(
 ) -> std::io::Result<(BundleSummary, Analysis, Timeline)> {
     let traces = &input.capture.traces;
     let plan = input.plan;
+    let clock = std::time::Instant::now();
+    let lap = |what: &str| tracing::debug!(ms = clock.elapsed().as_millis() as u64, "{what}");
     let picks = select(traces, plan.baseline_traces);
     let began_ns = input.began_at.timestamp_nanos_opt().unwrap_or(i64::MIN);
     let (analysis, timeline) = analyze(
@@ -121,39 +122,34 @@ pub fn write_bundle(
         },
     );
 
+    lap("analysed");
     let mut w = BundleWriter::new(dir);
-    write_traces(
-        &mut w,
-        "traces/errors.jsonl.zst",
-        traces,
-        &picks.errors,
-        opts.zstd_level,
-    )?;
-    write_traces(
-        &mut w,
-        "traces/slow.jsonl.zst",
-        traces,
-        &picks.slow,
-        opts.zstd_level,
-    )?;
-    write_traces(
-        &mut w,
-        "traces/baseline.jsonl.zst",
-        traces,
-        &picks.baseline,
-        opts.zstd_level,
-    )?;
-    w.write("traces/jaeger-ui.json", |out| {
-        jaeger::write_api_response(
-            picks
-                .errors
-                .iter()
-                .chain(&picks.slow)
-                .map(|&i| &traces[i].0),
-            out,
-        )
-    })?;
-
+    // The four trace files are independent: one thread each.
+    let level = opts.zstd_level;
+    let written: Vec<std::io::Result<FileEntry>> = std::thread::scope(|scope| {
+        let jobs = [
+            ("traces/errors.jsonl.zst", &picks.errors),
+            ("traces/slow.jsonl.zst", &picks.slow),
+            ("traces/baseline.jsonl.zst", &picks.baseline),
+        ]
+        .map(|(rel, p)| scope.spawn(move || write_traces(dir, rel, traces, p, level)));
+        let ui = scope.spawn(|| {
+            writer::write_file(dir, "traces/jaeger-ui.json", |out| {
+                jaeger::write_api_response(
+                    picks.errors.iter().chain(&picks.slow).map(|&i| &traces[i].0),
+                    out,
+                )
+            })
+        });
+        jobs.into_iter()
+            .chain([ui])
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a bundle writer thread panicked"))))
+            .collect()
+    });
+    for entry in written {
+        w.record(entry?);
+    }
+    lap("jaeger-ui.json written");
     #[derive(Serialize)]
     struct TimelineFile<'a> {
         incident: &'a crate::model::Incident,
@@ -220,6 +216,7 @@ pub fn write_bundle(
     });
     w.write("report.html", |out| out.write_all(html.as_bytes()))?;
 
+    lap("reports written");
     let manifest = Manifest::new(
         plan,
         input.capture,

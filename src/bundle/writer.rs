@@ -34,6 +34,38 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// Writes `dir/rel` with `fill` (never over an existing file), syncs it, and returns its entry.
+pub fn write_file(
+    dir: &Path,
+    rel: &str,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<FileEntry> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = File::options().write(true).create_new(true).open(&path)?;
+    let mut w = Hashing {
+        inner: BufWriter::with_capacity(256 * 1024, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    fill(&mut w)?;
+    w.flush()?;
+    let Hashing {
+        inner,
+        hasher,
+        bytes,
+    } = w;
+    let file = inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(FileEntry {
+        path: rel.to_owned(),
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
 /// Writes files under a directory and remembers their size and hash.
 pub struct BundleWriter {
     dir: PathBuf,
@@ -60,31 +92,14 @@ impl BundleWriter {
         rel: &str,
         fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<&FileEntry> {
-        let path = self.dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = File::options().write(true).create_new(true).open(&path)?;
-        let mut w = Hashing {
-            inner: BufWriter::with_capacity(256 * 1024, file),
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        fill(&mut w)?;
-        w.flush()?;
-        let Hashing {
-            inner,
-            hasher,
-            bytes,
-        } = w;
-        let file = inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        self.files.push(FileEntry {
-            path: rel.to_owned(),
-            bytes,
-            sha256: hex::encode(hasher.finalize()),
-        });
+        let entry = write_file(&self.dir, rel, fill)?;
+        self.files.push(entry);
         Ok(self.files.last().expect("just pushed"))
+    }
+
+    /// Lists a file written with [`write_file`] (for files written in parallel).
+    pub fn record(&mut self, entry: FileEntry) {
+        self.files.push(entry);
     }
 
     /// Writes `rel` as pretty JSON followed by a newline.

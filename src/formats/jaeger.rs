@@ -556,22 +556,40 @@ struct TagOut<'a> {
     key: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
-    value: serde_json::Value,
+    value: ValueOut<'a>,
 }
 
-fn tag_out<'a>(key: &'a str, v: &AttrValue) -> TagOut<'a> {
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ValueOut<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Owned(String),
+}
+
+fn tag_out<'a>(key: &'a str, v: &'a AttrValue) -> TagOut<'a> {
     let (kind, value) = match v {
-        AttrValue::Str(s) => ("string", serde_json::Value::from(&**s)),
-        AttrValue::Bool(b) => ("bool", serde_json::Value::from(*b)),
-        AttrValue::Int(i) => ("int64", serde_json::Value::from(*i)),
-        AttrValue::Double(d) => ("float64", serde_json::Value::from(*d)),
+        AttrValue::Str(s) => ("string", ValueOut::Str(s)),
+        AttrValue::Bool(b) => ("bool", ValueOut::Bool(*b)),
+        AttrValue::Int(i) => ("int64", ValueOut::Int(*i)),
+        AttrValue::Double(d) => ("float64", ValueOut::Double(*d)),
         AttrValue::Bytes(b) => (
             "binary",
-            serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(b)),
+            ValueOut::Owned(base64::engine::general_purpose::STANDARD.encode(b)),
         ),
-        other => ("string", serde_json::Value::from(other.to_text())),
+        other => ("string", ValueOut::Owned(other.to_text())),
     };
     TagOut { key, kind, value }
+}
+
+fn str_tag<'a>(key: &'a str, value: &'a str) -> TagOut<'a> {
+    TagOut {
+        key,
+        kind: "string",
+        value: ValueOut::Str(value),
+    }
 }
 
 #[derive(Serialize)]
@@ -673,22 +691,22 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
             .map(|a| tag_out(&a.key, &a.value))
             .collect();
         if let Some(k) = s.kind.jaeger_name() {
-            tags.push(tag_out("span.kind", &AttrValue::Str(k.into())));
+            tags.push(str_tag("span.kind", k));
         }
         match s.status.code {
             StatusCode::Error => {
-                tags.push(tag_out("error", &AttrValue::Bool(true)));
-                tags.push(tag_out("otel.status_code", &AttrValue::Str("ERROR".into())));
+                tags.push(TagOut {
+                    key: "error",
+                    kind: "bool",
+                    value: ValueOut::Bool(true),
+                });
+                tags.push(str_tag("otel.status_code", "ERROR"));
             }
-            StatusCode::Ok => tags.push(tag_out("otel.status_code", &AttrValue::Str("OK".into()))),
+            StatusCode::Ok => tags.push(str_tag("otel.status_code", "OK")),
             StatusCode::Unset => {}
         }
         if let Some(m) = &s.status.message {
-            tags.push(TagOut {
-                key: "otel.status_description",
-                kind: "string",
-                value: serde_json::Value::from(&**m),
-            });
+            tags.push(str_tag("otel.status_description", m));
         }
         let logs = s
             .events
@@ -696,11 +714,7 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
             .map(|e| {
                 let mut fields = Vec::with_capacity(e.attributes.len() + 1);
                 if !e.name.is_empty() {
-                    fields.push(TagOut {
-                        key: "event",
-                        kind: "string",
-                        value: serde_json::Value::from(&*e.name),
-                    });
+                    fields.push(str_tag("event", &e.name));
                 }
                 fields.extend(e.attributes.iter().map(|a| tag_out(&a.key, &a.value)));
                 LogOut {

@@ -5,6 +5,7 @@
 
 pub mod jaeger;
 mod lenient;
+mod lines;
 pub mod otlp;
 pub mod zipkin;
 
@@ -177,7 +178,7 @@ impl TraceCollector {
                 break;
             }
         }
-        let mut format = match self.add_document(&line) {
+        let format = match self.add_document(&line) {
             Ok(f) => f,
             Err(FormatError::NotJson(_)) => {
                 // Not a document on its own: the input is one (multi-line) document.
@@ -187,29 +188,28 @@ impl TraceCollector {
             }
             Err(e) => return Err(line_error(line_no, e).into()),
         };
-        loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                return Ok(());
+        lines::read_rest(self, input, line_no, format)
+    }
+
+    /// Adds everything another collector gathered (a later part of the same input).
+    fn absorb(&mut self, other: TraceCollector) {
+        for trace in other.traces {
+            match self.index.get(&trace.id) {
+                Some(&i) => self.traces[i].spans.extend(trace.spans),
+                None => {
+                    self.index.insert(trace.id, self.traces.len());
+                    self.traces.push(trace);
+                }
             }
-            line_no += 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            // Lines are usually all of one format: try the previous line's first, and detect
-            // afresh only when the line is not of it (lines may mix formats).
-            let same = match format {
-                Format::JaegerTrace => jaeger::parse_if_trace(&line, self),
-                Format::Otlp => otlp::parse_if_plain(&line, self),
-                _ => false,
-            };
-            if same {
-                *self.formats.entry(format).or_default() += 1;
-            } else {
-                format = self
-                    .add_document(&line)
-                    .map_err(|e| line_error(line_no, e))?;
-            }
+        }
+        for (k, v) in other.skipped {
+            *self.skipped.entry(k).or_default() += v;
+        }
+        for (k, v) in other.notes {
+            *self.notes.entry(k).or_default() += v;
+        }
+        for (k, v) in other.formats {
+            *self.formats.entry(k).or_default() += v;
         }
     }
 
