@@ -158,7 +158,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     let began_at = plan.incident.began_at();
     let dir = staged.staging.clone();
     let written = tokio::task::spawn_blocking(move || {
-        write_bundle(
+        let summary = write_bundle(
             &dir,
             &BundleInput {
                 plan: &plan,
@@ -167,7 +167,10 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
             },
             &opts,
         )
-        .map(|(summary, _, _)| summary)
+        .map(|(summary, _, _)| summary);
+        // Freeing millions of spans takes a while; nobody needs to wait for it.
+        std::thread::spawn(move || drop(capture));
+        summary
     })
     .await
     .context("the bundle writer stopped unexpectedly")?;

@@ -111,22 +111,17 @@ pub fn write_bundle(
     let lap = |what: &str| tracing::debug!(ms = clock.elapsed().as_millis() as u64, "{what}");
     let picks = select(traces, plan.baseline_traces);
     let began_ns = input.began_at.timestamp_nanos_opt().unwrap_or(i64::MIN);
-    let (analysis, timeline) = analyze(
-        traces,
-        &AnalysisInput {
-            began_ns,
-            window_start_ns: plan.window.start_ns(),
-            window_end_ns: plan.window.end_ns(),
-            slow_threshold: plan.slow_threshold,
-            error_rate_threshold: opts.error_rate_threshold,
-        },
-    );
-
-    lap("analysed");
+    let analysis_input = AnalysisInput {
+        began_ns,
+        window_start_ns: plan.window.start_ns(),
+        window_end_ns: plan.window.end_ns(),
+        slow_threshold: plan.slow_threshold,
+        error_rate_threshold: opts.error_rate_threshold,
+    };
     let mut w = BundleWriter::new(dir);
-    // The four trace files are independent: one thread each.
+    // The analysis and the four trace files only read the traces: one thread each.
     let level = opts.zstd_level;
-    let written: Vec<std::io::Result<FileEntry>> = std::thread::scope(|scope| {
+    let ((analysis, timeline), written) = std::thread::scope(|scope| {
         let jobs = [
             ("traces/errors.jsonl.zst", &picks.errors),
             ("traces/slow.jsonl.zst", &picks.slow),
@@ -136,15 +131,27 @@ pub fn write_bundle(
         let ui = scope.spawn(|| {
             writer::write_file(dir, "traces/jaeger-ui.json", |out| {
                 jaeger::write_api_response(
-                    picks.errors.iter().chain(&picks.slow).map(|&i| &traces[i].0),
+                    picks
+                        .errors
+                        .iter()
+                        .chain(&picks.slow)
+                        .map(|&i| &traces[i].0),
                     out,
                 )
             })
         });
-        jobs.into_iter()
+        let analysed = analyze(traces, &analysis_input);
+        lap("analysed");
+        let written: Vec<std::io::Result<FileEntry>> = jobs
+            .into_iter()
             .chain([ui])
-            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a bundle writer thread panicked"))))
-            .collect()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a bundle writer thread panicked"))
+                })
+            })
+            .collect();
+        (analysed, written)
     });
     for entry in written {
         w.record(entry?);

@@ -44,7 +44,11 @@ pub(super) fn parse_lines(
     Ok(format)
 }
 
-fn next_batch<R: BufRead>(input: &mut R, no: usize, line_no: &mut usize) -> std::io::Result<Option<Batch>> {
+fn next_batch<R: BufRead>(
+    input: &mut R,
+    no: usize,
+    line_no: &mut usize,
+) -> std::io::Result<Option<Batch>> {
     let mut bytes = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
     let first_line = *line_no + 1;
     while bytes.len() < BATCH_BYTES {
@@ -68,7 +72,9 @@ pub(super) fn read_rest<R: BufRead>(
     mut line_no: usize,
     format: Format,
 ) -> Result<(), ReadError> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
     if workers == 1 {
         let mut format = format;
         let mut no = 0;
@@ -92,7 +98,8 @@ pub(super) fn read_rest<R: BufRead>(
                     let next = rx.lock().map(|r| r.recv());
                     let Ok(Ok(batch)) = next else { break };
                     let mut part = TraceCollector::default();
-                    let result = parse_lines(&mut part, &batch.bytes, batch.first_line, format).map(|_| part);
+                    let result = parse_lines(&mut part, &batch.bytes, batch.first_line, format)
+                        .map(|_| part);
                     if tx.send((batch.no, result)).is_err() {
                         break;
                     }

@@ -22,6 +22,23 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SpanId(pub [u8; 8]);
 
+/// Value of each ASCII hex digit (only read for bytes already checked to be hex digits).
+const HEX: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Decodes hex (up to `N * 2` digits, left-padded) or, failing that, base64 of exactly `N` bytes
 /// or fewer (left-padded).
 fn decode<const N: usize>(kind: &'static str, s: &str) -> Result<[u8; N], IdError> {
@@ -38,7 +55,7 @@ fn decode<const N: usize>(kind: &'static str, s: &str) -> Result<[u8; N], IdErro
         let digits = s.as_bytes();
         // Right-align the digits; an odd count gets an implicit leading zero.
         for (nibble, &d) in (N * 2 - digits.len()..).zip(digits) {
-            let v = (d as char).to_digit(16).unwrap_or(0) as u8;
+            let v = HEX[d as usize];
             out[nibble / 2] |= if nibble.is_multiple_of(2) { v << 4 } else { v };
         }
         return Ok(out);
