@@ -309,3 +309,49 @@ fn a_config_file_and_environment_override_and_a_bad_key_stops_at_start_up() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("slow_treshold"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_incident_window_without_data_in_the_file_is_a_partial_bundle_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let incident = dir.path().join("incident.json");
+    std::fs::write(
+        &incident,
+        r#"{"id":"INC-EMPTY","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-05T14:00:00Z","end":"2026-02-05T15:00:00Z"}}"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("evidence");
+    // The fixture was recorded in 2017, years before this window.
+    let out = run_cli(
+        &[
+            "collect",
+            "--incident",
+            incident.to_str().unwrap(),
+            "--traces-file",
+            &fixture("jaeger/v1-ui_trace_ui_01.json"),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let bundle = bundle_dir(&out);
+    assert!(stdout(&out).contains("status: partial"), "{}", stdout(&out));
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["completeness"]["gaps"][0]["kind"], "no_data");
+    assert_eq!(manifest["counts"]["traces"], 0);
+}
+
+#[test]
+fn a_backend_source_needs_an_incident() {
+    let out = run_cli(
+        &[
+            "collect",
+            "--jaeger",
+            "http://127.0.0.1:9",
+            "--out",
+            "/nonexistent/never",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--incident"), "{}", stderr(&out));
+}

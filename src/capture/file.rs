@@ -126,7 +126,11 @@ impl FileSource {
                 outside,
             );
         }
-        let gaps = collected
+        let in_window = traces
+            .iter()
+            .filter(|(t, _)| plan.window.contains_ns(t.start_ns()))
+            .count();
+        let mut gaps: Vec<Gap> = collected
             .skipped
             .iter()
             .map(|(reason, n)| Gap {
@@ -139,6 +143,18 @@ impl FileSource {
                 message: format!("{n} × {reason}"),
             })
             .collect();
+        if in_window == 0 {
+            gaps.push(Gap {
+                source: "file".into(),
+                kind: "no_data".into(),
+                service: None,
+                purpose: None,
+                start: Some(plan.window.start()),
+                end: Some(plan.window.end()),
+                message: "the trace files hold no trace that starts inside the incident window"
+                    .into(),
+            });
+        }
         let mut formats: BTreeMap<String, usize> = collected.formats;
         let api = (!formats.is_empty()).then(|| {
             std::mem::take(&mut formats)

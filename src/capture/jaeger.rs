@@ -163,6 +163,7 @@ impl JaegerSource {
         let mut gaps = Vec::new();
         let mut found: Vec<(Trace, Purposes)> = Vec::new();
         let mut api_name = None;
+        let mut notes = std::collections::BTreeMap::new();
         match self.discover().await {
             Err(message) => gaps.push(Gap {
                 source: self.name.clone(),
@@ -178,15 +179,35 @@ impl JaegerSource {
             }),
             Ok((api, known)) => {
                 api_name = Some(api.name().to_owned());
+                let known: BTreeSet<String> = known.into_iter().collect();
                 let services: Vec<String> = if plan.services.is_empty() {
-                    known
-                        .into_iter()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect()
+                    known.iter().cloned().collect()
                 } else {
                     plan.services.clone()
                 };
+                let unknown: Vec<&str> = services
+                    .iter()
+                    .filter(|s| !known.contains(*s))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    // Asked for anyway (the service list may lag), but said.
+                    notes.insert(
+                        format!("services the backend does not list: {}", unknown.join(", ")),
+                        unknown.len(),
+                    );
+                }
+                if services.is_empty() {
+                    gaps.push(Gap {
+                        source: self.name.clone(),
+                        kind: "no_services".into(),
+                        service: None,
+                        purpose: None,
+                        start: Some(plan.window.start()),
+                        end: Some(plan.window.end()),
+                        message: "the backend lists no services, and the incident names none: nothing could be asked for".into(),
+                    });
+                }
                 if let Some(gap) = self.expired(plan) {
                     gaps.push(gap);
                 }
@@ -216,7 +237,7 @@ impl JaegerSource {
                     "{}/trace/{{trace_id}}",
                     self.http.display_url().trim_end_matches('/')
                 )),
-                notes: Default::default(),
+                notes,
             },
             traces: found,
             gaps,
