@@ -9,6 +9,7 @@ pub mod file;
 pub mod http;
 pub mod jaeger;
 pub mod search;
+pub mod sweep;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -30,6 +30,8 @@ pub enum Reason {
     Initial,
     Split,
     Verify,
+    /// A bounded sample (the baseline): never split.
+    Sample,
 }
 
 impl Reason {
@@ -38,6 +40,7 @@ impl Reason {
             Self::Initial => "initial",
             Self::Split => "split",
             Self::Verify => "verify",
+            Self::Sample => "sample",
         }
     }
 }

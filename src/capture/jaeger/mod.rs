@@ -1,0 +1,239 @@
+//! Jaeger over HTTP. The v3 API (`/api/v3/services`, `/api/v3/traces`) first; the v1 API
+//! (`/api/services`, `/api/traces`) when v3 answers 404; decided once per backend per capture.
+//! Error traces are asked for with `tags={"error":"true"}` (v1) or `query.attributes` (v3, honoured
+//! from Jaeger 2.19) and always filtered again on our side, so an older server that ignores the
+//! filter costs queries, not correctness. Jaeger cannot search without a service, so every
+//! service is a scope of its own.
+
+mod api;
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+
+pub use api::Api;
+use api::{Search, V1Services, V3Services, body_text, label};
+
+use super::http::{HttpBackend, HttpError};
+use super::sweep::{Searches, SweepLimits, sweep};
+use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
+use crate::config::BackendSettings;
+use crate::model::Trace;
+
+/// A Jaeger query service.
+pub struct JaegerSource {
+    name: String,
+    http: HttpBackend,
+    settings: BackendSettings,
+    api: std::sync::OnceLock<Api>,
+}
+
+impl JaegerSource {
+    pub fn new(name: &str, settings: &BackendSettings) -> Result<Self, HttpError> {
+        Ok(Self {
+            name: name.to_owned(),
+            http: HttpBackend::new(settings)?,
+            settings: settings.clone(),
+            api: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Shortens retry delays (tests).
+    pub fn with_fast_retries(mut self) -> Self {
+        self.http = self
+            .http
+            .with_first_retry_delay(std::time::Duration::from_millis(10));
+        self
+    }
+
+    /// Finds the API and the services the server knows.
+    async fn discover(&self) -> Result<(Api, Vec<String>), String> {
+        let v3 = self
+            .http
+            .get("api/v3/services", &[], label("services", None, "initial"))
+            .await
+            .map_err(|e| e.to_string())?;
+        match v3.status {
+            200 => {
+                let parsed = serde_json::from_slice::<V3Services>(&v3.body);
+                let services = parsed
+                    .as_ref()
+                    .map(|s| s.services.clone())
+                    .unwrap_or_default();
+                let err = parsed
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("unreadable answer: {e}"));
+                let count = services.len();
+                self.http.finish(v3, Some(count), err.clone());
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok((Api::V3, services)),
+                }
+            }
+            404 => {
+                self.http
+                    .finish(v3, None, Some("no v3 API; using v1".into()));
+                let v1 = self
+                    .http
+                    .get("api/services", &[], label("services", None, "initial"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if v1.status != 200 {
+                    let msg = format!("HTTP {}: {}", v1.status, body_text(&v1.body));
+                    self.http.finish(v1, None, Some(msg.clone()));
+                    return Err(msg);
+                }
+                let parsed = serde_json::from_slice::<V1Services>(&v1.body);
+                match parsed {
+                    Ok(s) => {
+                        let services = s.data.unwrap_or_default();
+                        self.http.finish(v1, Some(services.len()), None);
+                        Ok((Api::V1, services))
+                    }
+                    Err(e) => {
+                        let msg = format!("unreadable answer: {e}");
+                        self.http.finish(v1, None, Some(msg.clone()));
+                        Err(msg)
+                    }
+                }
+            }
+            status => {
+                let msg = format!("HTTP {status}: {}", body_text(&v3.body));
+                self.http.finish(v3, None, Some(msg.clone()));
+                Err(msg)
+            }
+        }
+    }
+
+    async fn run(&self, plan: &CapturePlan) -> SourceCapture {
+        let mut gaps = Vec::new();
+        let mut found: Vec<(Trace, Purposes)> = Vec::new();
+        let mut api_name = None;
+        let mut notes = std::collections::BTreeMap::new();
+        match self.discover().await {
+            Err(message) => gaps.push(Gap {
+                source: self.name.clone(),
+                kind: "backend_unavailable".into(),
+                service: None,
+                purpose: None,
+                start: Some(plan.window.start()),
+                end: Some(plan.window.end()),
+                message: format!(
+                    "Jaeger at {} could not be queried: {message}",
+                    self.http.display_url()
+                ),
+            }),
+            Ok((api, known)) => {
+                api_name = Some(api.name().to_owned());
+                let known: BTreeSet<String> = known.into_iter().collect();
+                let services: Vec<String> = if plan.services.is_empty() {
+                    known.iter().cloned().collect()
+                } else {
+                    plan.services.clone()
+                };
+                let unknown: Vec<&str> = services
+                    .iter()
+                    .filter(|s| !known.contains(*s))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    // Asked for anyway (the service list may lag), but said.
+                    notes.insert(
+                        format!("services the backend does not list: {}", unknown.join(", ")),
+                        unknown.len(),
+                    );
+                }
+                if services.is_empty() {
+                    gaps.push(Gap {
+                        source: self.name.clone(),
+                        kind: "no_services".into(),
+                        service: None,
+                        purpose: None,
+                        start: Some(plan.window.start()),
+                        end: Some(plan.window.end()),
+                        message: "the backend lists no services, and the incident names none: nothing could be asked for".into(),
+                    });
+                }
+                if let Some(gap) = self.expired(plan) {
+                    gaps.push(gap);
+                }
+                let _ = self.api.set(api);
+                let limits = SweepLimits {
+                    source: self.name.clone(),
+                    query_limit: self.settings.query_limit,
+                    min_slice_ns: self.settings.min_slice.as_nanos().min(i64::MAX as u128) as i64,
+                    max_range_ns: None,
+                    // The baseline budget is shared by the services in scope.
+                    baseline_quota: plan.baseline_traces.div_ceil(services.len().max(1)),
+                };
+                let scopes: Vec<Option<String>> = services.into_iter().map(Some).collect();
+                let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
+                found.extend(traces);
+                gaps.extend(sweep_gaps);
+            }
+        }
+        SourceCapture {
+            record: SourceRecord {
+                name: self.name.clone(),
+                kind: "jaeger".into(),
+                url: self.http.display_url(),
+                api: api_name,
+                queries: self.http.take_records(),
+                trace_url: Some(format!(
+                    "{}/trace/{{trace_id}}",
+                    self.http.display_url().trim_end_matches('/')
+                )),
+                notes,
+            },
+            traces: found,
+            gaps,
+        }
+    }
+
+    /// The part of the window older than the backend's retention, as a gap.
+    fn expired(&self, plan: &CapturePlan) -> Option<Gap> {
+        let retention = chrono::Duration::from_std(self.settings.retention).ok()?;
+        let oldest = Utc::now() - retention;
+        (plan.window.start() < oldest).then(|| Gap {
+            source: self.name.clone(),
+            kind: "expired".into(),
+            service: None,
+            purpose: None,
+            start: Some(plan.window.start()),
+            end: Some(oldest.min(plan.window.end())),
+            message: format!(
+                "this part of the window is older than the backend's retention ({}); its traces may already be deleted",
+                humantime::format_duration(self.settings.retention)
+            ),
+        })
+    }
+}
+
+impl Searches for JaegerSource {
+    type Search<'a> = Search<'a>;
+
+    fn search<'a>(
+        &'a self,
+        plan: &'a CapturePlan,
+        service: Option<&'a str>,
+        purpose: Purpose,
+        limit: usize,
+    ) -> Search<'a> {
+        Search {
+            source: self,
+            plan,
+            api: self.api.get().copied().unwrap_or(Api::V3),
+            service: service.unwrap_or_default(),
+            purpose,
+            limit,
+        }
+    }
+}
+
+impl TraceSource for JaegerSource {
+    fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture> {
+        Box::pin(self.run(plan))
+    }
+}

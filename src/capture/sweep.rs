@@ -1,0 +1,191 @@
+//! The capture plan every search backend follows, whatever its API: for each scope (a service,
+//! or every service when the backend can search without one), every error trace and every slow
+//! trace of the incident window (exhaustive searches, see `search`), and a bounded sample of the
+//! baseline period spread over six slices. Backends only say how one search over one time range
+//! is asked (the [`Searches`] trait).
+
+use chrono::DateTime;
+
+use super::search::{self, CapKnowledge, RangeQuery, Reason};
+use super::{CapturePlan, Gap, Purpose, Purposes};
+use crate::model::Trace;
+
+/// A backend's searches.
+pub trait Searches: Sync {
+    type Search<'a>: RangeQuery
+    where
+        Self: 'a;
+
+    /// The search for `purpose` in `service` (`None`: every service), asking `limit` traces.
+    fn search<'a>(
+        &'a self,
+        plan: &'a CapturePlan,
+        service: Option<&'a str>,
+        purpose: Purpose,
+        limit: usize,
+    ) -> Self::Search<'a>;
+}
+
+/// How a sweep is bounded.
+#[derive(Clone, Debug)]
+pub struct SweepLimits {
+    /// The source's name, for gaps.
+    pub source: String,
+    pub query_limit: usize,
+    pub min_slice_ns: i64,
+    /// The longest range one search may cover (Tempo: 168 h); longer windows are cut first.
+    pub max_range_ns: Option<i64>,
+    /// Baseline traces asked per scope.
+    pub baseline_quota: usize,
+}
+
+/// What a sweep found: traces with the purpose they were found for, and gaps.
+pub type Swept = (Vec<(Trace, Purposes)>, Vec<Gap>);
+
+fn gap(
+    limits: &SweepLimits,
+    service: Option<&str>,
+    purpose: Purpose,
+    start_ns: i64,
+    end_ns: i64,
+    message: String,
+    kind: &str,
+) -> Gap {
+    Gap {
+        source: limits.source.clone(),
+        kind: kind.into(),
+        service: service.map(str::to_owned),
+        purpose: Some(purpose),
+        start: Some(DateTime::from_timestamp_nanos(start_ns)),
+        end: Some(DateTime::from_timestamp_nanos(end_ns)),
+        message,
+    }
+}
+
+/// Runs every search of the plan for each scope, concurrently across scopes.
+pub async fn sweep<B: Searches>(
+    backend: &B,
+    scopes: &[Option<String>],
+    plan: &CapturePlan,
+    limits: &SweepLimits,
+) -> Swept {
+    let caps = CapKnowledge::default();
+    let per_scope = futures::future::join_all(
+        scopes
+            .iter()
+            .map(|scope| sweep_scope(backend, scope.as_deref(), plan, limits, &caps)),
+    )
+    .await;
+    let mut traces = Vec::new();
+    let mut gaps = Vec::new();
+    for (t, g) in per_scope {
+        traces.extend(t);
+        gaps.extend(g);
+    }
+    (traces, gaps)
+}
+
+/// `[start, end)` cut into pieces of at most `max`.
+fn chunks(start: i64, end: i64, max: Option<i64>) -> Vec<(i64, i64)> {
+    let Some(max) = max.filter(|m| *m > 0) else {
+        return vec![(start, end)];
+    };
+    let mut out = Vec::new();
+    let mut s = start;
+    while s < end {
+        let e = s.saturating_add(max).min(end);
+        out.push((s, e));
+        s = e;
+    }
+    out
+}
+
+async fn sweep_scope<B: Searches>(
+    backend: &B,
+    service: Option<&str>,
+    plan: &CapturePlan,
+    limits: &SweepLimits,
+    caps: &CapKnowledge,
+) -> Swept {
+    let mut out = Vec::new();
+    let mut gaps = Vec::new();
+    for purpose in [Purpose::Errors, Purpose::Slow] {
+        let q = backend.search(plan, service, purpose, limits.query_limit);
+        for (start, end) in chunks(
+            plan.window.start_ns(),
+            plan.window.end_ns(),
+            limits.max_range_ns,
+        ) {
+            let found = search::exhaustive(
+                &q,
+                start,
+                end,
+                limits.query_limit,
+                limits.min_slice_ns,
+                caps,
+            )
+            .await;
+            out.extend(
+                found
+                    .traces
+                    .into_iter()
+                    .map(|t| (t, Purposes::default().with(purpose))),
+            );
+            gaps.extend(found.shortfalls.into_iter().map(|s| {
+                let kind = if s.message.contains("maximum") {
+                    "truncated"
+                } else {
+                    "query_failed"
+                };
+                gap(
+                    limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
+                )
+            }));
+        }
+    }
+    if let Some(baseline) = plan.baseline {
+        let quota = limits.baseline_quota.max(1);
+        let slices = quota.min(6) as i64;
+        let per_slice = quota.div_ceil(slices as usize);
+        let (start, end) = (baseline.start_ns(), baseline.end_ns());
+        let step = (end - start) / slices;
+        let q = backend.search(plan, service, Purpose::Baseline, per_slice);
+        let pages = futures::future::join_all((0..slices).map(|i| {
+            let s = start + i * step;
+            let e = if i == slices - 1 { end } else { s + step };
+            let q = &q;
+            async move { (s, e, q.query(s, e, Reason::Sample).await) }
+        }))
+        .await;
+        for (s, e, page) in pages {
+            match page {
+                Ok(p) => out.extend(
+                    p.traces
+                        .into_iter()
+                        .map(|t| (t, Purposes::default().with(Purpose::Baseline))),
+                ),
+                Err(message) => gaps.push(gap(
+                    limits,
+                    service,
+                    Purpose::Baseline,
+                    s,
+                    e,
+                    message,
+                    "query_failed",
+                )),
+            }
+        }
+    }
+    (out, gaps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn long_windows_are_cut_into_pieces_no_longer_than_the_maximum() {
+        assert_eq!(chunks(0, 10, Some(4)), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(chunks(0, 10, None), vec![(0, 10)]);
+    }
+}
