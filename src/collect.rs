@@ -9,8 +9,10 @@ use chrono::{DateTime, Utc};
 use crate::bundle::{BundleInput, BundleOptions, BundleSummary, write_bundle};
 use crate::capture::file::FileSource;
 use crate::capture::jaeger::JaegerSource;
+use crate::capture::tempo::TempoSource;
+use crate::capture::zipkin::ZipkinSource;
 use crate::capture::{self, CapturePlan, TraceSource};
-use crate::config::{BackendKind, Settings};
+use crate::config::{BackendKind, BackendSettings, Settings};
 use crate::model::{Incident, IncidentId, TimeWindow, WindowDefaults};
 use crate::store::FsStore;
 
@@ -18,8 +20,8 @@ use crate::store::FsStore;
 pub enum TraceInput {
     /// `--traces-file`, already read.
     Files(FileSource),
-    /// `--jaeger URL` (repeatable).
-    Jaeger(Vec<String>),
+    /// `--jaeger URL`, `--tempo URL`, `--zipkin URL` (each repeatable; used together).
+    Backends(Vec<(BackendKind, String)>),
     /// The `[backends.*]` of the configuration.
     Configured,
 }
@@ -192,6 +194,15 @@ fn files_name(files: &FileSource) -> String {
     files.first_path().unwrap_or_else(|| "traces".into())
 }
 
+/// A source for a backend of the given kind.
+fn backend_source(name: &str, settings: &BackendSettings) -> Result<Box<dyn TraceSource>> {
+    Ok(match settings.kind {
+        BackendKind::Jaeger => Box::new(JaegerSource::new(name, settings)?),
+        BackendKind::Tempo => Box::new(TempoSource::new(name, settings)?),
+        BackendKind::Zipkin => Box::new(ZipkinSource::new(name, settings)?),
+    })
+}
+
 fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn TraceSource>>> {
     let base = settings
         .backends
@@ -200,35 +211,28 @@ fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn
         .unwrap_or_default();
     let mut out: Vec<Box<dyn TraceSource>> = Vec::new();
     match input {
-        TraceInput::Jaeger(urls) => {
-            for (n, url) in urls.iter().enumerate() {
-                url::Url::parse(url).with_context(|| format!("--jaeger {url:?} is not a URL"))?;
-                let name = if urls.len() == 1 {
-                    "jaeger".to_owned()
+        TraceInput::Backends(given) => {
+            for (n, (kind, url)) in given.iter().enumerate() {
+                url::Url::parse(url)
+                    .with_context(|| format!("--{} {url:?} is not a URL", kind.name()))?;
+                let same_kind = given.iter().filter(|(k, _)| k == kind).count();
+                let name = if same_kind == 1 {
+                    kind.name().to_owned()
                 } else {
-                    format!("jaeger-{}", n + 1)
+                    format!("{}-{}", kind.name(), n + 1)
                 };
-                out.push(Box::new(JaegerSource::new(
-                    &name,
-                    &base.with_url(BackendKind::Jaeger, url),
-                )?));
+                out.push(backend_source(&name, &base.with_url(*kind, url))?);
             }
         }
         _ => {
             for (name, b) in &settings.backends {
-                match b.kind {
-                    BackendKind::Jaeger => out.push(Box::new(JaegerSource::new(name, b)?)),
-                    other => bail!(
-                        "backend {name}: kind {:?} is not supported yet (Jaeger only in this version)",
-                        other.name()
-                    ),
-                }
+                out.push(backend_source(name, b)?);
             }
         }
     }
     if out.is_empty() {
         bail!(
-            "no trace source: give --jaeger URL or --traces-file PATH, or configure [backends.<name>]"
+            "no trace source: give --jaeger, --tempo or --zipkin URL, or --traces-file PATH, or configure [backends.<name>]"
         );
     }
     Ok(out)

@@ -83,6 +83,8 @@ pub struct BackendSettings {
     pub username: String,
     pub password: String,
     pub bearer_token: String,
+    /// Tempo's `X-Scope-OrgID` (multi-tenant deployments).
+    pub tenant: String,
 }
 
 impl std::fmt::Debug for BackendSettings {
@@ -114,6 +116,7 @@ impl std::fmt::Debug for BackendSettings {
                     "<set>"
                 },
             )
+            .field("tenant", &self.tenant)
             .finish()
     }
 }
@@ -132,6 +135,7 @@ impl Default for BackendSettings {
             username: String::new(),
             password: String::new(),
             bearer_token: String::new(),
+            tenant: String::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use evidence_locker::capture::file::FileSource;
 use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
-use evidence_locker::config::Settings;
+use evidence_locker::config::{BackendKind, Settings};
 use evidence_locker::model::Incident;
 
 /// Preserves the trace evidence of an incident before the tracing backend deletes it.
@@ -53,12 +53,12 @@ struct CollectArgs {
     /// A Jaeger query service (repeatable).
     #[arg(long, value_name = "URL")]
     jaeger: Vec<String>,
-    /// A Grafana Tempo query frontend.
+    /// A Grafana Tempo query frontend (repeatable).
     #[arg(long, value_name = "URL")]
-    tempo: Option<String>,
-    /// A Zipkin server.
+    tempo: Vec<String>,
+    /// A Zipkin server (repeatable).
     #[arg(long, value_name = "URL")]
-    zipkin: Option<String>,
+    zipkin: Vec<String>,
     /// A trace file (repeatable): Jaeger, OTLP JSON or Zipkin, JSON or JSON Lines, plain or zstd.
     #[arg(long = "traces-file", value_name = "PATH")]
     traces_file: Vec<PathBuf>,
@@ -135,14 +135,15 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOutcome> {
-    if args.tempo.is_some() || args.zipkin.is_some() {
-        bail!(
-            "--tempo and --zipkin are not supported yet in this version; use --jaeger or --traces-file"
-        );
-    }
-    let given = usize::from(!args.jaeger.is_empty()) + usize::from(!args.traces_file.is_empty());
-    if given > 1 {
-        bail!("give one trace source: --jaeger URL or --traces-file PATH, not both");
+    let backends: Vec<(BackendKind, String)> = args
+        .jaeger
+        .iter()
+        .map(|u| (BackendKind::Jaeger, u.clone()))
+        .chain(args.tempo.iter().map(|u| (BackendKind::Tempo, u.clone())))
+        .chain(args.zipkin.iter().map(|u| (BackendKind::Zipkin, u.clone())))
+        .collect();
+    if !backends.is_empty() && !args.traces_file.is_empty() {
+        bail!("give backends (--jaeger, --tempo, --zipkin) or --traces-file, not both");
     }
     let out = match (args.out, args.store) {
         (Some(dir), _) => dir,
@@ -170,8 +171,8 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
         );
         tracing::debug!(ms = clock.elapsed().as_millis() as u64, "trace files read");
         files
-    } else if !args.jaeger.is_empty() {
-        TraceInput::Jaeger(args.jaeger)
+    } else if !backends.is_empty() {
+        TraceInput::Backends(backends)
     } else {
         TraceInput::Configured
     };

@@ -8,95 +8,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use serde_json::json;
 use support::jaeger::{self, Api, Server, synthetic_traces};
 use support::*;
-
-struct Scenario {
-    dir: tempfile::TempDir,
-    incident: std::path::PathBuf,
-}
-
-/// An incident over the last hour that began 30 minutes ago, with payment in scope.
-fn scenario() -> Scenario {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now();
-    let incident = json!({
-        "id": "INC-TEST-1",
-        "title": "Payment failures",
-        "declared_at": (now - Duration::minutes(20)).to_rfc3339(),
-        "started_at": (now - Duration::minutes(30)).to_rfc3339(),
-        "window": {"start": (now - Duration::minutes(60)).to_rfc3339(), "end": (now - Duration::minutes(1)).to_rfc3339()},
-        "services": ["payment"],
-    });
-    let path = dir.path().join("incident.json");
-    std::fs::write(&path, incident.to_string()).unwrap();
-    Scenario {
-        dir,
-        incident: path,
-    }
-}
-
-fn us(d: Duration) -> i64 {
-    (Utc::now() - d).timestamp_micros()
-}
-
-/// 5,000 error traces in the incident and 300 normal ones in the baseline period.
-fn many_errors() -> Vec<serde_json::Value> {
-    let mut traces = synthetic_traces(
-        5000,
-        us(Duration::minutes(25)),
-        us(Duration::minutes(5)),
-        true,
-        20_000,
-        0,
-    );
-    traces.extend(synthetic_traces(
-        300,
-        us(Duration::minutes(58)),
-        us(Duration::minutes(32)),
-        false,
-        20_000,
-        1_000_000,
-    ));
-    traces
-}
-
-fn collect(s: &Scenario, url: &str, env: &[(&str, String)]) -> std::process::Output {
-    let out = s.dir.path().join("evidence");
-    run_cli(
-        &[
-            "collect",
-            "--incident",
-            s.incident.to_str().unwrap(),
-            "--jaeger",
-            url,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        env,
-    )
-}
-
-fn expected_error_ids() -> BTreeSet<String> {
-    (1..=5000u64).map(|i| format!("{i:032x}")).collect()
-}
-
-fn assert_all_errors_captured(bundle: &Path) -> serde_json::Value {
-    let manifest = verify_manifest(bundle);
-    let ids: BTreeSet<String> = bundle_trace_ids(bundle, "errors").into_iter().collect();
-    assert_eq!(ids.len(), 5000, "distinct error traces in errors.jsonl.zst");
-    assert_eq!(ids, expected_error_ids());
-    assert_eq!(manifest["counts"]["error_traces"], 5000);
-    assert_eq!(manifest["counts"]["baseline_traces"], 300);
-    assert_eq!(
-        manifest["completeness"]["status"], "complete",
-        "{:#}",
-        manifest["completeness"]
-    );
-    manifest
-}
 
 fn queries<'a>(manifest: &'a serde_json::Value, reason: &str) -> Vec<&'a serde_json::Value> {
     manifest["sources"][0]["queries"]
@@ -111,7 +26,7 @@ fn queries<'a>(manifest: &'a serde_json::Value, reason: &str) -> Vec<&'a serde_j
 fn v1_cap_of_500_still_yields_all_5000_error_traces_with_the_splits_recorded() {
     let s = scenario();
     let (addr, server) = jaeger::start(Server::new(Api::V1, 500, many_errors()));
-    let out = collect(&s, &format!("http://{addr}"), &[]);
+    let out = collect_from(&s, "--jaeger", &format!("http://{addr}"), &[]);
     let bundle = bundle_dir(&out);
     assert!(
         stdout(&out).contains("status: complete"),
@@ -141,8 +56,9 @@ fn v3_with_a_cap_hidden_below_our_limit_still_yields_every_error_trace() {
     let s = scenario();
     let (addr, _server) = jaeger::start(Server::new(Api::V3, 500, many_errors()));
     // We ask for 1,000 per query; the server silently returns at most 500.
-    let out = collect(
+    let out = collect_from(
         &s,
+        "--jaeger",
         &format!("http://{addr}"),
         &[(
             "EVIDENCE_LOCKER__BACKENDS__DEFAULT__QUERY_LIMIT",
@@ -179,7 +95,7 @@ fn a_backend_answering_503_for_a_while_is_retried_into_a_complete_bundle() {
     let server = Server::new(Api::V1, 500, traces);
     server.fail_first.store(3, Ordering::SeqCst);
     let (addr, server) = jaeger::start(server);
-    let out = collect(&s, &format!("http://{addr}"), &[]);
+    let out = collect_from(&s, "--jaeger", &format!("http://{addr}"), &[]);
     let bundle = bundle_dir(&out);
     let manifest = verify_manifest(&bundle);
     assert_eq!(
@@ -213,8 +129,9 @@ fn a_backend_answering_503_for_a_while_is_retried_into_a_complete_bundle() {
 fn a_backend_that_is_down_gives_a_partial_bundle_with_a_gap_and_exit_0() {
     let s = scenario();
     let addr = jaeger::dead_address();
-    let out = collect(
+    let out = collect_from(
         &s,
+        "--jaeger",
         &format!("http://admin:s3cret@{addr}"),
         &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "1".into())],
     );

@@ -212,6 +212,9 @@ impl HttpBackend {
         url: url::Url,
     ) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), String> {
         let mut req = self.client.get(url).header("Accept", "application/json");
+        if !self.settings.tenant.is_empty() {
+            req = req.header("X-Scope-OrgID", &self.settings.tenant);
+        }
         if !self.settings.bearer_token.is_empty() {
             req = req.bearer_auth(&self.settings.bearer_token);
         } else if !self.settings.username.is_empty() {

@@ -10,6 +10,8 @@ pub mod http;
 pub mod jaeger;
 pub mod search;
 pub mod sweep;
+pub mod tempo;
+pub mod zipkin;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -62,6 +62,61 @@ fn gap(
     }
 }
 
+/// The part of the window older than the backend's retention, as a gap.
+pub fn expired_gap(
+    source: &str,
+    retention: std::time::Duration,
+    plan: &CapturePlan,
+) -> Option<Gap> {
+    let keep = chrono::Duration::from_std(retention).ok()?;
+    let oldest = chrono::Utc::now() - keep;
+    (plan.window.start() < oldest).then(|| Gap {
+        source: source.to_owned(),
+        kind: "expired".into(),
+        service: None,
+        purpose: None,
+        start: Some(plan.window.start()),
+        end: Some(oldest.min(plan.window.end())),
+        message: format!(
+            "this part of the window is older than the backend's retention ({}); its traces may already be deleted",
+            humantime::format_duration(retention)
+        ),
+    })
+}
+
+/// The whole window as a gap: the backend could not be reached at all.
+pub fn unavailable_gap(source: &str, what: &str, plan: &CapturePlan, message: &str) -> Gap {
+    Gap {
+        source: source.to_owned(),
+        kind: "backend_unavailable".into(),
+        service: None,
+        purpose: None,
+        start: Some(plan.window.start()),
+        end: Some(plan.window.end()),
+        message: format!("{what} could not be queried: {message}"),
+    }
+}
+
+/// Notes the services in scope that the backend does not list (asked for anyway: the list may
+/// lag behind the data).
+pub fn note_unknown_services(
+    notes: &mut std::collections::BTreeMap<String, usize>,
+    services: &[String],
+    known: &std::collections::BTreeSet<String>,
+) {
+    let unknown: Vec<&str> = services
+        .iter()
+        .filter(|s| !known.contains(*s))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        notes.insert(
+            format!("services the backend does not list: {}", unknown.join(", ")),
+            unknown.len(),
+        );
+    }
+}
+
 /// Runs every search of the plan for each scope, concurrently across scopes.
 pub async fn sweep<B: Searches>(
     backend: &B,

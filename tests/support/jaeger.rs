@@ -5,8 +5,6 @@
 //! traces found" when empty, OTLP with hex ids and integer enums). A configurable cap on the
 //! traces of one answer, whatever `limit` asked for; failures on demand.
 
-#![allow(clippy::result_large_err)] // handlers return ready responses as errors
-
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,20 +65,7 @@ pub fn start(server: Server) -> (SocketAddr, Arc<Server>) {
         .route("/api/v3/services", get(v3_services))
         .route("/api/v3/traces", get(v3_traces))
         .with_state(state.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (rx.recv().unwrap(), state)
+    (super::serve(app), state)
 }
 
 /// A loopback address where nothing listens.

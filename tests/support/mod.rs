@@ -2,8 +2,30 @@
 //! and a runner for the real binary.
 
 #![allow(dead_code)]
+// Handlers of the loopback servers return ready responses as errors.
+#![allow(clippy::result_large_err)]
 
 pub mod jaeger;
+pub mod tempo;
+pub mod zipkin;
+
+/// Serves `app` on a free loopback port, on its own thread, for the rest of the test.
+pub fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -113,4 +135,103 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+// ---- the incident scenario the backend tests share ----
+
+use std::collections::BTreeSet;
+
+use chrono::{Duration, Utc};
+use jaeger::synthetic_traces;
+use serde_json::json;
+
+/// An incident over the last hour that began 30 minutes ago, with payment in scope.
+pub struct Scenario {
+    pub dir: tempfile::TempDir,
+    pub incident: std::path::PathBuf,
+}
+
+pub fn scenario() -> Scenario {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let incident = json!({
+        "id": "INC-TEST-1",
+        "title": "Payment failures",
+        "declared_at": (now - Duration::minutes(20)).to_rfc3339(),
+        "started_at": (now - Duration::minutes(30)).to_rfc3339(),
+        "window": {"start": (now - Duration::minutes(60)).to_rfc3339(), "end": (now - Duration::minutes(1)).to_rfc3339()},
+        "services": ["payment"],
+    });
+    let path = dir.path().join("incident.json");
+    std::fs::write(&path, incident.to_string()).unwrap();
+    Scenario {
+        dir,
+        incident: path,
+    }
+}
+
+pub fn us(d: Duration) -> i64 {
+    (Utc::now() - d).timestamp_micros()
+}
+
+/// 5,000 error traces in the incident and 300 normal ones in the baseline period.
+pub fn many_errors() -> Vec<serde_json::Value> {
+    let mut traces = synthetic_traces(
+        5000,
+        us(Duration::minutes(25)),
+        us(Duration::minutes(5)),
+        true,
+        20_000,
+        0,
+    );
+    traces.extend(synthetic_traces(
+        300,
+        us(Duration::minutes(58)),
+        us(Duration::minutes(32)),
+        false,
+        20_000,
+        1_000_000,
+    ));
+    traces
+}
+
+/// `collect --incident … <flag> <url> --out …` (flag: `--jaeger`, `--tempo`, `--zipkin`).
+pub fn collect_from(
+    s: &Scenario,
+    flag: &str,
+    url: &str,
+    env: &[(&str, String)],
+) -> std::process::Output {
+    let out = s.dir.path().join("evidence");
+    run_cli(
+        &[
+            "collect",
+            "--incident",
+            s.incident.to_str().unwrap(),
+            flag,
+            url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        env,
+    )
+}
+
+pub fn expected_error_ids() -> BTreeSet<String> {
+    (1..=5000u64).map(|i| format!("{i:032x}")).collect()
+}
+
+pub fn assert_all_errors_captured(bundle: &Path) -> serde_json::Value {
+    let manifest = verify_manifest(bundle);
+    let ids: BTreeSet<String> = bundle_trace_ids(bundle, "errors").into_iter().collect();
+    assert_eq!(ids.len(), 5000, "distinct error traces in errors.jsonl.zst");
+    assert_eq!(ids, expected_error_ids());
+    assert_eq!(manifest["counts"]["error_traces"], 5000);
+    assert_eq!(manifest["counts"]["baseline_traces"], 300);
+    assert_eq!(
+        manifest["completeness"]["status"], "complete",
+        "{:#}",
+        manifest["completeness"]
+    );
+    manifest
 }

@@ -9,14 +9,15 @@ mod api;
 
 use std::collections::BTreeSet;
 
-use chrono::Utc;
 use futures::future::BoxFuture;
 
 pub use api::Api;
 use api::{Search, V1Services, V3Services, body_text, label};
 
 use super::http::{HttpBackend, HttpError};
-use super::sweep::{Searches, SweepLimits, sweep};
+use super::sweep::{
+    Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
+};
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::config::BackendSettings;
 use crate::model::Trace;
@@ -113,18 +114,12 @@ impl JaegerSource {
         let mut api_name = None;
         let mut notes = std::collections::BTreeMap::new();
         match self.discover().await {
-            Err(message) => gaps.push(Gap {
-                source: self.name.clone(),
-                kind: "backend_unavailable".into(),
-                service: None,
-                purpose: None,
-                start: Some(plan.window.start()),
-                end: Some(plan.window.end()),
-                message: format!(
-                    "Jaeger at {} could not be queried: {message}",
-                    self.http.display_url()
-                ),
-            }),
+            Err(message) => gaps.push(unavailable_gap(
+                &self.name,
+                &format!("Jaeger at {}", self.http.display_url()),
+                plan,
+                &message,
+            )),
             Ok((api, known)) => {
                 api_name = Some(api.name().to_owned());
                 let known: BTreeSet<String> = known.into_iter().collect();
@@ -133,18 +128,7 @@ impl JaegerSource {
                 } else {
                     plan.services.clone()
                 };
-                let unknown: Vec<&str> = services
-                    .iter()
-                    .filter(|s| !known.contains(*s))
-                    .map(String::as_str)
-                    .collect();
-                if !unknown.is_empty() {
-                    // Asked for anyway (the service list may lag), but said.
-                    notes.insert(
-                        format!("services the backend does not list: {}", unknown.join(", ")),
-                        unknown.len(),
-                    );
-                }
+                note_unknown_services(&mut notes, &services, &known);
                 if services.is_empty() {
                     gaps.push(Gap {
                         source: self.name.clone(),
@@ -156,7 +140,7 @@ impl JaegerSource {
                         message: "the backend lists no services, and the incident names none: nothing could be asked for".into(),
                     });
                 }
-                if let Some(gap) = self.expired(plan) {
+                if let Some(gap) = expired_gap(&self.name, self.settings.retention, plan) {
                     gaps.push(gap);
                 }
                 let _ = self.api.set(api);
@@ -190,24 +174,6 @@ impl JaegerSource {
             traces: found,
             gaps,
         }
-    }
-
-    /// The part of the window older than the backend's retention, as a gap.
-    fn expired(&self, plan: &CapturePlan) -> Option<Gap> {
-        let retention = chrono::Duration::from_std(self.settings.retention).ok()?;
-        let oldest = Utc::now() - retention;
-        (plan.window.start() < oldest).then(|| Gap {
-            source: self.name.clone(),
-            kind: "expired".into(),
-            service: None,
-            purpose: None,
-            start: Some(plan.window.start()),
-            end: Some(oldest.min(plan.window.end())),
-            message: format!(
-                "this part of the window is older than the backend's retention ({}); its traces may already be deleted",
-                humantime::format_duration(self.settings.retention)
-            ),
-        })
     }
 }
 

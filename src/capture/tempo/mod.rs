@@ -1,0 +1,285 @@
+//! Grafana Tempo over HTTP. Searches are TraceQL on `/api/search` (`{ status = error }`,
+//! `{ duration > … }`, scoped by `resource.service.name` when the incident names services), with
+//! `start`/`end` in seconds and never more than Tempo's 168 h per search; they return trace ids
+//! only (leading zeros stripped), so every trace found is then fetched once by id from
+//! `/api/v2/traces/{id}` (falling back to `/api/traces/{id}` and its `batches` on older Tempos),
+//! with bounded concurrency. A `PARTIAL` answer is a recorded gap. `tenant` is sent as
+//! `X-Scope-OrgID`.
+
+mod api;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::future::BoxFuture;
+
+use api::{Search, body_text, label};
+
+use super::http::{HttpBackend, HttpError};
+use super::sweep::{Searches, SweepLimits, expired_gap, sweep, unavailable_gap};
+use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
+use crate::config::BackendSettings;
+use crate::formats::TraceCollector;
+use crate::model::{Trace, TraceId};
+
+/// Tempo's longest search range.
+const MAX_RANGE_NS: i64 = 168 * 3600 * 1_000_000_000;
+
+/// A Tempo query frontend.
+pub struct TempoSource {
+    name: String,
+    http: HttpBackend,
+    settings: BackendSettings,
+    /// Set once `/api/v2/traces/{id}` is known to be missing (Tempo before 2.5).
+    v1_fetch: AtomicBool,
+}
+
+/// How fetching one trace ended.
+enum Fetched {
+    Trace(Trace, bool),
+    Missing,
+    Failed(String),
+}
+
+impl TempoSource {
+    pub fn new(name: &str, settings: &BackendSettings) -> Result<Self, HttpError> {
+        Ok(Self {
+            name: name.to_owned(),
+            http: HttpBackend::new(settings)?,
+            settings: settings.clone(),
+            v1_fetch: AtomicBool::new(false),
+        })
+    }
+
+    /// Any answer from Tempo's build-info endpoint proves it is reachable.
+    async fn probe(&self) -> Result<(), String> {
+        let answer = self
+            .http
+            .get("api/status/buildinfo", &[], label("probe", None, "initial"))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.http.finish(answer, None, None);
+        Ok(())
+    }
+
+    async fn fetch_once(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+        v2: bool,
+    ) -> Result<Option<(Trace, bool)>, String> {
+        let answer = self
+            .http
+            .get(path, params, label("fetch", None, "initial"))
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer.status {
+            200 => {
+                let mut c = TraceCollector::default();
+                let parsed = if v2 {
+                    crate::formats::otlp::parse_tempo_v2(&answer.body, &mut c)
+                        .map_err(|e| e.to_string())
+                } else {
+                    c.add_document(&answer.body)
+                        .map(|_| false)
+                        .map_err(|e| e.to_string())
+                };
+                match parsed {
+                    Ok(partial) => {
+                        let mut traces = c.finish().traces;
+                        self.http.finish(
+                            answer,
+                            Some(traces.len()),
+                            partial.then(|| "PARTIAL".to_owned()),
+                        );
+                        match traces.len() {
+                            0 => Ok(None),
+                            _ => {
+                                let mut t = traces.swap_remove(0);
+                                for other in traces {
+                                    t.merge(other);
+                                }
+                                Ok(Some((t, partial)))
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("unreadable answer: {e}");
+                        self.http.finish(answer, None, Some(msg.clone()));
+                        Err(msg)
+                    }
+                }
+            }
+            404 => {
+                self.http.finish(answer, Some(0), None);
+                Ok(None)
+            }
+            status => {
+                let msg = format!("HTTP {status}: {}", body_text(&answer.body));
+                self.http.finish(answer, None, Some(msg.clone()));
+                Err(msg)
+            }
+        }
+    }
+
+    /// Fetches one trace by id: v2 first, v1 when v2 is missing.
+    async fn fetch(&self, id: TraceId, plan: &CapturePlan) -> Fetched {
+        let hex = id.to_hex();
+        let params = [
+            (
+                "start",
+                plan.window
+                    .start()
+                    .timestamp()
+                    .min(plan.baseline.map_or(i64::MAX, |b| b.start().timestamp()))
+                    .to_string(),
+            ),
+            ("end", (plan.window.end().timestamp() + 1).to_string()),
+        ];
+        if !self.v1_fetch.load(Ordering::Relaxed) {
+            match self
+                .fetch_once(&format!("api/v2/traces/{hex}"), &params, true)
+                .await
+            {
+                Ok(Some((t, partial))) => return Fetched::Trace(t, partial),
+                Err(e) => return Fetched::Failed(e),
+                Ok(None) => {}
+            }
+        }
+        match self
+            .fetch_once(&format!("api/traces/{hex}"), &params, false)
+            .await
+        {
+            Ok(Some((t, partial))) => {
+                self.v1_fetch.store(true, Ordering::Relaxed);
+                Fetched::Trace(t, partial)
+            }
+            Ok(None) => Fetched::Missing,
+            Err(e) => Fetched::Failed(e),
+        }
+    }
+
+    async fn run(&self, plan: &CapturePlan) -> SourceCapture {
+        let mut gaps = Vec::new();
+        let mut traces = Vec::new();
+        match self.probe().await {
+            Err(message) => gaps.push(unavailable_gap(
+                &self.name,
+                &format!("Tempo at {}", self.http.display_url()),
+                plan,
+                &message,
+            )),
+            Ok(()) => {
+                gaps.extend(expired_gap(&self.name, self.settings.retention, plan));
+                let scopes: Vec<Option<String>> = if plan.services.is_empty() {
+                    vec![None]
+                } else {
+                    plan.services.iter().cloned().map(Some).collect()
+                };
+                let limits = SweepLimits {
+                    source: self.name.clone(),
+                    query_limit: self.settings.query_limit,
+                    // Tempo's times are seconds.
+                    min_slice_ns: (self.settings.min_slice.as_nanos().min(i64::MAX as u128) as i64)
+                        .max(1_000_000_000),
+                    max_range_ns: Some(MAX_RANGE_NS),
+                    baseline_quota: plan.baseline_traces.div_ceil(scopes.len()),
+                };
+                // The searches find ids; each trace is then fetched once, whatever found it.
+                let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
+                gaps.extend(sweep_gaps);
+                let mut wanted: BTreeMap<TraceId, Purposes> = BTreeMap::new();
+                for (stub, p) in found {
+                    let e = wanted.entry(stub.id).or_default();
+                    *e = e.union(p);
+                }
+                let fetched = futures::future::join_all(
+                    wanted
+                        .keys()
+                        .map(|&id| async move { (id, self.fetch(id, plan).await) }),
+                )
+                .await;
+                for (id, outcome) in fetched {
+                    let purposes = wanted[&id];
+                    match outcome {
+                        Fetched::Trace(t, partial) => {
+                            if partial {
+                                gaps.push(self.trace_gap(id, "partial_trace", "Tempo answered PARTIAL: some spans of this trace may be missing"));
+                            }
+                            traces.push((t, purposes));
+                        }
+                        Fetched::Missing => gaps.push(self.trace_gap(
+                            id,
+                            "trace_not_found",
+                            "found by a search, then not found by id (deleted in between?)",
+                        )),
+                        Fetched::Failed(e) => gaps.push(self.trace_gap(
+                            id,
+                            "query_failed",
+                            &format!("fetching the trace failed: {e}"),
+                        )),
+                    }
+                }
+            }
+        }
+        let url = self.http.display_url();
+        SourceCapture {
+            record: SourceRecord {
+                name: self.name.clone(),
+                kind: "tempo".into(),
+                trace_url: None,
+                url,
+                api: Some(
+                    if self.v1_fetch.load(Ordering::Relaxed) {
+                        "tempo-search+v1-traces"
+                    } else {
+                        "tempo-search+v2-traces"
+                    }
+                    .into(),
+                ),
+                queries: self.http.take_records(),
+                notes: BTreeMap::new(),
+            },
+            traces,
+            gaps,
+        }
+    }
+
+    fn trace_gap(&self, id: TraceId, kind: &str, message: &str) -> Gap {
+        Gap {
+            source: self.name.clone(),
+            kind: kind.into(),
+            service: None,
+            purpose: None,
+            start: None,
+            end: None,
+            message: format!("trace {id}: {message}"),
+        }
+    }
+}
+
+impl Searches for TempoSource {
+    type Search<'a> = Search<'a>;
+
+    fn search<'a>(
+        &'a self,
+        plan: &'a CapturePlan,
+        service: Option<&'a str>,
+        purpose: Purpose,
+        limit: usize,
+    ) -> Search<'a> {
+        Search {
+            http: &self.http,
+            plan,
+            service,
+            purpose,
+            limit,
+        }
+    }
+}
+
+impl TraceSource for TempoSource {
+    fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture> {
+        Box::pin(self.run(plan))
+    }
+}

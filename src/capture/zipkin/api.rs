@@ -1,0 +1,127 @@
+//! Zipkin's `/api/v2/traces`: parameters (`serviceName`, `annotationQuery`, `minDuration` in µs,
+//! `endTs` and `lookback` in ms, `limit`) and its answer, a list of traces.
+
+use futures::future::BoxFuture;
+
+use crate::capture::http::{HttpBackend, RequestLabel};
+use crate::capture::search::{Page, RangeQuery, Reason};
+use crate::capture::{CapturePlan, Purpose};
+use crate::formats::{Format, TraceCollector};
+use crate::model::Trace;
+
+pub(super) fn label<'a>(
+    purpose: &'a str,
+    service: Option<&'a str>,
+    reason: &'a str,
+) -> RequestLabel<'a> {
+    RequestLabel {
+        purpose,
+        service,
+        reason,
+    }
+}
+
+pub(super) fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)])
+        .trim()
+        .to_owned()
+}
+
+/// One search (scope × purpose) that can be asked for any time range.
+pub struct Search<'a> {
+    pub(super) http: &'a HttpBackend,
+    pub(super) plan: &'a CapturePlan,
+    pub(super) service: Option<&'a str>,
+    pub(super) purpose: Purpose,
+    pub(super) limit: usize,
+}
+
+impl Search<'_> {
+    /// `[start_ns, end_ns)` as Zipkin's `endTs` and `lookback` (ms, rounded outwards).
+    fn params(&self, start_ns: i64, end_ns: i64) -> Vec<(&'static str, String)> {
+        let end_ms = end_ns.div_euclid(1_000_000) + i64::from(end_ns.rem_euclid(1_000_000) != 0);
+        let start_ms = start_ns.div_euclid(1_000_000);
+        let mut p = vec![
+            ("endTs", end_ms.to_string()),
+            ("lookback", (end_ms - start_ms).max(1).to_string()),
+            ("limit", self.limit.to_string()),
+        ];
+        if let Some(s) = self.service {
+            p.push(("serviceName", s.to_owned()));
+        }
+        match self.purpose {
+            Purpose::Errors => p.push(("annotationQuery", "error".to_owned())),
+            Purpose::Slow => p.push((
+                "minDuration",
+                (self.plan.slow_threshold.as_micros().max(1)).to_string(),
+            )),
+            _ => {}
+        }
+        p
+    }
+
+    fn keep(&self, t: &Trace) -> bool {
+        match self.purpose {
+            Purpose::Errors => t.has_error(),
+            Purpose::Slow => {
+                t.max_span_duration_ns()
+                    >= self.plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
+            }
+            _ => true,
+        }
+    }
+
+    async fn run(&self, start_ns: i64, end_ns: i64, reason: Reason) -> Result<Page, String> {
+        let purpose = match self.purpose {
+            Purpose::Errors => "errors",
+            Purpose::Slow => "slow",
+            _ => "baseline",
+        };
+        let answer = self
+            .http
+            .get(
+                "api/v2/traces",
+                &self.params(start_ns, end_ns),
+                label(purpose, self.service, reason.as_str()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.status != 200 {
+            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
+            self.http.finish(answer, None, Some(msg.clone()));
+            return Err(msg);
+        }
+        let mut c = TraceCollector::default();
+        let body = answer.body.trim_ascii();
+        let parsed = if body == b"[]" {
+            Ok(())
+        } else {
+            crate::formats::zipkin::parse(body, Format::ZipkinTraces, &mut c)
+        };
+        if let Err(e) = parsed {
+            let msg = format!("unreadable answer: {e}");
+            self.http.finish(answer, None, Some(msg.clone()));
+            return Err(msg);
+        }
+        let collected = c.finish();
+        let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
+        self.http.finish(answer, Some(returned.len()), None);
+        let traces = collected
+            .traces
+            .into_iter()
+            .filter(|t| self.keep(t))
+            .collect();
+        Ok(Page { traces, returned })
+    }
+}
+
+impl RangeQuery for Search<'_> {
+    fn query(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        reason: Reason,
+    ) -> BoxFuture<'_, Result<Page, String>> {
+        Box::pin(self.run(start_ns, end_ns, reason))
+    }
+}
