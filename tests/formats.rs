@@ -290,3 +290,35 @@ fn a_broken_line_names_its_line_number() {
     let err = c.add_input(input).unwrap_err().to_string();
     assert!(err.contains("line 2"), "{err}");
 }
+
+#[test]
+fn zipkin_shared_client_and_server_halves_get_distinct_ids_and_a_proper_tree() {
+    // smartthings: 175 spans, of which 45 server halves share their client's id.
+    let p = parse(&fixture(
+        "zipkin/v2-trace_smartthings-oauth-authorization.json",
+    ));
+    let spans = &p.traces[0].spans;
+    assert_eq!(spans.len(), 175);
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(
+        ids.len(),
+        175,
+        "every span id is unique once shared halves are split"
+    );
+    // Every parent exists in the trace (the root has none).
+    let roots = spans
+        .iter()
+        .filter(|s| s.parent.is_none_or(|p| !ids.contains(&p)))
+        .count();
+    assert_eq!(roots, 1);
+    // A server half's parent is its client half, in another service or the same call.
+    let shared: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attribute("zipkin.shared").is_some())
+        .collect();
+    assert_eq!(shared.len(), 45);
+    for s in shared {
+        let parent = spans.iter().find(|c| Some(c.span_id) == s.parent).unwrap();
+        assert_eq!(parent.kind, SpanKind::Client, "{}", s.operation);
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -85,17 +86,78 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
     } else {
         serde_json::from_slice(bytes).map_err(invalid)?
     };
-    for s in spans {
-        add_span(s, c);
+    let mut converted: Vec<Span> = spans.into_iter().filter_map(|s| convert(s, c)).collect();
+    split_shared_spans(&mut converted);
+    for span in converted {
+        c.push(span);
     }
     Ok(())
 }
 
-fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
+/// Zipkin lets the client and server halves of one call share a span id (`shared: true` on the
+/// server half). As Jaeger's span-id deduper does, the server half gets an id of its own (a hash
+/// of the shared id) with the client half as its parent, and the children of the shared id in
+/// the server's service are moved under it, so every span id in a trace is unique.
+fn split_shared_spans(spans: &mut [Span]) {
+    use std::collections::HashMap;
+    let is_shared = |s: &Span| matches!(s.attribute("zipkin.shared"), Some(AttrValue::Bool(true)));
+    let mut renamed: HashMap<(TraceId, SpanId, Arc<str>), SpanId> = HashMap::new();
+    let client_ids: std::collections::HashSet<(TraceId, SpanId)> = spans
+        .iter()
+        .filter(|s| !is_shared(s))
+        .map(|s| (s.trace_id, s.span_id))
+        .collect();
+    for (n, s) in spans.iter_mut().enumerate() {
+        if is_shared(s) && client_ids.contains(&(s.trace_id, s.span_id)) {
+            // Several server halves may share one client id (redeliveries): each gets its own.
+            let new_id = derived_id(s.span_id, n);
+            renamed
+                .entry((s.trace_id, s.span_id, s.service().clone()))
+                .or_insert(new_id);
+            s.parent = Some(s.span_id);
+            s.span_id = new_id;
+        }
+    }
+    if renamed.is_empty() {
+        return;
+    }
+    for s in spans.iter_mut().filter(|s| !is_shared(s)) {
+        if let Some(p) = s.parent {
+            if let Some(&new_parent) = renamed.get(&(s.trace_id, p, s.service().clone())) {
+                if new_parent != s.span_id {
+                    s.parent = Some(new_parent);
+                }
+            }
+        }
+    }
+}
+
+fn derived_id(shared: SpanId, position: usize) -> SpanId {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(
+        [
+            &shared.0[..],
+            b"zipkin-shared-server",
+            &position.to_be_bytes(),
+        ]
+        .concat(),
+    );
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    SpanId(out)
+}
+
+fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
     let (trace_id, span_id) = match (TraceId::parse(&s.trace_id), SpanId::parse(&s.id)) {
         (Ok(t), Ok(sp)) if !t.is_zero() => (t, sp),
-        (Err(e), _) | (_, Err(e)) => return c.skip(format!("zipkin span with {e}")),
-        _ => return c.skip("zipkin span with an all-zero trace id"),
+        (Err(e), _) | (_, Err(e)) => {
+            c.skip(format!("zipkin span with {e}"));
+            return None;
+        }
+        _ => {
+            c.skip("zipkin span with an all-zero trace id");
+            return None;
+        }
     };
     let Some(start_us) = s.timestamp.filter(|t| *t > 0).or_else(|| {
         s.annotations
@@ -104,7 +166,8 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
             .filter(|t| *t > 0)
             .min()
     }) else {
-        return c.skip("zipkin span without a timestamp or annotations");
+        c.skip("zipkin span without a timestamp or annotations");
+        return None;
     };
     let parent = s
         .parent_id
@@ -188,7 +251,7 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
         .collect();
     let start_ns = start_us.saturating_mul(1000);
     let operation = c.interner.get(s.name.as_deref().unwrap_or(""));
-    c.push(Span {
+    Some(Span {
         trace_id,
         span_id,
         parent,
@@ -205,5 +268,5 @@ fn add_span(s: ZSpan<'_>, c: &mut TraceCollector) {
         scope: None,
         events,
         links: Vec::new(),
-    });
+    })
 }
