@@ -100,7 +100,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
             let Some((first_ns, last_ns)) = files.span_range() else {
                 bail!("the traces file holds no usable spans");
             };
-            let data = TimeWindow::from_ns(first_ns, last_ns + 1_000);
+            let data = TimeWindow::from_ns(first_ns, last_ns.saturating_add(1_000));
             let (incident, window) = match req.incident {
                 None => (incident_for_files(&files_name(&files), data)?, data),
                 Some(incident) => {
@@ -213,8 +213,13 @@ fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn
     match input {
         TraceInput::Backends(given) => {
             for (n, (kind, url)) in given.iter().enumerate() {
-                url::Url::parse(url)
-                    .with_context(|| format!("--{} {url:?} is not a URL", kind.name()))?;
+                if url::Url::parse(url).is_err() {
+                    // Not echoed: a malformed URL may still hold a password.
+                    bail!(
+                        "--{} is not a URL (expected for example http://host:port)",
+                        kind.name()
+                    );
+                }
                 let same_kind = given.iter().filter(|(k, _)| k == kind).count();
                 let name = if same_kind == 1 {
                     kind.name().to_owned()
@@ -225,7 +230,7 @@ fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn
             }
         }
         _ => {
-            for (name, b) in &settings.backends {
+            for (name, b) in settings.backends.iter().filter(|(_, b)| b.enabled()) {
                 out.push(backend_source(name, b)?);
             }
         }

@@ -80,8 +80,11 @@ pub struct BackendSettings {
     #[serde(with = "dur")]
     pub min_slice: Duration,
     pub retries: usize,
+    #[serde(deserialize_with = "any_scalar")]
     pub username: String,
+    #[serde(deserialize_with = "any_scalar")]
     pub password: String,
+    #[serde(deserialize_with = "any_scalar")]
     pub bearer_token: String,
     /// Tempo's `X-Scope-OrgID` (multi-tenant deployments).
     pub tenant: String,
@@ -142,12 +145,55 @@ impl Default for BackendSettings {
 
 impl BackendSettings {
     /// The settings of `[backends.default]` with another kind and URL (for `collect --jaeger`).
+    /// Its credentials and tenant go along only to the same host: a URL given on the command
+    /// line must not receive another server's secrets.
     pub fn with_url(&self, kind: BackendKind, url: &str) -> Self {
-        Self {
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()))
+        };
+        let same_host = host(url).is_some() && host(url) == host(&self.url);
+        let mut s = Self {
             kind,
             url: url.to_owned(),
             ..self.clone()
+        };
+        if !same_host {
+            s.username.clear();
+            s.password.clear();
+            s.bearer_token.clear();
+            s.tenant.clear();
         }
+        s
+    }
+
+    /// A backend whose `url` is empty is switched off.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+}
+
+/// A string that may have been written as a number or boolean (environment variables are read
+/// as typed values: a numeric password must not fail, and its value must never reach an error
+/// message).
+fn any_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i128),
+        Float(f64),
+        Bool(bool),
+    }
+    match Scalar::deserialize(d) {
+        Ok(Scalar::Text(s)) => Ok(s),
+        Ok(Scalar::Int(i)) => Ok(i.to_string()),
+        Ok(Scalar::Float(f)) => Ok(f.to_string()),
+        Ok(Scalar::Bool(b)) => Ok(b.to_string()),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected text (value not shown: it may be a secret)",
+        )),
     }
 }
 
@@ -251,7 +297,7 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (name, b) in &self.backends {
+        for (name, b) in self.backends.iter().filter(|(_, b)| b.enabled()) {
             if url::Url::parse(&b.url).is_err() {
                 return bad(format!(
                     "backends.{name}.url {:?} is not a URL",
@@ -336,6 +382,17 @@ mod tests {
         let e =
             Settings::load_with_env(None, Env::prefixed("EL_TEST_B__").split("__")).unwrap_err();
         assert!(e.to_string().contains("capture.lookback"), "{e}");
+
+        // A numeric password from the environment is text, and never appears in an error.
+        unsafe {
+            std::env::set_var("EL_TEST_D__BACKENDS__DEFAULT__PASSWORD", "123456");
+            std::env::set_var("EL_TEST_E__BACKENDS__DEFAULT__PASSWORD", "[98765]");
+        }
+        let s = Settings::load_with_env(None, Env::prefixed("EL_TEST_D__").split("__")).unwrap();
+        assert_eq!(s.backends["default"].password, "123456");
+        let e =
+            Settings::load_with_env(None, Env::prefixed("EL_TEST_E__").split("__")).unwrap_err();
+        assert!(!e.to_string().contains("98765"), "{e}");
 
         std::fs::write(&file, "[capture]\nlookbak = \"1m\"\n").unwrap();
         let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__"))

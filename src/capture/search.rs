@@ -15,6 +15,10 @@ use futures::future::BoxFuture;
 
 use crate::model::{Trace, TraceId};
 
+/// Answers smaller than this are not suspected of being capped: no server caps a search at a
+/// handful of traces, and verifying them would cost a chain of queries per single trace.
+pub const MIN_PLAUSIBLE_CAP: usize = 10;
+
 /// One answer of a search over a time range.
 pub struct Page {
     /// The traces kept (after filtering on our side).
@@ -184,7 +188,7 @@ fn judge<'a, Q: RangeQuery>(
         let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
         if n >= limit {
             split(ctx, start_ns, end_ns, n, false).await;
-        } else if n > 0 && proven.is_none() && n >= max_seen {
+        } else if n >= MIN_PLAUSIBLE_CAP && proven.is_none() && n >= max_seen {
             split(ctx, start_ns, end_ns, n, true).await;
         }
     })
@@ -198,7 +202,7 @@ fn split<'a, Q: RangeQuery>(
     verify: bool,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        if end_ns - start_ns <= ctx.min_slice_ns {
+        if end_ns.saturating_sub(start_ns) <= ctx.min_slice_ns {
             if !verify {
                 ctx.short(
                     start_ns,
@@ -207,10 +211,18 @@ fn split<'a, Q: RangeQuery>(
                         "the backend returned its maximum of {whole} traces for a range that cannot be split further; more may exist"
                     ),
                 );
+            } else {
+                ctx.short(
+                    start_ns,
+                    end_ns,
+                    format!(
+                        "{whole} traces in a range that cannot be split further could not be verified complete: the backend may cap answers at {whole}"
+                    ),
+                );
             }
             return;
         }
-        let mid = start_ns + (end_ns - start_ns) / 2;
+        let mid = start_ns + end_ns.saturating_sub(start_ns) / 2;
         let reason = if verify {
             Reason::Verify
         } else {
@@ -224,11 +236,22 @@ fn split<'a, Q: RangeQuery>(
             let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
             let union = union.len();
             if union > whole {
-                tracing::info!(
-                    cap = whole,
-                    "the backend caps search answers below the limit asked for"
-                );
-                ctx.caps.prove(whole);
+                // More traces than the whole held: a cap, unless traces arrived meanwhile
+                // (the window may end now). Asking the whole again tells them apart.
+                match ctx.query.query(start_ns, end_ns, Reason::Verify).await {
+                    Ok(again) if again.returned.len() > whole => {
+                        // The data grew: judge the fresh answer instead.
+                        return judge(ctx, start_ns, end_ns, again).await;
+                    }
+                    Ok(_) => {
+                        tracing::info!(
+                            cap = whole,
+                            "the backend caps search answers below the limit asked for"
+                        );
+                        ctx.caps.prove(whole);
+                    }
+                    Err(e) => ctx.short(start_ns, end_ns, e),
+                }
             } else if pa.returned.len() < whole && pb.returned.len() < whole {
                 // Neither half can be capped (the cap is at least `whole`) and together
                 // they hold no more than the whole: the whole was complete, and so is
@@ -321,10 +344,23 @@ mod tests {
     }
 
     #[test]
-    fn a_small_complete_answer_costs_one_verification_only() {
+    fn a_small_answer_is_not_suspected_and_a_larger_one_is_verified_once() {
         let (found, asked) = run(vec![10, 500_000, 900_000], 100, 100, 1);
         assert_eq!(found.traces.len(), 3);
+        assert_eq!(asked, 1, "three traces cannot be a cap");
+        let spread: Vec<i64> = (0..40).map(|i| i * 25_000).collect();
+        let (found, asked) = run(spread, 100, 100, 1);
+        assert_eq!(found.traces.len(), 40);
         assert_eq!(asked, 3, "the answer and its two halves");
+    }
+
+    #[test]
+    fn a_burst_under_a_hidden_cap_in_one_unsplittable_slice_is_a_shortfall_not_silence() {
+        // 300 traces in one instant, a server capping at 100, our limit 1,000.
+        let (found, _) = run(vec![500_000; 300], 100, 1000, 1_000);
+        assert_eq!(found.traces.len(), 100);
+        assert_eq!(found.shortfalls.len(), 1, "{:?}", found.shortfalls);
+        assert!(found.shortfalls[0].message.contains("may cap"));
     }
 
     #[test]

@@ -431,8 +431,9 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
         }
         _ => return c.skip("jaeger span without a trace or span id"),
     };
-    let mut parent = None;
-    let mut links = Vec::new();
+    // As Jaeger's ParentSpanID(): the first CHILD_OF into the same trace, else the first
+    // FOLLOWS_FROM; every other reference is a link.
+    let mut refs = Vec::with_capacity(s.references.len());
     for r in &s.references {
         let (Some(t), Some(sp)) = (
             lenient_trace_id(&r.trace_id, c),
@@ -441,26 +442,30 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
             c.skip("jaeger reference without a usable id (reference dropped)");
             continue;
         };
-        let child_of = r.ref_type.eq_ignore_ascii_case("CHILD_OF");
-        if parent.is_none()
-            && t == trace_id
-            && (child_of || r.ref_type.eq_ignore_ascii_case("FOLLOWS_FROM"))
-        {
-            parent = Some(sp);
-        } else {
-            let mut attributes = Vec::new();
-            if !child_of {
-                attributes.push(Attribute {
-                    key: c.interner.get("opentracing.ref_type"),
-                    value: AttrValue::Str("follows_from".into()),
-                });
-            }
-            links.push(Link {
-                trace_id: t,
-                span_id: sp,
-                attributes,
+        refs.push((t, sp, r.ref_type.eq_ignore_ascii_case("CHILD_OF")));
+    }
+    let parent_at = refs
+        .iter()
+        .position(|(t, _, child_of)| *t == trace_id && *child_of)
+        .or_else(|| refs.iter().position(|(t, _, _)| *t == trace_id));
+    let mut parent = parent_at.map(|i| refs[i].1);
+    let mut links = Vec::new();
+    for (i, (t, sp, child_of)) in refs.into_iter().enumerate() {
+        if Some(i) == parent_at {
+            continue;
+        }
+        let mut attributes = Vec::new();
+        if !child_of {
+            attributes.push(Attribute {
+                key: c.interner.get("opentracing.ref_type"),
+                value: AttrValue::Str("follows_from".into()),
             });
         }
+        links.push(Link {
+            trace_id: t,
+            span_id: sp,
+            attributes,
+        });
     }
     if parent.is_none() && !s.parent_span_id.is_empty() {
         parent = lenient_span_id(&s.parent_span_id, c).filter(|p| !p.is_zero());
@@ -574,7 +579,8 @@ fn tag_out<'a>(key: &'a str, v: &'a AttrValue) -> TagOut<'a> {
         AttrValue::Str(s) => ("string", ValueOut::Str(s)),
         AttrValue::Bool(b) => ("bool", ValueOut::Bool(*b)),
         AttrValue::Int(i) => ("int64", ValueOut::Int(*i)),
-        AttrValue::Double(d) => ("float64", ValueOut::Double(*d)),
+        AttrValue::Double(d) if d.is_finite() => ("float64", ValueOut::Double(*d)),
+        AttrValue::Double(d) => ("string", ValueOut::Owned(d.to_string())),
         AttrValue::Bytes(b) => (
             "binary",
             ValueOut::Owned(base64::engine::general_purpose::STANDARD.encode(b)),

@@ -58,8 +58,17 @@ pub fn f64_any<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
             Ok(v)
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
-            v.parse()
-                .map_err(|_| E::custom(format!("{v:?} is not a number")))
+            match v {
+                "Infinity" => Ok(f64::INFINITY),
+                "-Infinity" => Ok(f64::NEG_INFINITY),
+                _ => v
+                    .parse()
+                    .map_err(|_| E::custom(format!("{v:?} is not a number"))),
+            }
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
+            // serde_json writes non-finite numbers as null.
+            Ok(f64::NAN)
         }
     }
     d.deserialize_any(V)

@@ -114,8 +114,19 @@ impl TraceCollector {
         s
     }
 
-    /// Adds one span to its trace.
+    /// Adds one span to its trace; a span dated outside 1990–2200 (a timestamp in the wrong
+    /// unit, most likely) is counted as skipped instead. A span with no time at all (some
+    /// upstream examples) is kept.
     pub fn push(&mut self, span: Span) {
+        const EARLIEST_NS: i64 = 631_152_000 * 1_000_000_000; // 1990-01-01
+        const LATEST_NS: i64 = 7_258_118_400 * 1_000_000_000; // 2200-01-01
+        let untimed = span.start_ns == 0 && span.end_ns == 0;
+        if !untimed
+            && (!(EARLIEST_NS..LATEST_NS).contains(&span.start_ns) || span.end_ns >= LATEST_NS)
+        {
+            return self
+                .skip("span dated before 1990 or after 2200 (a timestamp in the wrong unit?)");
+        }
         match self.index.get(&span.trace_id) {
             Some(&i) => self.traces[i].spans.push(span),
             None => {
@@ -214,7 +225,17 @@ impl TraceCollector {
     }
 
     /// The traces in first-seen order, with what was skipped and what was changed.
-    pub fn finish(self) -> Collected {
+    pub fn finish(mut self) -> Collected {
+        let mut duplicates = 0usize;
+        for t in &mut self.traces {
+            duplicates += dedupe_spans(t);
+        }
+        if duplicates > 0 {
+            *self
+                .notes
+                .entry("spans read twice (same id, service, operation and start), kept once".into())
+                .or_default() += duplicates;
+        }
         Collected {
             traces: self.traces,
             skipped: self.skipped,
@@ -226,6 +247,34 @@ impl TraceCollector {
                 .collect(),
         }
     }
+}
+
+/// Drops repeated copies of a span (the same export read twice); returns how many.
+fn dedupe_spans(t: &mut Trace) -> usize {
+    let before = t.spans.len();
+    let same = |a: &Span, b: &Span| {
+        a.span_id == b.span_id
+            && a.start_ns == b.start_ns
+            && a.operation == b.operation
+            && a.resource.service == b.resource.service
+    };
+    if before <= 32 {
+        // Small traces (most of them): compare pairwise, no allocation.
+        let has_duplicate = (1..before).any(|i| (0..i).any(|j| same(&t.spans[i], &t.spans[j])));
+        if !has_duplicate {
+            return 0;
+        }
+    }
+    let mut seen = std::collections::HashSet::with_capacity(before);
+    t.spans.retain(|s| {
+        seen.insert((
+            s.span_id,
+            s.resource.service.clone(),
+            s.operation.clone(),
+            s.start_ns,
+        ))
+    });
+    before - t.spans.len()
 }
 
 /// What reading an input produced.

@@ -400,6 +400,12 @@ impl Serialize for Value<'_> {
             AttrValue::Str(v) => m.serialize_entry("stringValue", v)?,
             AttrValue::Bool(v) => m.serialize_entry("boolValue", v)?,
             AttrValue::Int(v) => m.serialize_entry("intValue", &v.to_string())?,
+            // Protobuf's JSON mapping writes non-finite doubles as strings.
+            AttrValue::Double(v) if v.is_nan() => m.serialize_entry("doubleValue", "NaN")?,
+            AttrValue::Double(v) if v.is_infinite() => m.serialize_entry(
+                "doubleValue",
+                if *v > 0.0 { "Infinity" } else { "-Infinity" },
+            )?,
             AttrValue::Double(v) => m.serialize_entry("doubleValue", v)?,
             AttrValue::Bytes(v) => m.serialize_entry(
                 "bytesValue",

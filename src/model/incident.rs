@@ -82,6 +82,7 @@ impl TimeWindow {
 
     /// From nanosecond timestamps; an empty range is widened to one microsecond.
     pub fn from_ns(start_ns: i64, end_ns: i64) -> Self {
+        let start_ns = start_ns.min(i64::MAX - 1_000);
         let start = DateTime::from_timestamp_nanos(start_ns);
         let end = DateTime::from_timestamp_nanos(end_ns.max(start_ns + 1_000));
         Self { start, end }
@@ -186,6 +187,18 @@ impl Incident {
             serde_json::from_value(value).map_err(|e| IncidentError::Shape(e.to_string()))?;
         let id = IncidentId::parse(raw.id.as_deref().ok_or(IncidentError::MissingId)?)?;
         let declared_at = raw.declared_at.ok_or(IncidentError::MissingDeclaredAt)?;
+        let dates = [Some(declared_at), raw.started_at]
+            .into_iter()
+            .chain(raw.window.iter().flat_map(|w| [Some(w.start), Some(w.end)]))
+            .flatten();
+        for d in dates {
+            if d.timestamp_nanos_opt().is_none() || d.timestamp() < 0 {
+                return Err(IncidentError::Shape(format!(
+                    "{} is outside the years 1970–2262",
+                    d.to_rfc3339()
+                )));
+            }
+        }
         let window = raw
             .window
             .map(|w| TimeWindow::new(w.start, w.end))

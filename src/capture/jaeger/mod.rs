@@ -55,25 +55,18 @@ impl JaegerSource {
             .get("api/v3/services", &[], label("services", None, "initial"))
             .await
             .map_err(|e| e.to_string())?;
-        match v3.status {
-            200 => {
-                let parsed = serde_json::from_slice::<V3Services>(&v3.body);
-                let services = parsed
-                    .as_ref()
-                    .map(|s| s.services.clone())
-                    .unwrap_or_default();
-                let err = parsed
-                    .as_ref()
-                    .err()
-                    .map(|e| format!("unreadable answer: {e}"));
-                let count = services.len();
-                self.http.finish(v3, Some(count), err.clone());
-                match err {
-                    Some(e) => Err(e),
-                    None => Ok((Api::V3, services)),
-                }
+        // Jaeger's UI answers unknown paths with its index.html and 200: an answer that is not
+        // the v3 JSON means there is no v3 API, as a 404 does.
+        let v3_services = (v3.status == 200)
+            .then(|| serde_json::from_slice::<V3Services>(&v3.body).ok())
+            .flatten();
+        match (v3.status, v3_services) {
+            (200, Some(parsed)) => {
+                let services = parsed.services;
+                self.http.finish(v3, Some(services.len()), None);
+                Ok((Api::V3, services))
             }
-            404 => {
+            (200 | 404, None) => {
                 self.http
                     .finish(v3, None, Some("no v3 API; using v1".into()));
                 let v1 = self
@@ -100,7 +93,7 @@ impl JaegerSource {
                     }
                 }
             }
-            status => {
+            (status, _) => {
                 let msg = format!("HTTP {status}: {}", body_text(&v3.body));
                 self.http.finish(v3, None, Some(msg.clone()));
                 Err(msg)
