@@ -122,12 +122,11 @@ fn split_shared_spans(spans: &mut [Span]) {
         return;
     }
     for s in spans.iter_mut().filter(|s| !is_shared(s)) {
-        if let Some(p) = s.parent {
-            if let Some(&new_parent) = renamed.get(&(s.trace_id, p, s.service().clone())) {
-                if new_parent != s.span_id {
-                    s.parent = Some(new_parent);
-                }
-            }
+        if let Some(p) = s.parent
+            && let Some(&new_parent) = renamed.get(&(s.trace_id, p, s.service().clone()))
+            && new_parent != s.span_id
+        {
+            s.parent = Some(new_parent);
         }
     }
 }
