@@ -174,15 +174,19 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         std::thread::spawn(move || drop(capture));
         summary
     })
-    .await
-    .context("the bundle writer stopped unexpectedly")?;
+    .await;
     let summary = match written {
-        Ok(s) => s,
-        Err(e) => {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             store.abandon(&staged);
             return Err(e).context("cannot write the bundle");
         }
+        Err(panic) => {
+            store.abandon(&staged);
+            bail!("the bundle writer stopped unexpectedly: {panic}");
+        }
     };
+    // On failure the complete bundle stays in its staging directory, which the error names.
     let bundle_dir = store.publish(&staged)?;
     Ok(CollectOutcome {
         bundle_dir,

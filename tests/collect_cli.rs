@@ -236,6 +236,33 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
         .filter(|s| s.is_error())
         .count();
     assert_eq!(ui_errors, otlp_errors);
+    // Every trace the timeline and the analysis cite is in the bundle (the recovery, for one, is
+    // normal traffic and sits in traces/context.jsonl.zst).
+    let mut in_bundle = std::collections::BTreeSet::new();
+    for name in ["errors", "slow", "baseline", "context"] {
+        in_bundle.extend(bundle_trace_ids(bundle, name));
+    }
+    let timeline = read_json(&bundle.join("timeline.json"));
+    let mut cited: Vec<String> = timeline["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    cited.push(
+        analysis["recovery"]["trace_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    cited.push(analysis["origin"]["trace_id"].as_str().unwrap().to_owned());
+    for id in &cited {
+        assert!(
+            in_bundle.contains(id),
+            "cited trace {id} is not in the bundle"
+        );
+    }
+    assert!(!bundle_trace_ids(bundle, "context").is_empty());
     let html = std::fs::read_to_string(report).unwrap();
     // Self-contained: inline SVG, no scripts, nothing fetched from the network.
     assert!(html.contains("<svg"));

@@ -217,3 +217,26 @@ fn upstream_fixture_traces_served_by_the_backend_land_in_the_bundle() {
     let ui = read_json(&bundle.join("traces/jaeger-ui.json"));
     assert_eq!(ui["data"][0]["spans"].as_array().unwrap().len(), 11);
 }
+
+#[test]
+fn a_misspelt_service_is_a_gap_not_a_complete_empty_bundle() {
+    let s = scenario();
+    let mut incident = read_json(&s.incident);
+    incident["services"] = json!(["paymnet"]);
+    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let traces = synthetic_traces(
+        10,
+        us(Duration::minutes(20)),
+        us(Duration::minutes(10)),
+        true,
+        20_000,
+        0,
+    );
+    let (addr, _server) = jaeger::start(Server::new(Api::V3, 500, traces));
+    let out = collect_from(&s, "--jaeger", &format!("http://{addr}"), &[]);
+    let manifest = verify_manifest(&bundle_dir(&out));
+    assert_eq!(manifest["completeness"]["status"], "partial");
+    let gap = &manifest["completeness"]["gaps"][0];
+    assert_eq!(gap["kind"], "unknown_service");
+    assert_eq!(gap["service"], "paymnet");
+}

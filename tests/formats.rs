@@ -286,11 +286,19 @@ fn zstd_json_lines_are_read_directly() {
 }
 
 #[test]
-fn a_broken_line_names_its_line_number() {
+fn a_broken_line_costs_that_line_only_and_is_named() {
     let mut c = TraceCollector::default();
-    let input = b"{\"resourceSpans\":[]}\n{\"resourceSpans\": [\n";
-    let err = c.add_input(input).unwrap_err().to_string();
-    assert!(err.contains("line 2"), "{err}");
+    let good = std::fs::read(fixture("jaeger/v1-ui_trace_ui_01.json")).unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let line = serde_json::to_string(&good).unwrap();
+    // A truncated last write, as a killed exporter leaves.
+    let input = format!("{line}\n{line}\n{}\n", &line[..line.len() / 2]);
+    c.add_input(input.as_bytes()).unwrap();
+    let collected = c.finish();
+    assert_eq!(collected.traces.len(), 1);
+    let (reason, count) = collected.skipped.iter().next().unwrap();
+    assert_eq!(*count, 1);
+    assert!(reason.contains("line 3"), "{reason}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// All traces in the bundle: the three below plus those in `traces/context.jsonl.zst`.
     pub traces: usize,
     pub spans: usize,
     pub error_traces: usize,

@@ -92,6 +92,44 @@ fn write_traces(
     })
 }
 
+/// Traces the timeline or the analysis point at that are in none of the other trace files (the
+/// first success after recovery is normal traffic, for example), so that every id the bundle
+/// cites can be opened from the bundle itself.
+fn referenced_elsewhere(
+    traces: &[(Trace, crate::capture::Purposes)],
+    picks: &Selection,
+    analysis: &Analysis,
+    timeline: &Timeline,
+) -> Vec<usize> {
+    use std::collections::{BTreeSet, HashSet};
+    let mut cited: BTreeSet<crate::model::TraceId> =
+        timeline.entries.iter().map(|e| e.trace_id).collect();
+    cited.extend(analysis.origin.iter().map(|o| o.trace_id));
+    cited.extend(analysis.recovery.iter().map(|r| r.trace_id));
+    cited.extend(analysis.propagation.iter().map(|p| p.trace_id));
+    cited.extend(
+        analysis
+            .services
+            .values()
+            .filter_map(|s| s.first_error.as_ref().map(|e| e.trace_id)),
+    );
+    let written: HashSet<crate::model::TraceId> = picks
+        .errors
+        .iter()
+        .chain(&picks.slow)
+        .chain(&picks.baseline)
+        .map(|&i| traces[i].0.id)
+        .collect();
+    let mut out: Vec<usize> = traces
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, _))| cited.contains(&t.id) && !written.contains(&t.id))
+        .map(|(i, _)| i)
+        .collect();
+    out.sort_by_key(|&i| (traces[i].0.start_ns(), traces[i].0.id));
+    out
+}
+
 /// Everything the bundle is made from.
 pub struct BundleInput<'a> {
     pub plan: &'a CapturePlan,
@@ -156,7 +194,15 @@ pub fn write_bundle(
     for entry in written {
         w.record(entry?);
     }
-    lap("jaeger-ui.json written");
+    lap("trace files written");
+    let context = referenced_elsewhere(traces, &picks, &analysis, &timeline);
+    w.record(write_traces(
+        dir,
+        "traces/context.jsonl.zst",
+        traces,
+        &context,
+        level,
+    )?);
     #[derive(Serialize)]
     struct TimelineFile<'a> {
         incident: &'a crate::model::Incident,
@@ -177,12 +223,13 @@ pub fn write_bundle(
         .iter()
         .find_map(|s| s.trace_url.clone());
     let counts = Counts {
-        traces: picks.errors.len() + picks.slow.len() + picks.baseline.len(),
+        traces: picks.errors.len() + picks.slow.len() + picks.baseline.len() + context.len(),
         spans: picks
             .errors
             .iter()
             .chain(&picks.slow)
             .chain(&picks.baseline)
+            .chain(&context)
             .map(|&i| traces[i].0.spans.len())
             .sum(),
         error_traces: picks.errors.len(),
@@ -232,6 +279,10 @@ pub fn write_bundle(
         w.entries(),
     );
     let entry = w.write_json("manifest.json", &manifest)?.clone();
+    // The directory entries too, so that a bundle renamed into place survives a power loss
+    // whole.
+    writer::sync_dir(&dir.join("traces"))?;
+    writer::sync_dir(dir)?;
     Ok((
         BundleSummary {
             capture_id: opts.capture_id.clone(),

@@ -66,6 +66,11 @@ pub fn write_file(
     })
 }
 
+/// Makes a directory's entries durable (after its files were written and synced).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Writes files under a directory and remembers their size and hash.
 pub struct BundleWriter {
     dir: PathBuf,

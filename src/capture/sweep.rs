@@ -117,6 +117,36 @@ pub fn note_unknown_services(
     }
 }
 
+/// A gap for each service in scope that the backend does not list and of which nothing was
+/// found: most likely a misspelt name, and the capture must not look complete.
+pub fn unknown_service_gaps(
+    source: &str,
+    plan: &CapturePlan,
+    known: &std::collections::BTreeSet<String>,
+    found: &[(Trace, Purposes)],
+) -> Vec<Gap> {
+    plan.services
+        .iter()
+        .filter(|s| !known.contains(*s))
+        .filter(|s| {
+            !found
+                .iter()
+                .any(|(t, _)| t.spans.iter().any(|sp| &**sp.service() == s.as_str()))
+        })
+        .map(|s| Gap {
+            source: source.to_owned(),
+            kind: "unknown_service".into(),
+            service: Some(s.clone()),
+            purpose: None,
+            start: Some(plan.window.start()),
+            end: Some(plan.window.end()),
+            message: format!(
+                "the backend does not know the service {s:?} and nothing was found for it (is the name right?)"
+            ),
+        })
+        .collect()
+}
+
 /// Runs every search of the plan for each scope, concurrently across scopes.
 pub async fn sweep<B: Searches>(
     backend: &B,

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use super::{Format, FormatError, ReadError, TraceCollector, jaeger, line_error, otlp};
+use super::{Format, FormatError, ReadError, TraceCollector, jaeger, otlp};
 
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -36,9 +36,12 @@ pub(super) fn parse_lines(
         if same {
             *c.formats.entry(format).or_default() += 1;
         } else {
-            format = c
-                .add_document(line)
-                .map_err(|e| line_error(first_line + n, e))?;
+            match c.add_document(line) {
+                Ok(f) => format = f,
+                // A damaged line (a truncated last write, say) costs that line, not the file:
+                // it is counted, and the first one named.
+                Err(e) => c.bad_line(first_line + n, e),
+            }
         }
     }
     Ok(format)

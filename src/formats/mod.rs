@@ -84,6 +84,8 @@ pub struct TraceCollector {
     traces: Vec<Trace>,
     skipped: BTreeMap<String, usize>,
     notes: BTreeMap<String, usize>,
+    /// JSON Lines lines that could not be read: how many, and the first (line number, error).
+    bad_lines: (usize, Option<(usize, String)>),
     /// Formats seen, with how many documents of each.
     pub formats: BTreeMap<Format, usize>,
 }
@@ -142,6 +144,14 @@ impl TraceCollector {
     /// Counts a span that could not be used, by reason.
     pub fn skip(&mut self, reason: impl Into<String>) {
         *self.skipped.entry(reason.into()).or_default() += 1;
+    }
+
+    /// Counts a JSON Lines line that could not be read, remembering the first.
+    fn bad_line(&mut self, line_no: usize, e: FormatError) {
+        self.bad_lines.0 += 1;
+        if self.bad_lines.1.as_ref().is_none_or(|(n, _)| line_no < *n) {
+            self.bad_lines.1 = Some((line_no, e.to_string()));
+        }
     }
 
     /// Counts something that was changed on the way in (not lost), by what.
@@ -222,6 +232,12 @@ impl TraceCollector {
         for (k, v) in other.formats {
             *self.formats.entry(k).or_default() += v;
         }
+        self.bad_lines.0 += other.bad_lines.0;
+        if let Some((n, e)) = other.bad_lines.1
+            && self.bad_lines.1.as_ref().is_none_or(|(m, _)| n < *m)
+        {
+            self.bad_lines.1 = Some((n, e));
+        }
     }
 
     /// The traces in first-seen order, with what was skipped and what was changed.
@@ -229,6 +245,15 @@ impl TraceCollector {
         let mut duplicates = 0usize;
         for t in &mut self.traces {
             duplicates += dedupe_spans(t);
+        }
+        if let (count, Some((line, error))) = &self.bad_lines {
+            let error: String = error.chars().take(300).collect();
+            self.skipped.insert(
+                format!(
+                    "JSON Lines lines that could not be read (the first: line {line}: {error})"
+                ),
+                *count,
+            );
         }
         if duplicates > 0 {
             *self

@@ -14,8 +14,14 @@ pub enum StoreError {
     Create { path: String, source: io::Error },
     #[error("no free capture id for {0} (tried 1000 suffixes)")]
     NoFreeId(String),
-    #[error("cannot move the bundle into place at {path}: {source}")]
-    Publish { path: String, source: io::Error },
+    #[error(
+        "cannot move the bundle into place at {path}: {source} (the complete bundle is kept in {staging})"
+    )]
+    Publish {
+        path: String,
+        staging: String,
+        source: io::Error,
+    },
 }
 
 /// A claimed capture: its id and its staging directory.
@@ -90,6 +96,7 @@ impl FsStore {
     pub fn publish(&self, staged: &Staged) -> Result<PathBuf, StoreError> {
         let fail = |source| StoreError::Publish {
             path: staged.target.display().to_string(),
+            staging: staged.staging.display().to_string(),
             source,
         };
         if staged.target.exists() {

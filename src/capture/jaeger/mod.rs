@@ -17,6 +17,7 @@ use api::{Search, V1Services, V3Services, body_text, label};
 use super::http::{HttpBackend, HttpError};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
+    unknown_service_gaps,
 };
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::config::BackendSettings;
@@ -147,8 +148,9 @@ impl JaegerSource {
                 };
                 let scopes: Vec<Option<String>> = services.into_iter().map(Some).collect();
                 let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
-                found.extend(traces);
                 gaps.extend(sweep_gaps);
+                gaps.extend(unknown_service_gaps(&self.name, plan, &known, &traces));
+                found.extend(traces);
             }
         }
         SourceCapture {

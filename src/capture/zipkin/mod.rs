@@ -14,6 +14,7 @@ use api::{Search, label};
 use super::http::{HttpBackend, HttpError};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
+    unknown_service_gaps,
 };
 use super::{CapturePlan, Purpose, SourceCapture, SourceRecord, TraceSource};
 use crate::config::BackendSettings;
@@ -89,8 +90,9 @@ impl ZipkinSource {
                     baseline_quota: plan.baseline_traces.div_ceil(scopes.len()),
                 };
                 let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
-                traces = found;
                 gaps.extend(sweep_gaps);
+                gaps.extend(unknown_service_gaps(&self.name, plan, &known, &found));
+                traces = found;
             }
         }
         let url = self.http.display_url();
