@@ -81,6 +81,7 @@ fn incident_for_files(name: &str, window: TimeWindow) -> Result<Incident> {
         declared_at: window.end(),
         started_at: Some(window.start()),
         window: Some(window),
+        resolved_at: None,
         services: Vec::new(),
         source: Some("file".into()),
         labels: Default::default(),

@@ -43,6 +43,16 @@ pub struct NatsSettings {
     pub url: String,
     pub stream: String,
     pub consumer: String,
+    /// A `.creds` file (JWT and nkey seed).
+    pub credentials: String,
+    #[serde(deserialize_with = "any_scalar")]
+    pub token: String,
+    /// An nkey seed.
+    #[serde(deserialize_with = "any_scalar")]
+    pub nkey: String,
+    /// How long JetStream remembers message ids to drop duplicates.
+    #[serde(with = "dur")]
+    pub duplicate_window: Duration,
 }
 
 /// Which API a backend speaks.
@@ -238,9 +248,20 @@ pub struct StoreSettings {
 #[serde(deny_unknown_fields)]
 pub struct IntakeSettings {
     pub listen: String,
+    #[serde(deserialize_with = "any_scalar")]
     pub bearer_token: String,
+    #[serde(deserialize_with = "any_scalar")]
+    pub basic_username: String,
+    #[serde(deserialize_with = "any_scalar")]
+    pub basic_password: String,
     pub pagerduty_secrets: Vec<String>,
     pub body_limit: String,
+    #[serde(with = "dur")]
+    pub publish_timeout: Duration,
+    pub alertmanager_service_labels: Vec<String>,
+    pub alertmanager_severity_label: String,
+    pub alertmanager_matchers: Vec<String>,
+    pub pagerduty_services: BTreeMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for IntakeSettings {
@@ -255,8 +276,20 @@ impl std::fmt::Debug for IntakeSettings {
                     "<set>"
                 },
             )
+            .field("basic_username", &self.basic_username)
             .field("pagerduty_secrets", &self.pagerduty_secrets.len())
             .field("body_limit", &self.body_limit)
+            .field("publish_timeout", &self.publish_timeout)
+            .field(
+                "alertmanager_service_labels",
+                &self.alertmanager_service_labels,
+            )
+            .field(
+                "alertmanager_severity_label",
+                &self.alertmanager_severity_label,
+            )
+            .field("alertmanager_matchers", &self.alertmanager_matchers)
+            .field("pagerduty_services", &self.pagerduty_services)
             .finish()
     }
 }
@@ -315,6 +348,17 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.analysis.error_rate_threshold) {
             return bad("analysis.error_rate_threshold must be between 0 and 1".into());
+        }
+        if crate::intake::parse_size(&self.intake.body_limit).is_none() {
+            return bad(format!(
+                "intake.body_limit {:?} is not a size (examples: 256KiB, 1MiB, 65536)",
+                self.intake.body_limit
+            ));
+        }
+        for m in &self.intake.alertmanager_matchers {
+            if let Err(e) = crate::intake::alertmanager::Matcher::parse(m) {
+                return bad(format!("intake.alertmanager_matchers: {e}"));
+            }
         }
         if !matches!(self.store.kind.as_str(), "fs" | "s3") {
             return bad(format!(

@@ -2,7 +2,8 @@
 //! retention deletes it, analyses it and writes one immutable, checksummed bundle.
 //!
 //! The modules follow the flow: `model` (the domain, imported by all) → `formats` (reading and
-//! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store`.
+//! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store`; `intake`
+//! turns webhooks into incident messages on the `queue`.
 
 pub mod analyze;
 pub mod bundle;
@@ -11,5 +12,7 @@ pub mod collect;
 pub mod config;
 pub mod duration;
 pub mod formats;
+pub mod intake;
 pub mod model;
+pub mod queue;
 pub mod store;

@@ -37,6 +37,8 @@ enum LogFormat {
 enum Command {
     /// Capture one incident once and write its evidence bundle.
     Collect(CollectArgs),
+    /// Receive Alertmanager, PagerDuty and plain incident webhooks and queue them on JetStream.
+    Intake,
     /// Run `collect` on the example incident and traces shipped with the tool.
     Demo {
         /// Directory to write the bundle under.
@@ -115,6 +117,7 @@ async fn run(cli: Cli) -> Result<()> {
             report(&outcome, false);
             Ok(())
         }
+        Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
             let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;
@@ -132,6 +135,31 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
 }
 
 async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOutcome> {

@@ -139,6 +139,9 @@ pub struct Incident {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<TimeWindow>,
+    /// When the incident was resolved (on `incidents.resolved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,6 +166,7 @@ struct RawIncident {
     declared_at: Option<DateTime<Utc>>,
     started_at: Option<DateTime<Utc>>,
     window: Option<RawWindow>,
+    resolved_at: Option<DateTime<Utc>>,
     #[serde(default)]
     services: Vec<String>,
     source: Option<String>,
@@ -187,7 +191,7 @@ impl Incident {
             serde_json::from_value(value).map_err(|e| IncidentError::Shape(e.to_string()))?;
         let id = IncidentId::parse(raw.id.as_deref().ok_or(IncidentError::MissingId)?)?;
         let declared_at = raw.declared_at.ok_or(IncidentError::MissingDeclaredAt)?;
-        let dates = [Some(declared_at), raw.started_at]
+        let dates = [Some(declared_at), raw.started_at, raw.resolved_at]
             .into_iter()
             .chain(raw.window.iter().flat_map(|w| [Some(w.start), Some(w.end)]))
             .flatten();
@@ -216,6 +220,7 @@ impl Incident {
             declared_at,
             started_at: raw.started_at,
             window,
+            resolved_at: raw.resolved_at,
             services,
             source: raw.source,
             labels: raw.labels,

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod jaeger;
+pub mod nats;
 pub mod tempo;
 pub mod zipkin;
 

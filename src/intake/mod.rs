@@ -1,0 +1,344 @@
+//! `intake`: the HTTP front door alerting already knows how to call. Alertmanager and PagerDuty
+//! V3 webhooks and plain incident JSON become incident messages on JetStream, published with a
+//! `Nats-Msg-Id` (`<subject>:<incident id>`) so JetStream drops duplicates, and answered 202 only
+//! once JetStream acknowledged them. NATS down or slow → 503 (both senders retry 5xx); malformed →
+//! 400; bad credentials or signature → 401; too large → 413; every answer within 5 s.
+
+pub mod alertmanager;
+mod metrics;
+pub mod pagerduty;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::json;
+use sha2::Digest as _;
+
+use crate::config::{IntakeSettings, Settings};
+use crate::model::Incident;
+use crate::queue::{DECLARED, Queue, QueueError, RESOLVED};
+use alertmanager::Outcome;
+use metrics::Metrics;
+
+/// The longest any request may take before it is answered 503.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Parses a size: `256KiB`, `1MiB`, `64KB`, `65536`.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// Webhook delivery ids seen recently (PagerDuty's `X-Webhook-Id`), bounded.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl RecentIds {
+    const MAX: usize = 10_000;
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > Self::MAX
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct Intake {
+    settings: IntakeSettings,
+    queue: Arc<Queue>,
+    metrics: Metrics,
+    deliveries: Mutex<RecentIds>,
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn refuse(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    answer(status, json!({"error": reason.to_string()}))
+}
+
+/// SHA-256 of both, compared without an early exit.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let a = sha2::Sha256::digest(given.as_bytes());
+    let b = sha2::Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+impl Intake {
+    /// Checks `Authorization` against the bearer token or basic credentials, when configured.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let s = &self.settings;
+        if s.bearer_token.is_empty() && s.basic_username.is_empty() {
+            return true;
+        }
+        let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        if let Some(token) = auth.strip_prefix("Bearer ") {
+            return !s.bearer_token.is_empty() && same_secret(token.trim(), &s.bearer_token);
+        }
+        if let Some(encoded) = auth.strip_prefix("Basic ") {
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim())
+            else {
+                return false;
+            };
+            let decoded = String::from_utf8_lossy(&decoded);
+            let Some((user, password)) = decoded.split_once(':') else {
+                return false;
+            };
+            return !s.basic_username.is_empty()
+                && same_secret(user, &s.basic_username)
+                && same_secret(password, &s.basic_password);
+        }
+        false
+    }
+
+    /// Publishes an incident and answers for it.
+    async fn publish(&self, subject: &'static str, incident: &Incident) -> Response {
+        let payload = match serde_json::to_vec(incident) {
+            Ok(p) => p,
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+        let msg_id = format!("{subject}:{}", incident.id);
+        match self
+            .queue
+            .publish(subject, &msg_id, payload, self.settings.publish_timeout)
+            .await
+        {
+            Ok(p) => {
+                self.metrics.published(subject, p.duplicate);
+                tracing::info!(incident = %incident.id, subject, duplicate = p.duplicate, sequence = p.sequence, "incident published");
+                answer(
+                    StatusCode::ACCEPTED,
+                    json!({"incident_id": incident.id, "subject": subject, "duplicate": p.duplicate}),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(incident = %incident.id, error = %e, "cannot publish the incident");
+                let reason = match e {
+                    QueueError::Disconnected | QueueError::Timeout(_) => e.to_string(),
+                    other => format!("the queue refused the incident: {other}"),
+                };
+                refuse(StatusCode::SERVICE_UNAVAILABLE, reason)
+            }
+        }
+    }
+
+    async fn outcome(&self, outcome: Outcome) -> Response {
+        match outcome {
+            Outcome::Ignored(reason) => {
+                self.metrics.ignored();
+                answer(StatusCode::OK, json!({"ignored": reason}))
+            }
+            Outcome::Publish(subject, incident) => self.publish(subject, &incident).await,
+        }
+    }
+}
+
+async fn post_alertmanager(
+    State(i): State<Arc<Intake>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !i.authorized(&headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+    }
+    match alertmanager::to_incident(&body, &i.settings, chrono::Utc::now()) {
+        Ok(o) => i.outcome(o).await,
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn post_incident(State(i): State<Arc<Intake>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !i.authorized(&headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+    }
+    match Incident::parse(&body) {
+        Ok(incident) => {
+            let subject = if incident.resolved_at.is_some() {
+                RESOLVED
+            } else {
+                DECLARED
+            };
+            i.publish(subject, &incident).await
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn post_pagerduty(State(i): State<Arc<Intake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let signature = headers
+        .get("x-pagerduty-signature")
+        .and_then(|v| v.to_str().ok());
+    let allowed = if i.settings.pagerduty_secrets.is_empty() {
+        i.authorized(&headers)
+    } else {
+        pagerduty::signature_ok(signature, &body, &i.settings.pagerduty_secrets)
+    };
+    if !allowed {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-PagerDuty-Signature",
+        );
+    }
+    let delivery = headers
+        .get("x-webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &delivery
+        && i.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    {
+        i.metrics.duplicate_delivery();
+        return answer(
+            StatusCode::ACCEPTED,
+            json!({"duplicate": true, "webhook_id": id}),
+        );
+    }
+    let response = match pagerduty::to_incident(&body, &i.settings, chrono::Utc::now()) {
+        Ok(o) => i.outcome(o).await,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    // Remembered only once handled: a delivery that failed (503) must be processed on retry.
+    if response.status().is_success()
+        && let Some(id) = delivery
+    {
+        i.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(i): State<Arc<Intake>>) -> Response {
+    if i.queue.is_connected() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NATS is not connected\n").into_response()
+    }
+}
+
+async fn metrics_page(State(i): State<Arc<Intake>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        i.metrics.render(i.queue.is_connected()),
+    )
+        .into_response()
+}
+
+/// Bounds every answer to 5 s and counts it.
+async fn bounded(State(i): State<Arc<Intake>>, req: Request, next: Next) -> Response {
+    let route = req.uri().path().to_owned();
+    let response = match tokio::time::timeout(ANSWER_WITHIN, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer within 5 s; retry later",
+        ),
+    };
+    i.metrics.request(&route, response.status().as_u16());
+    response
+}
+
+/// The intake's routes.
+pub fn router(intake: Arc<Intake>) -> Router {
+    let limit = parse_size(&intake.settings.body_limit).unwrap_or(256 << 10);
+    Router::new()
+        .route("/v1/alertmanager", post(post_alertmanager))
+        .route("/v1/pagerduty", post(post_pagerduty))
+        .route("/v1/incidents", post(post_incident))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(intake.clone(), bounded))
+        .with_state(intake)
+}
+
+/// Runs the intake until `shutdown` completes.
+pub async fn serve(
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let queue = Arc::new(Queue::connect(&settings.nats, settings.intake.publish_timeout).await?);
+    if let Err(e) = queue.ensure_stream().await {
+        // Not fatal: retried before the first publish.
+        tracing::warn!(error = %e, "the stream is not ready yet");
+    }
+    let intake = Arc::new(Intake {
+        settings: settings.intake.clone(),
+        queue,
+        metrics: Metrics::default(),
+        deliveries: Mutex::new(RecentIds::default()),
+    });
+    let listener = tokio::net::TcpListener::bind(&settings.intake.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.intake.listen))?;
+    tracing::info!(listen = %settings.intake.listen, nats = %crate::capture::redact_url(&settings.nats.url), "intake listening");
+    axum::serve(listener, router(intake))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the intake server stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256KiB"), Some(262_144));
+        assert_eq!(parse_size("1MiB"), Some(1_048_576));
+        assert_eq!(parse_size("64KB"), Some(64_000));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("lots"), None);
+    }
+}

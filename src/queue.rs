@@ -1,0 +1,153 @@
+//! The incident queue: NATS JetStream. Connects (credentials, token or nkey from config;
+//! reconnecting forever), makes sure the `INCIDENTS` stream exists (created when missing, left
+//! unchanged when present), and publishes incident messages with a `Nats-Msg-Id`, waiting for
+//! JetStream's acknowledgement, so a duplicate inside the stream's window is dropped by the server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+
+use crate::config::NatsSettings;
+
+/// The subjects incidents travel on.
+pub const DECLARED: &str = "incidents.declared";
+pub const RESOLVED: &str = "incidents.resolved";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error("NATS is not connected")]
+    Disconnected,
+    #[error("cannot create or find the JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("JetStream did not acknowledge the message: {0}")]
+    Publish(String),
+    #[error("JetStream did not acknowledge the message within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What JetStream said about a published message.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub sequence: u64,
+    /// JetStream had already seen this message id inside its duplicate window.
+    pub duplicate: bool,
+}
+
+/// A connection to JetStream.
+pub struct Queue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: NatsSettings,
+    stream_ready: AtomicBool,
+}
+
+impl Queue {
+    /// Connects in the background: returns at once, and keeps (re)connecting forever.
+    pub async fn connect(
+        settings: &NatsSettings,
+        ack_timeout: Duration,
+    ) -> Result<Self, QueueError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(concat!("evidence-locker/", env!("CARGO_PKG_VERSION")))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2));
+        if !settings.credentials.is_empty() {
+            options = options
+                .credentials_file(&settings.credentials)
+                .await
+                .map_err(|source| QueueError::Credentials {
+                    path: settings.credentials.clone(),
+                    source,
+                })?;
+        } else if !settings.token.is_empty() {
+            options = options.token(settings.token.clone());
+        } else if !settings.nkey.is_empty() {
+            options = options.nkey(settings.nkey.clone());
+        }
+        let client = options
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|e| QueueError::Connect(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ack_timeout)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            settings: settings.clone(),
+            stream_ready: AtomicBool::new(false),
+        })
+    }
+
+    /// True while the connection to NATS is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the stream when it is missing; an existing stream is left as it is.
+    pub async fn ensure_stream(&self) -> Result<(), QueueError> {
+        if self.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let config = stream::Config {
+            name: self.settings.stream.clone(),
+            subjects: vec!["incidents.>".to_owned()],
+            storage: stream::StorageType::File,
+            duplicate_window: self.settings.duplicate_window,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| QueueError::Stream {
+                stream: self.settings.stream.clone(),
+                message: e.to_string(),
+            })?;
+        self.stream_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Publishes `payload` on `subject` with `msg_id` and waits for JetStream's ack.
+    pub async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Published, QueueError> {
+        if !self.is_connected() {
+            return Err(QueueError::Disconnected);
+        }
+        let work = async {
+            self.ensure_stream().await?;
+            let ack = self
+                .js
+                .send_publish(
+                    subject.to_owned(),
+                    PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(msg_id),
+                )
+                .await
+                .map_err(|e| QueueError::Publish(e.to_string()))?
+                .await
+                .map_err(|e| QueueError::Publish(e.to_string()))?;
+            Ok(Published {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| QueueError::Timeout(timeout))?
+    }
+}
