@@ -128,7 +128,9 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     let began = incident.began_at().clamp(window.start(), window.end());
     let baseline = if began > window.start() || incident.started_at.is_some() {
         let base = chrono::Duration::from_std(settings.capture.baseline).unwrap_or_default();
-        TimeWindow::new(began - base, began).ok()
+        began
+            .checked_sub_signed(base)
+            .and_then(|start| TimeWindow::new(start, began).ok())
     } else {
         None
     };

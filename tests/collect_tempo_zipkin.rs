@@ -273,3 +273,52 @@ fn several_backends_at_once_are_merged_and_deduplicated_by_trace_id() {
     // Traces found by both sources are stored once, with their spans not doubled.
     assert_eq!(manifest["counts"]["spans"], (5000 + 300) * 2);
 }
+
+#[test]
+fn a_misspelt_service_is_a_gap_through_tempo_and_zipkin_ignores_case() {
+    let s = scenario();
+    let mut incident = read_json(&s.incident);
+    incident["services"] = serde_json::json!(["paymnet"]);
+    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let traces = synthetic_traces(
+        10,
+        us(Duration::minutes(20)),
+        us(Duration::minutes(10)),
+        true,
+        20_000,
+        0,
+    );
+    let (addr, _server) = tempo::start(tempo::Server::new(500, traces.clone()));
+    let manifest = verify_manifest(&bundle_dir(&collect_from(
+        &s,
+        "--tempo",
+        &format!("http://{addr}"),
+        &[],
+    )));
+    assert_eq!(
+        manifest["completeness"]["gaps"][0]["kind"],
+        "unknown_service"
+    );
+
+    // Zipkin lower-cases service names: "Payment" is payment.
+    let s = scenario();
+    let mut incident = read_json(&s.incident);
+    incident["services"] = serde_json::json!(["Payment"]);
+    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let (addr, _server) = zipkin::start(zipkin::Server::new(
+        500,
+        traces.iter().map(zipkin::from_jaeger).collect(),
+    ));
+    let manifest = verify_manifest(&bundle_dir(&collect_from(
+        &s,
+        "--zipkin",
+        &format!("http://{addr}"),
+        &[],
+    )));
+    assert_eq!(
+        manifest["completeness"]["status"], "complete",
+        "{:#}",
+        manifest["completeness"]
+    );
+    assert_eq!(manifest["counts"]["error_traces"], 10);
+}

@@ -26,6 +26,21 @@ pub struct Page {
     /// Ids of the distinct traces the server returned, before our filtering: what the cap
     /// applies to.
     pub returned: Vec<TraceId>,
+    /// Traces in the answer as the server counted them (at least `returned.len()`; more when
+    /// some could not be read): what is compared with the limit.
+    pub count: usize,
+}
+
+impl Page {
+    /// An answer whose count is its distinct trace ids.
+    pub fn new(traces: Vec<Trace>, returned: Vec<TraceId>) -> Self {
+        let count = returned.len();
+        Self {
+            traces,
+            returned,
+            count,
+        }
+    }
 }
 
 /// Why a range is being asked for.
@@ -92,9 +107,29 @@ impl CapKnowledge {
     }
 }
 
+/// Why a range could not be captured completely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortfallKind {
+    /// A full (or unverifiable) answer for a range that cannot be split further.
+    Truncated,
+    /// The query failed.
+    Failed,
+}
+
+impl ShortfallKind {
+    /// The gap kind in the manifest.
+    pub fn gap_kind(self) -> &'static str {
+        match self {
+            Self::Truncated => "truncated",
+            Self::Failed => "query_failed",
+        }
+    }
+}
+
 /// A range that could not be captured completely.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shortfall {
+    pub kind: ShortfallKind,
     pub start_ns: i64,
     pub end_ns: i64,
     pub message: String,
@@ -112,6 +147,7 @@ struct Ctx<'a, Q: RangeQuery> {
     limit: usize,
     min_slice_ns: i64,
     caps: &'a CapKnowledge,
+    verify_hidden_caps: bool,
     found: Mutex<(HashMap<TraceId, usize>, Vec<Trace>)>,
     shortfalls: Mutex<Vec<Shortfall>>,
 }
@@ -131,11 +167,12 @@ impl<Q: RangeQuery> Ctx<'_, Q> {
         }
     }
 
-    fn short(&self, start_ns: i64, end_ns: i64, message: String) {
+    fn short(&self, kind: ShortfallKind, start_ns: i64, end_ns: i64, message: String) {
         self.shortfalls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Shortfall {
+                kind,
                 start_ns,
                 end_ns,
                 message,
@@ -143,26 +180,36 @@ impl<Q: RangeQuery> Ctx<'_, Q> {
     }
 }
 
+/// How an exhaustive search is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub limit: usize,
+    pub min_slice_ns: i64,
+    /// Verify answers below the limit (servers that cap silently); off for servers that refuse
+    /// a limit they will not honour.
+    pub verify_hidden_caps: bool,
+}
+
 /// Finds every trace of `[start_ns, end_ns)` that `query` can see, splitting full answers.
 pub async fn exhaustive<Q: RangeQuery>(
     query: &Q,
     start_ns: i64,
     end_ns: i64,
-    limit: usize,
-    min_slice_ns: i64,
+    bounds: Bounds,
     caps: &CapKnowledge,
 ) -> Found {
     let ctx = Ctx {
         query,
-        limit: limit.max(1),
-        min_slice_ns: min_slice_ns.max(1),
+        limit: bounds.limit.max(1),
+        min_slice_ns: bounds.min_slice_ns.max(1),
         caps,
+        verify_hidden_caps: bounds.verify_hidden_caps,
         found: Mutex::new((HashMap::new(), Vec::new())),
         shortfalls: Mutex::new(Vec::new()),
     };
     match query.query(start_ns, end_ns, Reason::Initial).await {
         Ok(page) => judge(&ctx, start_ns, end_ns, page).await,
-        Err(e) => ctx.short(start_ns, end_ns, e),
+        Err(e) => ctx.short(ShortfallKind::Failed, start_ns, end_ns, e),
     }
     let (_, traces) = ctx.found.into_inner().unwrap_or_else(|p| p.into_inner());
     Found {
@@ -182,13 +229,17 @@ fn judge<'a, Q: RangeQuery>(
     page: Page,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        let n = page.returned.len();
+        let n = page.count;
         ctx.keep(page.traces);
         let (max_seen, proven) = ctx.caps.observe(n);
         let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
         if n >= limit {
             split(ctx, start_ns, end_ns, n, false).await;
-        } else if n >= MIN_PLAUSIBLE_CAP && proven.is_none() && n >= max_seen {
+        } else if ctx.verify_hidden_caps
+            && n >= MIN_PLAUSIBLE_CAP
+            && proven.is_none()
+            && n >= max_seen
+        {
             split(ctx, start_ns, end_ns, n, true).await;
         }
     })
@@ -205,6 +256,7 @@ fn split<'a, Q: RangeQuery>(
         if end_ns.saturating_sub(start_ns) <= ctx.min_slice_ns {
             if !verify {
                 ctx.short(
+                    ShortfallKind::Truncated,
                     start_ns,
                     end_ns,
                     format!(
@@ -213,6 +265,7 @@ fn split<'a, Q: RangeQuery>(
                 );
             } else {
                 ctx.short(
+                    ShortfallKind::Truncated,
                     start_ns,
                     end_ns,
                     format!(
@@ -239,7 +292,7 @@ fn split<'a, Q: RangeQuery>(
                 // More traces than the whole held: a cap, unless traces arrived meanwhile
                 // (the window may end now). Asking the whole again tells them apart.
                 match ctx.query.query(start_ns, end_ns, Reason::Verify).await {
-                    Ok(again) if again.returned.len() > whole => {
+                    Ok(again) if again.count > whole => {
                         // The data grew: judge the fresh answer instead.
                         return judge(ctx, start_ns, end_ns, again).await;
                     }
@@ -250,9 +303,9 @@ fn split<'a, Q: RangeQuery>(
                         );
                         ctx.caps.prove(whole);
                     }
-                    Err(e) => ctx.short(start_ns, end_ns, e),
+                    Err(e) => ctx.short(ShortfallKind::Failed, start_ns, end_ns, e),
                 }
-            } else if pa.returned.len() < whole && pb.returned.len() < whole {
+            } else if pa.count < whole && pb.count < whole {
                 // Neither half can be capped (the cap is at least `whole`) and together
                 // they hold no more than the whole: the whole was complete, and so is
                 // every part of it.
@@ -268,13 +321,13 @@ fn split<'a, Q: RangeQuery>(
         let left = async {
             match a {
                 Ok(p) => judge(ctx, start_ns, mid, p).await,
-                Err(e) => ctx.short(start_ns, mid, e),
+                Err(e) => ctx.short(ShortfallKind::Failed, start_ns, mid, e),
             }
         };
         let right = async {
             match b {
                 Ok(p) => judge(ctx, mid, end_ns, p).await,
-                Err(e) => ctx.short(mid, end_ns, e),
+                Err(e) => ctx.short(ShortfallKind::Failed, mid, end_ns, e),
             }
         };
         futures::join!(left, right);
@@ -318,7 +371,15 @@ mod tests {
                 })
                 .collect();
             let returned = traces.iter().map(|t| t.id).collect();
-            Box::pin(async move { Ok(Page { traces, returned }) })
+            Box::pin(async move { Ok(Page::new(traces, returned)) })
+        }
+    }
+
+    fn bounds(limit: usize, min_slice_ns: i64) -> Bounds {
+        Bounds {
+            limit,
+            min_slice_ns,
+            verify_hidden_caps: true,
         }
     }
 
@@ -330,8 +391,13 @@ mod tests {
             asked: Default::default(),
         };
         let caps = CapKnowledge::default();
-        let found =
-            futures::executor::block_on(exhaustive(&fake, 0, 1_000_000, limit, min_slice, &caps));
+        let found = futures::executor::block_on(exhaustive(
+            &fake,
+            0,
+            1_000_000,
+            bounds(limit, min_slice),
+            &caps,
+        ));
         (found, fake.asked.into_inner())
     }
 

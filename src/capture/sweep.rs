@@ -37,6 +37,8 @@ pub struct SweepLimits {
     pub max_range_ns: Option<i64>,
     /// Baseline traces asked per scope.
     pub baseline_quota: usize,
+    /// Whether answers below the limit are checked for a hidden cap (see `search`).
+    pub verify_hidden_caps: bool,
 }
 
 /// What a sweep found: traces with the purpose they were found for, and gaps.
@@ -69,7 +71,7 @@ pub fn expired_gap(
     plan: &CapturePlan,
 ) -> Option<Gap> {
     let keep = chrono::Duration::from_std(retention).ok()?;
-    let oldest = chrono::Utc::now() - keep;
+    let oldest = chrono::Utc::now().checked_sub_signed(keep)?;
     (plan.window.start() < oldest).then(|| Gap {
         source: source.to_owned(),
         kind: "expired".into(),
@@ -97,6 +99,11 @@ pub fn unavailable_gap(source: &str, what: &str, plan: &CapturePlan, message: &s
     }
 }
 
+/// Whether the backend lists `service` (ignoring case: Zipkin lower-cases service names).
+fn knows(known: &std::collections::BTreeSet<String>, service: &str) -> bool {
+    known.contains(service) || known.iter().any(|k| k.eq_ignore_ascii_case(service))
+}
+
 /// Notes the services in scope that the backend does not list (asked for anyway: the list may
 /// lag behind the data).
 pub fn note_unknown_services(
@@ -106,7 +113,7 @@ pub fn note_unknown_services(
 ) {
     let unknown: Vec<&str> = services
         .iter()
-        .filter(|s| !known.contains(*s))
+        .filter(|s| !knows(known, s))
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
@@ -127,11 +134,13 @@ pub fn unknown_service_gaps(
 ) -> Vec<Gap> {
     plan.services
         .iter()
-        .filter(|s| !known.contains(*s))
+        .filter(|s| !knows(known, s))
         .filter(|s| {
-            !found
-                .iter()
-                .any(|(t, _)| t.spans.iter().any(|sp| &**sp.service() == s.as_str()))
+            !found.iter().any(|(t, _)| {
+                t.spans
+                    .iter()
+                    .any(|sp| sp.service().eq_ignore_ascii_case(s))
+            })
         })
         .map(|s| Gap {
             source: source.to_owned(),
@@ -201,15 +210,12 @@ async fn sweep_scope<B: Searches>(
             plan.window.end_ns(),
             limits.max_range_ns,
         ) {
-            let found = search::exhaustive(
-                &q,
-                start,
-                end,
-                limits.query_limit,
-                limits.min_slice_ns,
-                caps,
-            )
-            .await;
+            let bounds = search::Bounds {
+                limit: limits.query_limit,
+                min_slice_ns: limits.min_slice_ns,
+                verify_hidden_caps: limits.verify_hidden_caps,
+            };
+            let found = search::exhaustive(&q, start, end, bounds, caps).await;
             out.extend(
                 found
                     .traces
@@ -217,11 +223,7 @@ async fn sweep_scope<B: Searches>(
                     .map(|t| (t, Purposes::default().with(purpose))),
             );
             gaps.extend(found.shortfalls.into_iter().map(|s| {
-                let kind = if s.message.contains("maximum") {
-                    "truncated"
-                } else {
-                    "query_failed"
-                };
+                let kind = s.kind.gap_kind();
                 gap(
                     limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
                 )

@@ -107,10 +107,11 @@ fn split_shared_spans(spans: &mut [Span]) {
         .filter(|s| !is_shared(s))
         .map(|s| (s.trace_id, s.span_id))
         .collect();
-    for (n, s) in spans.iter_mut().enumerate() {
+    for s in spans.iter_mut() {
         if is_shared(s) && client_ids.contains(&(s.trace_id, s.span_id)) {
-            // Several server halves may share one client id (redeliveries): each gets its own.
-            let new_id = derived_id(s.span_id, n);
+            // From the span's content, so the same span gets the same id in every answer;
+            // several server halves of one client id (redeliveries) differ by start time.
+            let new_id = derived_id(s);
             renamed
                 .entry((s.trace_id, s.span_id, s.service().clone()))
                 .or_insert(new_id);
@@ -131,13 +132,15 @@ fn split_shared_spans(spans: &mut [Span]) {
     }
 }
 
-fn derived_id(shared: SpanId, position: usize) -> SpanId {
+fn derived_id(server: &Span) -> SpanId {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(
         [
-            &shared.0[..],
+            &server.trace_id.0[..],
+            &server.span_id.0[..],
             b"zipkin-shared-server",
-            &position.to_be_bytes(),
+            server.service().as_bytes(),
+            &server.start_ns.to_be_bytes(),
         ]
         .concat(),
     );
@@ -199,6 +202,10 @@ fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
     });
 
     let mut status = Status::default();
+    // `annotationQuery=error` also matches an annotation whose value is "error".
+    if s.annotations.iter().any(|a| a.value == "error") {
+        status.code = StatusCode::Error;
+    }
     let mut attributes = Vec::with_capacity(s.tags.len() + 3);
     for (k, v) in &s.tags {
         if k == "error" {

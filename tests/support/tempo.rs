@@ -49,6 +49,10 @@ pub fn start(server: Server) -> (SocketAddr, Arc<Server>) {
     let app = axum::Router::new()
         .route("/api/status/buildinfo", get(buildinfo))
         .route("/api/search", get(search))
+        .route(
+            "/api/v2/search/tag/resource.service.name/values",
+            get(service_names),
+        )
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/traces/{id}", get(trace_v1))
         .with_state(state.clone());
@@ -74,6 +78,26 @@ async fn pause(s: &Server, what: String) {
 async fn buildinfo(State(s): State<Arc<Server>>) -> Response {
     pause(&s, "/api/status/buildinfo".into()).await;
     axum::Json(json!({"version": "2.8.1", "revision": "test", "branch": "main"})).into_response()
+}
+
+async fn service_names(State(s): State<Arc<Server>>) -> Response {
+    pause(&s, "/api/v2/search/tag/resource.service.name/values".into()).await;
+    let names: BTreeSet<&str> = s
+        .traces
+        .iter()
+        .flat_map(|t| {
+            t["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |sp| service_of(t, sp))
+        })
+        .collect();
+    let values: Vec<Value> = names
+        .into_iter()
+        .map(|n| json!({"type": "string", "value": n}))
+        .collect();
+    axum::Json(json!({"tagValues": values, "metrics": {}})).into_response()
 }
 
 struct Condition {

@@ -92,6 +92,9 @@ async fn traces(
     if limit <= 0 {
         return bad("limit should be greater than 0");
     }
+    if lookback <= 0 {
+        return bad("lookback should be greater than 0");
+    }
     let min_duration = match q.get("minDuration").map(|v| v.parse::<i64>()) {
         None => None,
         Some(Ok(d)) if d > 0 => Some(d),
@@ -100,18 +103,30 @@ async fn traces(
     let (from_us, to_us) = ((end_ts - lookback) * 1000, end_ts * 1000);
     let service = q.get("serviceName");
     let want_error = q.get("annotationQuery").is_some_and(|a| a == "error");
+    // As Zipkin's QueryRequest.test: the trace's time is its earliest span's; the other
+    // conditions hold for some span; service names compare lower-cased; `error` matches the tag
+    // key or an annotation value.
     let mut found: Vec<&Vec<Value>> = s
         .traces
         .iter()
         .filter(|t| {
-            t.iter().any(|sp| {
-                let ts = sp["timestamp"].as_i64().unwrap_or(0);
-                service.is_none_or(|svc| sp["localEndpoint"]["serviceName"] == svc.as_str())
-                    && (!want_error || sp["tags"].get("error").is_some())
-                    && min_duration.is_none_or(|m| sp["duration"].as_i64().unwrap_or(0) >= m)
-                    && ts >= from_us
-                    && ts <= to_us
-            })
+            let ts = t
+                .iter()
+                .filter_map(|sp| sp["timestamp"].as_i64())
+                .min()
+                .unwrap_or(0);
+            ts >= from_us
+                && ts <= to_us
+                && t.iter().any(|sp| {
+                    let svc = sp["localEndpoint"]["serviceName"].as_str().unwrap_or("");
+                    let error = sp["tags"].get("error").is_some()
+                        || sp["annotations"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x["value"] == "error"));
+                    service.is_none_or(|want| svc.eq_ignore_ascii_case(want))
+                        && (!want_error || error)
+                        && min_duration.is_none_or(|m| sp["duration"].as_i64().unwrap_or(0) >= m)
+                })
         })
         .collect();
     found.sort_by_key(|t| std::cmp::Reverse(t[0]["timestamp"].as_i64().unwrap_or(0)));

@@ -156,10 +156,7 @@ impl Search<'_> {
         if self.api == Api::V3 && answer.status == 404 {
             // v3 answers "No traces found" with 404.
             self.source.http.finish(answer, Some(0), None);
-            return Ok(Page {
-                traces: Vec::new(),
-                returned: Vec::new(),
-            });
+            return Ok(Page::new(Vec::new(), Vec::new()));
         }
         if answer.status != 200 {
             let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
@@ -208,7 +205,7 @@ impl Search<'_> {
         {
             return Err(format!("the backend reported errors: {e}"));
         }
-        Ok(Page { traces, returned })
+        Ok(Page::new(traces, returned))
     }
 }
 

@@ -145,6 +145,7 @@ impl JaegerSource {
                     max_range_ns: None,
                     // The baseline budget is shared by the services in scope.
                     baseline_quota: plan.baseline_traces.div_ceil(services.len().max(1)),
+                    verify_hidden_caps: true,
                 };
                 let scopes: Vec<Option<String>> = services.into_iter().map(Some).collect();
                 let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;

@@ -148,7 +148,7 @@ impl Search<'_> {
                 spans: Vec::new(),
             })
             .collect();
-        Ok(Page { traces, returned })
+        Ok(Page::new(traces, returned))
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod api;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
@@ -16,14 +16,18 @@ use futures::future::BoxFuture;
 use api::{Search, body_text, label};
 
 use super::http::{HttpBackend, HttpError};
-use super::sweep::{Searches, SweepLimits, expired_gap, sweep, unavailable_gap};
+use super::sweep::{
+    Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
+    unknown_service_gaps,
+};
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::config::BackendSettings;
 use crate::formats::TraceCollector;
 use crate::model::{Trace, TraceId};
 
-/// Tempo's longest search range.
-const MAX_RANGE_NS: i64 = 168 * 3600 * 1_000_000_000;
+/// Tempo's longest search range (168 h), less the two seconds that rounding each piece outwards
+/// to whole seconds may add.
+const MAX_RANGE_NS: i64 = (168 * 3600 - 2) * 1_000_000_000;
 
 /// A Tempo query frontend.
 pub struct TempoSource {
@@ -49,6 +53,56 @@ impl TempoSource {
             settings: settings.clone(),
             v1_fetch: AtomicBool::new(false),
         })
+    }
+
+    /// The services Tempo has seen (`resource.service.name` values), if it says; `None` when
+    /// neither tag-values endpoint answers (then no name can be checked).
+    async fn services(&self) -> Option<BTreeSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct V2 {
+            #[serde(rename = "tagValues", default)]
+            tag_values: Vec<V2Value>,
+        }
+        #[derive(serde::Deserialize)]
+        struct V2Value {
+            #[serde(default)]
+            value: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct V1 {
+            #[serde(rename = "tagValues", default)]
+            tag_values: Vec<String>,
+        }
+        for (path, v2) in [
+            ("api/v2/search/tag/resource.service.name/values", true),
+            ("api/search/tag/service.name/values", false),
+        ] {
+            let Ok(answer) = self
+                .http
+                .get(path, &[], label("services", None, "initial"))
+                .await
+            else {
+                return None;
+            };
+            if answer.status != 200 {
+                self.http.finish(answer, None, None);
+                continue;
+            }
+            let names: Option<Vec<String>> = if v2 {
+                serde_json::from_slice::<V2>(&answer.body)
+                    .ok()
+                    .map(|r| r.tag_values.into_iter().map(|v| v.value).collect())
+            } else {
+                serde_json::from_slice::<V1>(&answer.body)
+                    .ok()
+                    .map(|r| r.tag_values)
+            };
+            self.http.finish(answer, names.as_ref().map(Vec::len), None);
+            if let Some(n) = names {
+                return Some(n.into_iter().collect());
+            }
+        }
+        None
     }
 
     /// Any answer from Tempo's build-info endpoint proves it is reachable.
@@ -123,19 +177,11 @@ impl TempoSource {
     }
 
     /// Fetches one trace by id: v2 first, v1 when v2 is missing.
-    async fn fetch(&self, id: TraceId, plan: &CapturePlan) -> Fetched {
+    async fn fetch(&self, id: TraceId) -> Fetched {
         let hex = id.to_hex();
-        let params = [
-            (
-                "start",
-                plan.window
-                    .start()
-                    .timestamp()
-                    .min(plan.baseline.map_or(i64::MAX, |b| b.start().timestamp()))
-                    .to_string(),
-            ),
-            ("end", (plan.window.end().timestamp() + 1).to_string()),
-        ];
+        // No start/end: Tempo would skip the blocks outside them, and a long trace's later
+        // spans (or one that began before the window) would be cut without a word.
+        let params: [(&str, String); 0] = [];
         if !self.v1_fetch.load(Ordering::Relaxed) {
             match self
                 .fetch_once(&format!("api/v2/traces/{hex}"), &params, true)
@@ -162,6 +208,8 @@ impl TempoSource {
     async fn run(&self, plan: &CapturePlan) -> SourceCapture {
         let mut gaps = Vec::new();
         let mut traces = Vec::new();
+        let mut notes = BTreeMap::new();
+        let mut known_services: Option<BTreeSet<String>> = None;
         match self.probe().await {
             Err(message) => gaps.push(unavailable_gap(
                 &self.name,
@@ -171,6 +219,14 @@ impl TempoSource {
             )),
             Ok(()) => {
                 gaps.extend(expired_gap(&self.name, self.settings.retention, plan));
+                known_services = if plan.services.is_empty() {
+                    None
+                } else {
+                    self.services().await
+                };
+                if let Some(known) = &known_services {
+                    note_unknown_services(&mut notes, &plan.services, known);
+                }
                 let scopes: Vec<Option<String>> = if plan.services.is_empty() {
                     vec![None]
                 } else {
@@ -184,6 +240,10 @@ impl TempoSource {
                         .max(1_000_000_000),
                     max_range_ns: Some(MAX_RANGE_NS),
                     baseline_quota: plan.baseline_traces.div_ceil(scopes.len()),
+                    // Tempo refuses a limit it will not honour (400) rather than capping
+                    // silently, and matches traces that merely overlap a range, which would
+                    // make every long trace look like a cap.
+                    verify_hidden_caps: false,
                 };
                 // The searches find ids; each trace is then fetched once, whatever found it.
                 let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
@@ -196,7 +256,7 @@ impl TempoSource {
                 let fetched = futures::future::join_all(
                     wanted
                         .keys()
-                        .map(|&id| async move { (id, self.fetch(id, plan).await) }),
+                        .map(|&id| async move { (id, self.fetch(id).await) }),
                 )
                 .await;
                 for (id, outcome) in fetched {
@@ -222,6 +282,9 @@ impl TempoSource {
                 }
             }
         }
+        if let Some(known) = &known_services {
+            gaps.extend(unknown_service_gaps(&self.name, plan, known, &traces));
+        }
         let url = self.http.display_url();
         SourceCapture {
             record: SourceRecord {
@@ -238,7 +301,7 @@ impl TempoSource {
                     .into(),
                 ),
                 queries: self.http.take_records(),
-                notes: BTreeMap::new(),
+                notes,
             },
             traces,
             gaps,

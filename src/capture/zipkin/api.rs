@@ -105,13 +105,21 @@ impl Search<'_> {
         }
         let collected = c.finish();
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
+        // The server's own count is its number of lists, whatever could be read of them.
+        let lists =
+            serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body).map_or(0, |l| l.len());
         self.http.finish(answer, Some(returned.len()), None);
         let traces = collected
             .traces
             .into_iter()
             .filter(|t| self.keep(t))
             .collect();
-        Ok(Page { traces, returned })
+        let count = lists.max(returned.len());
+        Ok(Page {
+            traces,
+            returned,
+            count,
+        })
     }
 }
 

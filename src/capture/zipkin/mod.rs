@@ -88,6 +88,7 @@ impl ZipkinSource {
                         .max(1_000_000),
                     max_range_ns: None,
                     baseline_quota: plan.baseline_traces.div_ceil(scopes.len()),
+                    verify_hidden_caps: true,
                 };
                 let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
                 gaps.extend(sweep_gaps);
