@@ -3,6 +3,7 @@
 //! and when the first-failing operation recovered. Deterministic: the same traces give the same
 //! output, byte for byte (everything is sorted; no hash-map order leaks out).
 
+mod rank;
 mod stats;
 mod timeline;
 mod tree;
@@ -132,21 +133,24 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         .collect();
     let services = stats::service_stats(&forest, input);
     let sources = tree::source_errors(&forest);
-    let ranking = rank(&sources, &services, input);
-    let origin = ranking.first().filter(|c| !c.pre_existing).and_then(|c| {
-        let example = sources
-            .iter()
-            .filter(|s| s.span.service().as_ref() == c.service && *s.span.operation == c.operation)
-            .min_by_key(|s| (s.span.end_ns, s.span.trace_id, s.span.span_id))?;
-        Some(Origin {
-            service: c.service.clone(),
-            operation: c.operation.clone(),
-            trace_id: example.span.trace_id,
-            span_id: example.span.span_id,
-            confidence: c.score,
-            reason: c.reason.clone(),
-        })
-    });
+    let ranked = rank::rank(&forest, &sources, &services, input);
+    let total: f64 = ranked.iter().map(|(c, _)| c.score).sum();
+    let origin = ranked
+        .first()
+        .filter(|(c, _)| !c.pre_existing)
+        .and_then(|(c, example)| {
+            let (trace_id, span_id) = (*example)?;
+            Some(Origin {
+                service: c.service.clone(),
+                operation: c.operation.clone(),
+                trace_id,
+                span_id,
+                // The origin's share of all the evidence against any candidate.
+                confidence: round4(if total > 0.0 { c.score / total } else { 0.0 }),
+                reason: c.reason.clone(),
+            })
+        });
+    let ranking: Vec<Candidate> = ranked.into_iter().map(|(c, _)| c).collect();
     let propagation = tree::propagation(&forest);
     let latency = stats::latency(&forest, input);
     let recovery = origin
@@ -163,87 +167,6 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     };
     let timeline = timeline::build(&forest, &analysis, input);
     (analysis, timeline)
-}
-
-/// Ranks (service, operation) pairs whose errors are not explained by an erroring child.
-fn rank(
-    sources: &[tree::SourceError<'_>],
-    services: &BTreeMap<String, ServiceStats>,
-    input: &AnalysisInput,
-) -> Vec<Candidate> {
-    struct Group {
-        first_ns: i64,
-        incident: usize,
-        baseline: usize,
-        traces: std::collections::BTreeSet<TraceId>,
-    }
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-    for s in sources {
-        let key = (s.span.service().to_string(), s.span.operation.to_string());
-        let g = groups.entry(key).or_insert(Group {
-            first_ns: i64::MAX,
-            incident: 0,
-            baseline: 0,
-            traces: Default::default(),
-        });
-        if s.span.end_ns < input.began_ns {
-            g.baseline += 1;
-        } else {
-            g.incident += 1;
-            g.first_ns = g.first_ns.min(s.span.end_ns);
-            g.traces.insert(s.span.trace_id);
-        }
-    }
-    let error_traces: std::collections::BTreeSet<TraceId> = groups
-        .values()
-        .flat_map(|g| g.traces.iter().copied())
-        .collect();
-    let total = error_traces.len().max(1) as f64;
-    let mut out: Vec<(Candidate, i64)> = groups
-        .into_iter()
-        .filter(|(_, g)| g.incident > 0)
-        .map(|((service, operation), g)| {
-            let stats = services.get(&service);
-            let base_rate = stats.map_or(0.0, |s| s.baseline.error_rate);
-            let inc_rate = stats.map_or(0.0, |s| s.incident.error_rate);
-            let pre_existing = g.baseline > 0 && base_rate > 0.0 && inc_rate <= base_rate * 1.5;
-            let share = g.traces.len() as f64 / total;
-            let score = if pre_existing { share * 0.1 } else { share };
-            let reason = if pre_existing {
-                format!(
-                    "{service} {operation} already failed before the incident (baseline error rate {:.1}%, incident {:.1}%): pre-existing, not the origin",
-                    base_rate * 100.0,
-                    inc_rate * 100.0
-                )
-            } else {
-                format!(
-                    "{service} {operation} fails on its own (no failing child explains it) in {} of {} error traces, first at {}",
-                    g.traces.len(),
-                    error_traces.len(),
-                    time(g.first_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                )
-            };
-            (
-                Candidate {
-                    service,
-                    operation,
-                    score: round4(score),
-                    reason,
-                    pre_existing,
-                },
-                g.first_ns,
-            )
-        })
-        .collect();
-    out.sort_by(|(a, at), (b, bt)| {
-        a.pre_existing
-            .cmp(&b.pre_existing)
-            .then(at.cmp(bt))
-            .then(b.score.total_cmp(&a.score))
-            .then(a.service.cmp(&b.service))
-            .then(a.operation.cmp(&b.operation))
-    });
-    out.into_iter().map(|(c, _)| c).collect()
 }
 
 /// The first successful call of `service operation` that started after its last error ended.

@@ -93,6 +93,58 @@ impl<'a> TraceTree<'a> {
     }
 }
 
+impl TraceTree<'_> {
+    /// Each span's time on the trace's critical path (CRISP): from the end of a span back to its
+    /// start, the child that finished last is on the path, then the one that finished before that
+    /// child started, and so on; the gaps between them are the span's own. A child that
+    /// outlives its parent is cut at the parent's end; one that starts before its parent (clock
+    /// skew) at the parent's start; overlapping siblings off the path get nothing. Spans off the
+    /// path get 0.
+    pub fn critical_times(&self) -> Vec<i64> {
+        let n = self.trace.spans.len();
+        let mut out = vec![0i64; n];
+        let roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
+        // The root that ends last carries the trace; its path is the trace's.
+        let Some(&root) = roots.iter().max_by_key(|&&i| (self.span(i).end_ns, std::cmp::Reverse(i))) else {
+            return out;
+        };
+        // (span, the time its path must end by)
+        let mut stack = vec![(root, self.span(root).end_ns)];
+        let mut visited = 0usize;
+        while let Some((i, limit)) = stack.pop() {
+            visited += 1;
+            if visited > n {
+                break; // a cycle in malformed parent links
+            }
+            let s = self.span(i);
+            let mut last_start = s.end_ns.min(limit);
+            let mut kids: Vec<usize> = self.children[i].clone();
+            kids.sort_by_key(|&c| (std::cmp::Reverse(self.span(c).end_ns), c));
+            let mut own = 0i64;
+            for c in kids {
+                let cs = self.span(c);
+                let c_end = cs.end_ns.min(last_start);
+                let c_start = cs.start_ns.max(s.start_ns);
+                if cs.end_ns > last_start && cs.start_ns >= last_start {
+                    continue; // entirely after the current point: not on the path
+                }
+                if c_end <= c_start {
+                    continue;
+                }
+                if cs.end_ns > last_start && last_start < s.end_ns.min(limit) {
+                    continue; // overlaps the child already on the path
+                }
+                own += last_start - c_end;
+                stack.push((c, c_end));
+                last_start = c_start;
+            }
+            own += (last_start - s.start_ns).max(0);
+            out[i] = own;
+        }
+        out
+    }
+}
+
 /// An error span that no erroring child explains.
 pub struct SourceError<'a> {
     pub span: &'a Span,
