@@ -10,7 +10,10 @@
 //!   callee's span (network, queueing) and is the callee's. The score is the added time per
 //!   trace as a share of the baseline's end-to-end time;
 //! - **structure**: a service that does less per request than before (fewer own spans and
-//!   outgoing calls per entry span: it returns early or throws) by how much less.
+//!   outgoing calls per entry span: it returns early or throws) by how much less; and a service
+//!   whose calls stop showing its spans (caller spans that used to have a child in it now have
+//!   none: it fails before its own instrumentation records anything) by the share of such
+//!   calls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,6 +24,18 @@ use crate::model::{SpanId, TraceId};
 /// Below this many traces (or entry spans) on either side, a latency or structure comparison
 /// is noise and is not made.
 const MIN_SAMPLES: usize = 5;
+
+/// Calls of one operation needed on each side: low-traffic services see a handful of calls a
+/// minute, and a fault there is only visible if a few calls suffice (medians of two calls still
+/// show a hundred-fold slowdown; the per-trace weighting keeps small changes small).
+const MIN_CALLS: usize = 2;
+
+/// A span that shows a candidate: (trace, span).
+type Example = (TraceId, SpanId);
+/// The incident span with the most time, as (time, trace, span).
+type Top = Option<(i64, TraceId, SpanId)>;
+/// Waiting times, baseline and incident.
+type Waits = (Vec<i64>, Vec<i64>);
 
 #[derive(Default)]
 struct Structure {
@@ -58,8 +73,9 @@ pub fn rank(
     errors(sources, services, input, &mut scores);
     latency(forest, input, &mut scores);
     structure(forest, input, &mut scores);
+    missing_callees(forest, input, &mut scores);
 
-    let mut out: Vec<(Candidate, Option<(TraceId, SpanId)>, i64)> = scores
+    let mut out: Vec<(Candidate, Option<Example>, i64)> = scores
         .into_iter()
         .filter(|(_, s)| s.error + s.latency + s.structure > 0.0 || s.pre_existing)
         .map(|(service, s)| {
@@ -118,14 +134,21 @@ fn errors(
         } else {
             g.traces.insert(s.span.trace_id);
             if (s.span.end_ns, s.span.trace_id, s.span.span_id)
-                < (g.first_ns, g.example.map_or(TraceId::default(), |e| e.0), g.example.map_or(SpanId::default(), |e| e.1))
+                < (
+                    g.first_ns,
+                    g.example.map_or(TraceId::default(), |e| e.0),
+                    g.example.map_or(SpanId::default(), |e| e.1),
+                )
             {
                 g.first_ns = s.span.end_ns;
                 g.example = Some((s.span.trace_id, s.span.span_id));
             }
         }
     }
-    let error_traces: BTreeSet<TraceId> = groups.values().flat_map(|g| g.traces.iter().copied()).collect();
+    let error_traces: BTreeSet<TraceId> = groups
+        .values()
+        .flat_map(|g| g.traces.iter().copied())
+        .collect();
     let total = error_traces.len().max(1) as f64;
     for ((service, operation), g) in groups.into_iter().filter(|(_, g)| !g.traces.is_empty()) {
         let stats = services.get(&service);
@@ -142,7 +165,8 @@ fn errors(
         s.operation = operation.clone();
         s.first_error_ns = Some(g.first_ns);
         s.example = g.example;
-        s.reasons.retain(|r| !r.starts_with("fails") && !r.starts_with("already"));
+        s.reasons
+            .retain(|r| !r.starts_with("fails") && !r.starts_with("already"));
         s.reasons.insert(
             0,
             if pre_existing {
@@ -187,7 +211,7 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     let mut samples: HashMap<(&str, &str), Samples> = HashMap::new();
     // Per (caller service, callee service): the waiting time the caller span added, to tell a
     // slow network towards one callee from a slow caller (whose every outgoing call waits).
-    let mut waits: HashMap<(&str, &str), (Vec<i64>, Vec<i64>)> = HashMap::new();
+    let mut waits: HashMap<(&str, &str), Waits> = HashMap::new();
     let (mut base_traces, mut inc_traces) = (0usize, 0usize);
     let mut base_root_ns: i128 = 0;
     for t in forest {
@@ -208,9 +232,15 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
                 && t.span(*c).service() != s.service()
             {
                 // A caller span that only waits on its callee: counted with the callee's call.
-                let w = waits.entry((s.service(), t.span(*c).service())).or_default();
+                let w = waits
+                    .entry((s.service(), t.span(*c).service()))
+                    .or_default();
                 let own = t.self_time_ns(i);
-                if baseline { w.0.push(own) } else { w.1.push(own) }
+                if baseline {
+                    w.0.push(own)
+                } else {
+                    w.1.push(own)
+                }
                 continue;
             }
             // Time on the critical path only: work that overlapped the path did not make the
@@ -230,7 +260,8 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
             } else {
                 e.incident.push(own);
                 if e.top.is_none_or(|(best, tid, sid)| {
-                    (own, std::cmp::Reverse((s.trace_id, s.span_id))) > (best, std::cmp::Reverse((tid, sid)))
+                    (own, std::cmp::Reverse((s.trace_id, s.span_id)))
+                        > (best, std::cmp::Reverse((tid, sid)))
                 }) {
                     e.top = Some((own, s.trace_id, s.span_id));
                 }
@@ -248,13 +279,16 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     const SEVERAL_FOLD: f64 = 3.0;
     let mut edges: BTreeMap<&str, Vec<(&str, f64, bool)>> = BTreeMap::new();
     for ((caller, callee), (b, i)) in waits.iter_mut() {
-        if b.len() < MIN_SAMPLES || i.len() < MIN_SAMPLES {
+        if b.len() < MIN_CALLS || i.len() < MIN_CALLS {
             continue;
         }
         let (mb, mi) = (median(b), median(i));
         let gain_ms = (mi - mb) / 1e6 * i.len() as f64 / inc_traces as f64;
         let several_fold = mi >= SEVERAL_FOLD * mb.max(1_000.0);
-        edges.entry(caller).or_default().push((callee, gain_ms, several_fold));
+        edges
+            .entry(caller)
+            .or_default()
+            .push((callee, gain_ms, several_fold));
     }
     let mut slow_callers: BTreeMap<&str, f64> = BTreeMap::new();
     let mut moved: BTreeMap<&str, f64> = BTreeMap::new();
@@ -269,9 +303,9 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     }
 
     // Per service: the gain of each operation, per trace; the operation that gained most.
-    let mut best: BTreeMap<&str, (f64, f64, &str, Option<(i64, TraceId, SpanId)>)> = BTreeMap::new();
+    let mut best: BTreeMap<&str, (f64, f64, &str, Top)> = BTreeMap::new();
     for ((service, op), sm) in samples.iter_mut() {
-        if sm.baseline.len() < MIN_SAMPLES || sm.incident.len() < MIN_SAMPLES {
+        if sm.baseline.len() < MIN_CALLS || sm.incident.len() < MIN_CALLS {
             continue;
         }
         let per_call_ms = (median(&mut sm.incident) - median(&mut sm.baseline)) / 1e6;
@@ -294,8 +328,8 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     }
     for (service, (op_gain, service_gain, op, top)) in best {
         let score = service_gain / root_ms;
-        // Less than 1% of the end-to-end time is noise.
-        if score < 0.01 {
+        // Less than 0.2% of the end-to-end time is noise, even for a weak candidate.
+        if score < 0.002 {
             continue;
         }
         let s = scores.entry(service.to_owned()).or_default();
@@ -314,7 +348,11 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     }
 }
 
-fn structure(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMap<String, Score>) {
+fn structure(
+    forest: &[TraceTree<'_>],
+    input: &AnalysisInput,
+    scores: &mut BTreeMap<String, Score>,
+) {
     let mut by_service: HashMap<&str, Structure> = HashMap::new();
     for t in forest {
         let baseline = period_is_baseline(t, input);
@@ -345,8 +383,8 @@ fn structure(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTree
         let base = st.base_work as f64 / st.base_entries as f64;
         let inc = st.inc_work as f64 / st.inc_entries as f64;
         let drop = 1.0 - inc / base;
-        // A tenth less is within normal variation of request mixes.
-        if drop < 0.1 {
+        // A twentieth less is within normal variation of request mixes.
+        if drop < 0.05 {
             continue;
         }
         let s = scores.entry(service.to_owned()).or_default();
@@ -362,6 +400,84 @@ fn structure(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTree
         s.reasons.push(format!(
             "does {:.0}% less per request than in the baseline ({inc:.1} spans and calls per entry span, was {base:.1}): it returns early or fails",
             drop * 100.0
+        ));
+    }
+}
+
+fn missing_callees(
+    forest: &[TraceTree<'_>],
+    input: &AnalysisInput,
+    scores: &mut BTreeMap<String, Score>,
+) {
+    // Per caller (service, operation): calls, calls answered by a span of another service (and
+    // which), calls with no child at all; baseline and incident.
+    #[derive(Default)]
+    struct Calls<'a> {
+        base: usize,
+        base_childless: usize,
+        inc: usize,
+        inc_childless: usize,
+        callees: BTreeMap<&'a str, usize>,
+    }
+    let mut by_caller: HashMap<(&str, &str), Calls<'_>> = HashMap::new();
+    for t in forest {
+        let baseline = period_is_baseline(t, input);
+        for (i, s) in t.trace.spans.iter().enumerate() {
+            let kids = &t.children[i];
+            let callee = match kids.as_slice() {
+                [c] if t.span(*c).service() != s.service() => Some(t.span(*c).service().as_ref()),
+                _ => None,
+            };
+            if !kids.is_empty() && callee.is_none() {
+                continue;
+            }
+            let e = by_caller.entry((s.service(), &s.operation)).or_default();
+            if baseline {
+                e.base += 1;
+                e.base_childless += usize::from(kids.is_empty());
+                if let Some(c) = callee {
+                    *e.callees.entry(c).or_default() += 1;
+                }
+            } else {
+                e.inc += 1;
+                e.inc_childless += usize::from(kids.is_empty());
+            }
+        }
+    }
+    let mut best: BTreeMap<&str, (f64, String)> = BTreeMap::new();
+    for ((caller, op), c) in &by_caller {
+        if c.base < MIN_SAMPLES || c.inc < MIN_SAMPLES {
+            continue;
+        }
+        // A client span: in the baseline it (almost) always had its callee's span under it.
+        let Some((callee, answered)) = c
+            .callees
+            .iter()
+            .max_by_key(|(name, n)| (**n, std::cmp::Reverse(**name)))
+        else {
+            continue;
+        };
+        if (*answered as f64) < 0.8 * c.base as f64 {
+            continue;
+        }
+        let lost = c.inc_childless as f64 / c.inc as f64 - c.base_childless as f64 / c.base as f64;
+        if lost >= 0.05 && lost > best.get(callee).map_or(0.0, |b| b.0) {
+            best.insert(callee, (lost, format!("{caller} {op}")));
+        }
+    }
+    for (callee, (lost, via)) in best {
+        let s = scores.entry(callee.to_owned()).or_default();
+        s.structure = s.structure.max(lost);
+        if s.operation.is_empty() {
+            // Its own operation cannot be seen (its spans are missing): the call's name says it.
+            s.operation = via
+                .split_once(' ')
+                .map(|(_, op)| op.to_owned())
+                .unwrap_or_default();
+        }
+        s.reasons.push(format!(
+            "{:.0}% more of the calls into it show no span of it ({via}): it fails before recording its work",
+            lost * 100.0
         ));
     }
 }

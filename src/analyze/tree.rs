@@ -105,7 +105,10 @@ impl TraceTree<'_> {
         let mut out = vec![0i64; n];
         let roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
         // The root that ends last carries the trace; its path is the trace's.
-        let Some(&root) = roots.iter().max_by_key(|&&i| (self.span(i).end_ns, std::cmp::Reverse(i))) else {
+        let Some(&root) = roots
+            .iter()
+            .max_by_key(|&&i| (self.span(i).end_ns, std::cmp::Reverse(i)))
+        else {
             return out;
         };
         // (span, the time its path must end by)
