@@ -192,6 +192,18 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
         edges.contains(&("frontend".into(), "checkout-service".into())),
         "{edges:?}"
     );
+    // Catalog's steady 1% of errors began long before the incident: ranked, but pre-existing.
+    let catalog = analysis["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "catalog-service")
+        .expect("catalog-service is a candidate");
+    assert_eq!(catalog["pre_existing"], true, "{catalog:#}");
+    assert_eq!(analysis["ranking"][0]["service"], "payment-service");
+    // The bad rollout is the top suspect.
+    assert_eq!(analysis["suspects"][0]["key"], "deployment.version");
+    assert_eq!(analysis["suspects"][0]["value"], "v2.3.1");
     // Recovery after the rollback at 14:47.
     let recovery = analysis["recovery"]["time"].as_str().unwrap();
     assert!(recovery.starts_with("2026-02-05T14:47"), "{recovery}");

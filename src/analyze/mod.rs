@@ -5,6 +5,7 @@
 
 mod rank;
 mod stats;
+mod suspects;
 mod timeline;
 mod tree;
 
@@ -133,7 +134,7 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         .collect();
     let services = stats::service_stats(&forest, input);
     let sources = tree::source_errors(&forest);
-    let ranked = rank::rank(&forest, &sources, &services, input);
+    let ranked = rank::rank(&forest, &sources, input);
     let total: f64 = ranked.iter().map(|(c, _)| c.score).sum();
     let origin = ranked
         .first()
@@ -156,12 +157,16 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     let recovery = origin
         .as_ref()
         .and_then(|o| recovery(&forest, &o.service, &o.operation));
+    let suspects = origin
+        .as_ref()
+        .map(|o| suspects::suspects(&forest, o, input))
+        .unwrap_or_default();
     let analysis = Analysis {
         services,
         origin,
         ranking,
         propagation,
-        suspects: Vec::new(),
+        suspects,
         latency,
         recovery,
     };

@@ -18,7 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::tree::{SourceError, TraceTree};
-use super::{AnalysisInput, Candidate, ServiceStats, round4, time};
+use super::{AnalysisInput, Candidate, round4, time};
+
 use crate::model::{SpanId, TraceId};
 
 /// Below this many traces (or entry spans) on either side, a latency or structure comparison
@@ -66,11 +67,10 @@ fn period_is_baseline(t: &TraceTree<'_>, input: &AnalysisInput) -> bool {
 pub fn rank(
     forest: &[TraceTree<'_>],
     sources: &[SourceError<'_>],
-    services: &BTreeMap<String, ServiceStats>,
     input: &AnalysisInput,
 ) -> Vec<(Candidate, Option<(TraceId, SpanId)>)> {
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
-    errors(sources, services, input, &mut scores);
+    errors(forest, sources, input, &mut scores);
     latency(forest, input, &mut scores);
     structure(forest, input, &mut scores);
     missing_callees(forest, input, &mut scores);
@@ -109,16 +109,30 @@ pub fn rank(
 }
 
 fn errors(
+    forest: &[TraceTree<'_>],
     sources: &[SourceError<'_>],
-    services: &BTreeMap<String, ServiceStats>,
     input: &AnalysisInput,
     scores: &mut BTreeMap<String, Score>,
 ) {
+    // Calls of each service before and after the incident began, for error rates (per service:
+    // a steady background of errors spreads over its operations).
+    let mut calls: HashMap<&str, (usize, usize)> = HashMap::new();
+    for t in forest {
+        for s in &t.trace.spans {
+            let e = calls.entry(s.service()).or_default();
+            if s.end_ns < input.began_ns {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+    }
     #[derive(Default)]
     struct Group {
         first_ns: i64,
         example: Option<(TraceId, SpanId)>,
         baseline: usize,
+        incident: usize,
         traces: BTreeSet<TraceId>,
     }
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
@@ -132,6 +146,7 @@ fn errors(
         if s.span.end_ns < input.began_ns {
             g.baseline += 1;
         } else {
+            g.incident += 1;
             g.traces.insert(s.span.trace_id);
             if (s.span.end_ns, s.span.trace_id, s.span.span_id)
                 < (
@@ -145,16 +160,30 @@ fn errors(
             }
         }
     }
+    let mut service_errors: HashMap<String, (usize, usize)> = HashMap::new();
+    for ((service, _), g) in &groups {
+        let e = service_errors.entry(service.clone()).or_default();
+        e.0 += g.baseline;
+        e.1 += g.incident;
+    }
     let error_traces: BTreeSet<TraceId> = groups
         .values()
         .flat_map(|g| g.traces.iter().copied())
         .collect();
     let total = error_traces.len().max(1) as f64;
     for ((service, operation), g) in groups.into_iter().filter(|(_, g)| !g.traces.is_empty()) {
-        let stats = services.get(&service);
-        let base_rate = stats.map_or(0.0, |s| s.baseline.error_rate);
-        let inc_rate = stats.map_or(0.0, |s| s.incident.error_rate);
-        let pre_existing = g.baseline > 0 && base_rate > 0.0 && inc_rate <= base_rate * 1.5;
+        let (base_calls, inc_calls) = calls.get(service.as_str()).copied().unwrap_or_default();
+        let (base_errors, inc_errors) = service_errors
+            .get(service.as_str())
+            .copied()
+            .unwrap_or_default();
+        let base_rate = base_errors as f64 / base_calls.max(1) as f64;
+        let inc_rate = inc_errors as f64 / inc_calls.max(1) as f64;
+        // Pre-existing: it failed before, and the incident's errors are within what that rate
+        // predicts (three standard deviations of a Poisson count).
+        let expected = base_rate * inc_calls as f64;
+        let pre_existing =
+            base_errors > 0 && (inc_errors as f64) <= expected + 3.0 * expected.sqrt() + 1.0;
         let share = g.traces.len() as f64 / total;
         let s = scores.entry(service.clone()).or_default();
         if share <= s.error {

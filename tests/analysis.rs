@@ -1,0 +1,357 @@
+//! The analysis on generated scenarios with known answers, each with a trap real incidents have:
+//! steady background errors that began before the incident, retries that hide a failure for a
+//! while, clock skew, traces with missing spans, a slow database behind a healthy-looking
+//! service, and a bad rollout on some pods only.
+
+use std::sync::Arc;
+
+use evidence_locker::analyze::{Analysis, AnalysisInput, Timeline, analyze};
+use evidence_locker::capture::{Purpose, Purposes};
+use evidence_locker::model::{
+    AttrValue, Attribute, Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
+};
+
+const MS: i64 = 1_000_000;
+const MIN: i64 = 60_000 * MS;
+/// 2026-02-05T14:00:00Z
+const T0: i64 = 1_770_300_000 * 1_000_000_000;
+/// The incident begins 30 minutes in.
+const BEGAN: i64 = T0 + 30 * MIN;
+
+struct Builder {
+    traces: Vec<Trace>,
+    next: u64,
+}
+
+#[derive(Clone)]
+struct S {
+    service: &'static str,
+    op: &'static str,
+    start: i64,
+    dur: i64,
+    error: bool,
+    parent: Option<usize>,
+    attrs: Vec<(&'static str, &'static str)>,
+}
+
+fn s(service: &'static str, op: &'static str, start: i64, dur: i64) -> S {
+    S {
+        service,
+        op,
+        start,
+        dur,
+        error: false,
+        parent: None,
+        attrs: Vec::new(),
+    }
+}
+
+impl S {
+    fn under(mut self, parent: usize) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+    fn with(mut self, key: &'static str, value: &'static str) -> Self {
+        self.attrs.push((key, value));
+        self
+    }
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            traces: Vec::new(),
+            next: 1,
+        }
+    }
+
+    /// One trace; spans refer to their parents by index. `drop` removes spans afterwards
+    /// (orphans: their children keep pointing at them).
+    fn trace(&mut self, spans: &[S], drop: &[usize]) {
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&self.next.to_be_bytes());
+        let trace_id = TraceId(id);
+        let ids: Vec<SpanId> = (0..spans.len())
+            .map(|i| SpanId((self.next * 1000 + i as u64 + 1).to_be_bytes()))
+            .collect();
+        self.next += 1;
+        let out = spans
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !drop.contains(i))
+            .map(|(i, sp)| Span {
+                trace_id,
+                span_id: ids[i],
+                parent: sp.parent.map(|p| ids[p]),
+                operation: Arc::from(sp.op),
+                start_ns: sp.start,
+                end_ns: sp.start + sp.dur,
+                kind: SpanKind::Server,
+                status: Status {
+                    code: if sp.error {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    message: sp.error.then(|| "failed".into()),
+                },
+                attributes: sp
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| Attribute {
+                        key: Arc::from(*k),
+                        value: AttrValue::Str((*v).into()),
+                    })
+                    .collect(),
+                resource: Arc::new(Resource {
+                    service: Arc::from(sp.service),
+                    attributes: Vec::new(),
+                }),
+                scope: None,
+                events: Vec::new(),
+                links: Vec::new(),
+            })
+            .collect();
+        self.traces.push(Trace {
+            id: trace_id,
+            spans: out,
+        });
+    }
+
+    fn analyze(&self) -> (Analysis, Timeline) {
+        let traces: Vec<(Trace, Purposes)> = self
+            .traces
+            .iter()
+            .map(|t| {
+                let p = if t.start_ns() < BEGAN {
+                    Purpose::Baseline
+                } else {
+                    Purpose::Other
+                };
+                (t.clone(), Purposes::default().with(p))
+            })
+            .collect();
+        analyze(
+            &traces,
+            &AnalysisInput {
+                began_ns: BEGAN,
+                window_start_ns: T0,
+                window_end_ns: T0 + 60 * MIN,
+                slow_threshold: std::time::Duration::from_secs(1),
+                error_rate_threshold: 0.05,
+            },
+        )
+    }
+}
+
+/// Every `every` ms over minutes [from, to), a request frontend → checkout → payment.
+fn checkout_traffic(
+    b: &mut Builder,
+    from: i64,
+    to: i64,
+    every: i64,
+    mut shape: impl FnMut(i64, &mut Vec<S>, &mut Vec<usize>),
+) {
+    let mut t = T0 + from * MIN;
+    while t < T0 + to * MIN {
+        let mut spans = vec![
+            s("frontend", "POST /checkout", t, 40 * MS),
+            s("checkout", "PlaceOrder", t + MS, 35 * MS).under(0),
+            s("payment", "Charge", t + 5 * MS, 20 * MS).under(1),
+        ];
+        let mut drop = Vec::new();
+        shape(t, &mut spans, &mut drop);
+        b.trace(&spans, &drop);
+        t += every * MS;
+    }
+}
+
+fn fail_chain(spans: &mut [S]) {
+    for sp in spans.iter_mut() {
+        sp.error = true;
+    }
+}
+
+#[test]
+fn steady_background_errors_are_pre_existing_and_the_new_failure_is_the_origin() {
+    let mut b = Builder::new();
+    let mut n = 0;
+    checkout_traffic(&mut b, 0, 60, 500, |t, spans, _| {
+        n += 1;
+        // Catalog fails 2% of the time, all along.
+        spans.push(s("catalog", "GetProduct", t + 30 * MS, 2 * MS).under(1));
+        if n % 50 == 0 {
+            spans[3].error = true;
+        }
+        // Payment fails from 14:31 on.
+        if t >= BEGAN + MIN {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let (a, timeline) = b.analyze();
+    let origin = a.origin.as_ref().expect("an origin");
+    assert_eq!(origin.service, "payment");
+    let catalog = a
+        .ranking
+        .iter()
+        .find(|c| c.service == "catalog")
+        .expect("catalog is ranked");
+    assert!(catalog.pre_existing, "{catalog:?}");
+    // Recovery never happens in this scenario: none is claimed.
+    assert!(a.recovery.is_none());
+    assert!(
+        timeline
+            .entries
+            .iter()
+            .any(|e| e.kind == "first_error" && e.service == "payment")
+    );
+}
+
+#[test]
+fn retries_that_hide_a_failure_for_a_while_still_point_at_the_callee_first() {
+    let mut b = Builder::new();
+    checkout_traffic(&mut b, 0, 60, 1000, |t, spans, _| {
+        let retry_phase = (BEGAN..BEGAN + 5 * MIN).contains(&t);
+        let broken = t >= BEGAN + 5 * MIN && t < BEGAN + 15 * MIN;
+        if retry_phase {
+            // Payment fails, checkout retries and succeeds: nobody above payment sees it.
+            spans[2].error = true;
+            spans.push(s("payment", "Charge", t + 26 * MS, 5 * MS).under(1));
+        }
+        if broken {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let (a, timeline) = b.analyze();
+    assert_eq!(a.origin.as_ref().unwrap().service, "payment");
+    let first = |svc: &str| {
+        timeline
+            .entries
+            .iter()
+            .find(|e| e.kind == "first_error" && e.service == svc)
+            .map(|e| e.time)
+            .unwrap()
+    };
+    // Payment failed five minutes before checkout and frontend did.
+    assert!(first("payment") + chrono::Duration::minutes(4) < first("checkout"));
+    // The callers' failure is seen spreading only when retries stopped hiding it.
+    let edge = a
+        .propagation
+        .iter()
+        .find(|p| p.from == "checkout" && p.to == "payment")
+        .unwrap();
+    assert!(edge.first_seen >= chrono::DateTime::from_timestamp_nanos(BEGAN + 5 * MIN));
+    // Recovery: the first success of payment Charge after its last error, at 14:45.
+    let recovery = a.recovery.as_ref().expect("a recovery");
+    let expected = chrono::DateTime::from_timestamp_nanos(BEGAN + 15 * MIN);
+    assert!(
+        (recovery.time - expected).num_milliseconds().abs() < 5_000,
+        "{} vs {expected}",
+        recovery.time
+    );
+}
+
+#[test]
+fn clock_skew_and_orphans_do_not_confuse_the_origin() {
+    let mut b = Builder::new();
+    let mut n = 0;
+    checkout_traffic(&mut b, 0, 60, 700, |t, spans, drop| {
+        n += 1;
+        // The payment host's clock runs 10 ms early: its span starts before its parent.
+        spans[2].start = t - 10 * MS;
+        if t >= BEGAN {
+            fail_chain(&mut spans[..3]);
+        }
+        // A third of the traces lost checkout's span: payment's span is an orphan.
+        if n % 3 == 0 {
+            drop.push(1);
+        }
+    });
+    let (a, _) = b.analyze();
+    let origin = a.origin.as_ref().unwrap();
+    assert_eq!(origin.service, "payment");
+    assert!(
+        a.propagation
+            .iter()
+            .any(|p| p.from == "checkout" && p.to == "payment")
+    );
+    assert!(
+        a.propagation
+            .iter()
+            .any(|p| p.from == "frontend" && p.to == "checkout")
+    );
+}
+
+#[test]
+fn a_slow_database_behind_a_healthy_looking_service_is_ranked_first_without_any_error() {
+    let mut b = Builder::new();
+    checkout_traffic(&mut b, 0, 60, 500, |t, spans, _| {
+        // Inventory's database calls (client spans of inventory) go from 3 ms to 400 ms.
+        let db = if t >= BEGAN { 400 * MS } else { 3 * MS };
+        spans.push(s("inventory", "Reserve", t + 26 * MS, db + 2 * MS).under(1));
+        spans.push(s("inventory", "SELECT stock", t + 27 * MS, db).under(3));
+        spans[1].dur = 35 * MS + db;
+        spans[0].dur = 40 * MS + db;
+    });
+    let (a, _) = b.analyze();
+    assert!(a.services.values().all(|s| s.error_spans == 0));
+    let first = &a.ranking[0];
+    assert_eq!(
+        (first.service.as_str(), first.operation.as_str()),
+        ("inventory", "SELECT stock"),
+        "{:#?}",
+        a.ranking
+    );
+    assert_eq!(a.origin.as_ref().unwrap().service, "inventory");
+}
+
+#[test]
+fn a_bad_rollout_on_some_pods_is_the_top_suspect() {
+    let mut b = Builder::new();
+    let mut n = 0u64;
+    checkout_traffic(&mut b, 0, 60, 400, |t, spans, _| {
+        n += 1;
+        let pod = [
+            "payment-a",
+            "payment-b",
+            "payment-c",
+            "payment-d",
+            "payment-e",
+        ][(n % 5) as usize];
+        // From 14:28 two of five pods run v2.3.1; from 14:30 its calls fail.
+        let bad = t >= T0 + 28 * MIN && n % 5 < 2;
+        let version = if bad { "v2.3.1" } else { "v2.2.0" };
+        spans[2] = spans[2]
+            .clone()
+            .with("k8s.pod.name", pod)
+            .with("deployment.version", version);
+        if bad && t >= BEGAN {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let (a, _) = b.analyze();
+    assert_eq!(a.origin.as_ref().unwrap().service, "payment");
+    let top = &a.suspects[0];
+    assert_eq!(
+        (top.key.as_str(), top.value.as_str()),
+        ("deployment.version", "v2.3.1"),
+        "{:#?}",
+        a.suspects
+    );
+    assert_eq!(top.failing_share, 1.0);
+    assert!(top.baseline_share < 0.2);
+}
+
+#[test]
+fn the_same_input_gives_the_same_analysis_bytes() {
+    let mut b = Builder::new();
+    checkout_traffic(&mut b, 0, 60, 900, |t, spans, _| {
+        if t >= BEGAN {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let one = serde_json::to_vec(&b.analyze().0).unwrap();
+    b.traces.reverse();
+    let two = serde_json::to_vec(&b.analyze().0).unwrap();
+    assert_eq!(one, two, "input order must not matter");
+}
