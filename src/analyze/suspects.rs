@@ -29,7 +29,7 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
         forest
             .iter()
             .flat_map(|t| t.trace.spans.iter())
-            .filter(|s| &**s.service() == origin.service && &*s.operation == origin.operation)
+            .filter(|s| **s.service() == *origin.service && *s.operation == *origin.operation)
     };
     let incident: Vec<&Span> = of_origin()
         .filter(|s| s.start_ns >= input.began_ns)
