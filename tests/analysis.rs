@@ -212,7 +212,7 @@ fn retries_that_hide_a_failure_for_a_while_still_point_at_the_callee_first() {
     let mut b = Builder::new();
     checkout_traffic(&mut b, 0, 60, 1000, |t, spans, _| {
         let retry_phase = (BEGAN..BEGAN + 5 * MIN).contains(&t);
-        let broken = t >= BEGAN + 5 * MIN && t < BEGAN + 15 * MIN;
+        let broken = (BEGAN + 5 * MIN..BEGAN + 15 * MIN).contains(&t);
         if retry_phase {
             // Payment fails, checkout retries and succeeds: nobody above payment sees it.
             spans[2].error = true;
