@@ -84,8 +84,9 @@ fn main() {
                 .enumerate()
                 .map(|(k, &(svc, parent, op))| Span {
                     trace_id: TraceId(id),
-                    span_id: SpanId(((i as u64) << 4 | k as u64 + 1).to_be_bytes()),
-                    parent: parent.map(|p| SpanId(((i as u64) << 4 | p as u64 + 1).to_be_bytes())),
+                    span_id: SpanId((((i as u64) << 4) | (k as u64 + 1)).to_be_bytes()),
+                    parent: parent
+                        .map(|p| SpanId((((i as u64) << 4) | (p as u64 + 1)).to_be_bytes())),
                     operation: ops[op].clone(),
                     start_ns: start + k as i64 * MS,
                     end_ns: start + k as i64 * MS + (20 - 2 * k as i64) * MS,
