@@ -257,8 +257,10 @@ fn clock_skew_and_orphans_do_not_confuse_the_origin() {
     let mut n = 0;
     checkout_traffic(&mut b, 0, 60, 700, |t, spans, drop| {
         n += 1;
-        // The payment host's clock runs 10 ms early: its span starts before its parent.
+        // The payment host's clock is off: its span starts before its parent and ends after
+        // both its callers, so by timestamps payment would fail last.
         spans[2].start = t - 10 * MS;
+        spans[2].dur = 60 * MS;
         if t >= BEGAN {
             fail_chain(&mut spans[..3]);
         }

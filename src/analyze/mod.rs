@@ -89,11 +89,22 @@ pub struct Suspect {
 pub struct LatencyEntry {
     pub service: String,
     pub operation: String,
+    /// Time on the critical path (CRISP) per trace it appears in, in ms: what it added to the
+    /// end-to-end latency.
+    pub incident_critical_ms_per_trace: f64,
+    pub baseline_critical_ms_per_trace: Option<f64>,
     /// Mean self time (the span's own time, children excluded) per span, in ms.
     pub incident_self_ms: f64,
     pub baseline_self_ms: Option<f64>,
     pub incident_spans: usize,
     pub baseline_spans: usize,
+}
+
+/// A service in the order services started failing.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureStep {
+    pub service: String,
+    pub first_error: DateTime<Utc>,
 }
 
 /// The contents of `analysis.json`.
@@ -103,6 +114,9 @@ pub struct Analysis {
     pub origin: Option<Origin>,
     pub ranking: Vec<Candidate>,
     pub propagation: Vec<Propagation>,
+    /// The order in which services started failing: causal first (a callee whose failure spread
+    /// to a caller comes before it, even when their clocks disagree), then by time.
+    pub failure_order: Vec<FailureStep>,
     pub suspects: Vec<Suspect>,
     pub latency: Vec<LatencyEntry>,
     pub recovery: Option<Evidence>,
@@ -161,17 +175,67 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         .as_ref()
         .map(|o| suspects::suspects(&forest, o, input))
         .unwrap_or_default();
+    let failure_order = failure_order(&services, &propagation);
     let analysis = Analysis {
         services,
         origin,
         ranking,
         propagation,
+        failure_order,
         suspects,
         latency,
         recovery,
     };
     let timeline = timeline::build(&forest, &analysis, input);
     (analysis, timeline)
+}
+
+/// Services in the order they started failing: a topological order of the propagation edges
+/// (callee before caller), the earliest first error first among those free to go next.
+fn failure_order(
+    services: &BTreeMap<String, ServiceStats>,
+    propagation: &[Propagation],
+) -> Vec<FailureStep> {
+    let failed: BTreeMap<&str, DateTime<Utc>> = services
+        .iter()
+        .filter_map(|(s, st)| st.first_error.as_ref().map(|e| (s.as_str(), e.time)))
+        .collect();
+    // Each caller waits for its failing callees.
+    let mut waits_for: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for p in propagation {
+        if failed.contains_key(p.from.as_str())
+            && failed.contains_key(p.to.as_str())
+            && p.from != p.to
+        {
+            waits_for
+                .entry(p.from.as_str())
+                .or_default()
+                .insert(p.to.as_str());
+        }
+    }
+    let mut done: std::collections::BTreeSet<&str> = Default::default();
+    let mut out = Vec::with_capacity(failed.len());
+    while done.len() < failed.len() {
+        let ready = |s: &&str| {
+            waits_for
+                .get(s)
+                .is_none_or(|w| w.iter().all(|c| done.contains(c)))
+        };
+        let pending = failed.iter().filter(|(s, _)| !done.contains(*s));
+        // A cycle (two services failing each other) is broken by time.
+        let next = pending
+            .clone()
+            .filter(|(s, _)| ready(s))
+            .min_by_key(|(s, t)| (**t, **s))
+            .or_else(|| pending.min_by_key(|(s, t)| (**t, **s)));
+        let Some((s, t)) = next else { break };
+        done.insert(s);
+        out.push(FailureStep {
+            service: (*s).to_owned(),
+            first_error: *t,
+        });
+    }
+    out
 }
 
 /// The first successful call of `service operation` that started after its last error ended.

@@ -27,6 +27,9 @@ pub struct MinuteStats {
     pub minute: DateTime<Utc>,
     pub requests: usize,
     pub errors: usize,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// What one service did, baseline against incident.
@@ -54,7 +57,7 @@ struct Acc {
     )>,
     baseline: Vec<(i64, bool)>,
     incident: Vec<(i64, bool)>,
-    minutes: BTreeMap<i64, (usize, usize)>,
+    minutes: BTreeMap<i64, Vec<(i64, bool)>>,
 }
 
 fn summarize(mut v: Vec<(i64, bool)>) -> LatencyStats {
@@ -123,9 +126,7 @@ pub fn service_stats(
                 a.incident.push(item);
             }
             let minute = s.start_ns.div_euclid(60_000_000_000);
-            let m = a.minutes.entry(minute).or_default();
-            m.0 += 1;
-            m.1 += usize::from(s.is_error());
+            a.minutes.entry(minute).or_default().push(item);
         }
     }
     acc.into_iter()
@@ -153,10 +154,16 @@ pub fn service_stats(
                     per_minute: a
                         .minutes
                         .into_iter()
-                        .map(|(m, (requests, errors))| MinuteStats {
-                            minute: time(m * 60_000_000_000),
-                            requests,
-                            errors,
+                        .map(|(m, calls)| {
+                            let l = summarize(calls);
+                            MinuteStats {
+                                minute: time(m * 60_000_000_000),
+                                requests: l.requests,
+                                errors: l.errors,
+                                p50_ms: l.p50_ms,
+                                p95_ms: l.p95_ms,
+                                p99_ms: l.p99_ms,
+                            }
                         })
                         .collect(),
                 },
@@ -174,10 +181,15 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
         inc_n: usize,
         base_ns: i128,
         base_n: usize,
+        inc_critical_ns: i128,
+        inc_traces: std::collections::BTreeSet<crate::model::TraceId>,
+        base_critical_ns: i128,
+        base_traces: std::collections::BTreeSet<crate::model::TraceId>,
     }
     let mut sums: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
     for t in forest {
         let interesting = t.purposes.has(Purpose::Errors) || t.purposes.has(Purpose::Slow);
+        let critical = t.critical_times();
         for (i, s) in t.trace.spans.iter().enumerate() {
             let baseline = s.start_ns < input.began_ns;
             if !baseline && !interesting {
@@ -188,9 +200,13 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
             if baseline {
                 e.base_ns += self_ns;
                 e.base_n += 1;
+                e.base_critical_ns += i128::from(critical[i]);
+                e.base_traces.insert(t.trace.id);
             } else {
                 e.inc_ns += self_ns;
                 e.inc_n += 1;
+                e.inc_critical_ns += i128::from(critical[i]);
+                e.inc_traces.insert(t.trace.id);
             }
         }
     }
@@ -199,8 +215,14 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
         .filter(|(_, s)| s.inc_n > 0)
         .map(|((service, operation), s)| {
             (
-                s.inc_ns,
+                s.inc_critical_ns,
                 LatencyEntry {
+                    incident_critical_ms_per_trace: round4(
+                        s.inc_critical_ns as f64 / s.inc_traces.len().max(1) as f64 / 1e6,
+                    ),
+                    baseline_critical_ms_per_trace: (!s.base_traces.is_empty()).then(|| {
+                        round4(s.base_critical_ns as f64 / s.base_traces.len() as f64 / 1e6)
+                    }),
                     service: service.to_owned(),
                     operation: operation.to_owned(),
                     incident_self_ms: round4(s.inc_ns as f64 / s.inc_n as f64 / 1e6),
