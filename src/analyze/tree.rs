@@ -13,6 +13,7 @@ pub struct TraceTree<'a> {
     pub purposes: Purposes,
     pub parent: Vec<Option<usize>>,
     pub children: Vec<Vec<usize>>,
+    critical: std::sync::OnceLock<Vec<i64>>,
 }
 
 impl<'a> TraceTree<'a> {
@@ -45,6 +46,7 @@ impl<'a> TraceTree<'a> {
             purposes,
             parent,
             children,
+            critical: std::sync::OnceLock::new(),
         }
     }
 
@@ -100,7 +102,11 @@ impl TraceTree<'_> {
     /// outlives its parent is cut at the parent's end; one that starts before its parent (clock
     /// skew) at the parent's start; overlapping siblings off the path get nothing. Spans off the
     /// path get 0.
-    pub fn critical_times(&self) -> Vec<i64> {
+    pub fn critical_times(&self) -> &[i64] {
+        self.critical.get_or_init(|| self.compute_critical_times())
+    }
+
+    fn compute_critical_times(&self) -> Vec<i64> {
         let n = self.trace.spans.len();
         let mut out = vec![0i64; n];
         let roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
