@@ -59,6 +59,22 @@ pub struct RequestLabel<'a> {
     pub reason: &'a str,
 }
 
+/// The label of a request.
+pub fn label<'a>(purpose: &'a str, service: Option<&'a str>, reason: &'a str) -> RequestLabel<'a> {
+    RequestLabel {
+        purpose,
+        service,
+        reason,
+    }
+}
+
+/// The start of an answer's body as text, for an error message.
+pub fn body_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)])
+        .trim()
+        .to_owned()
+}
+
 impl HttpBackend {
     pub fn new(settings: &BackendSettings) -> Result<Self, HttpError> {
         let mut base = url::Url::parse(&settings.url).map_err(|e| HttpError::Url(e.to_string()))?;

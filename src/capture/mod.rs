@@ -48,6 +48,31 @@ pub enum Purpose {
     Other,
 }
 
+impl Purpose {
+    /// The name recorded with a query.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Errors => "errors",
+            Self::Slow => "slow",
+            Self::Baseline => "baseline",
+            Self::Other => "other",
+        }
+    }
+
+    /// Whether a trace a backend returned for this purpose is one (backends' filters are
+    /// checked again on our side: an older server may ignore them).
+    pub fn matches(self, t: &Trace, plan: &CapturePlan) -> bool {
+        match self {
+            Self::Errors => t.has_error(),
+            Self::Slow => {
+                t.max_span_duration_ns()
+                    >= plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
+            }
+            _ => true,
+        }
+    }
+}
+
 /// A set of [`Purpose`]s, as bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Purposes(u8);

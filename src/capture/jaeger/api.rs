@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use super::JaegerSource;
-use crate::capture::http::RequestLabel;
+use crate::capture::http::{body_text, label};
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::formats::TraceCollector;
@@ -26,18 +26,6 @@ impl Api {
             Self::V3 => "jaeger-v3",
             Self::V1 => "jaeger-v1",
         }
-    }
-}
-
-pub(super) fn label<'a>(
-    purpose: &'a str,
-    service: Option<&'a str>,
-    reason: &'a str,
-) -> RequestLabel<'a> {
-    RequestLabel {
-        purpose,
-        service,
-        reason,
     }
 }
 
@@ -81,12 +69,6 @@ fn rfc3339(ns: i64) -> String {
     DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-pub(super) fn body_text(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)])
-        .trim()
-        .to_owned()
-}
-
 impl Search<'_> {
     fn params(&self, start_ns: i64, end_ns: i64) -> (&'static str, Vec<(&'static str, String)>) {
         let min_duration = crate::duration::format_go(self.plan.slow_threshold);
@@ -124,24 +106,9 @@ impl Search<'_> {
         }
     }
 
-    fn keep(&self, t: &Trace) -> bool {
-        match self.purpose {
-            Purpose::Errors => t.has_error(),
-            Purpose::Slow => {
-                t.max_span_duration_ns()
-                    >= self.plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
-            }
-            _ => true,
-        }
-    }
-
     async fn run(&self, start_ns: i64, end_ns: i64, reason: Reason) -> Result<Page, String> {
         let (path, params) = self.params(start_ns, end_ns);
-        let purpose = match self.purpose {
-            Purpose::Errors => "errors",
-            Purpose::Slow => "slow",
-            _ => "baseline",
-        };
+        let purpose = self.purpose.name();
         let reason_name = reason.as_str();
         let answer = self
             .source
@@ -195,7 +162,7 @@ impl Search<'_> {
         let traces: Vec<Trace> = collected
             .traces
             .into_iter()
-            .filter(|t| self.keep(t))
+            .filter(|t| self.purpose.matches(t, self.plan))
             .collect();
         self.source
             .http

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use futures::future::BoxFuture;
 
 pub use api::Api;
-use api::{Search, V1Services, V3Services, body_text, label};
+use api::{Search, V1Services, V3Services};
 
-use super::http::{HttpBackend, HttpError};
+use super::http::{HttpBackend, HttpError, body_text, label};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
     unknown_service_gaps,

@@ -5,28 +5,10 @@
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::capture::http::{HttpBackend, RequestLabel};
+use crate::capture::http::{HttpBackend, body_text, label};
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::model::{Trace, TraceId};
-
-pub(super) fn label<'a>(
-    purpose: &'a str,
-    service: Option<&'a str>,
-    reason: &'a str,
-) -> RequestLabel<'a> {
-    RequestLabel {
-        purpose,
-        service,
-        reason,
-    }
-}
-
-pub(super) fn body_text(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)])
-        .trim()
-        .to_owned()
-}
 
 #[derive(Deserialize)]
 struct SearchResponse {
@@ -98,11 +80,7 @@ impl Search<'_> {
             ("limit", self.limit.to_string()),
             ("spss", "1".to_owned()),
         ];
-        let purpose = match self.purpose {
-            Purpose::Errors => "errors",
-            Purpose::Slow => "slow",
-            _ => "baseline",
-        };
+        let purpose = self.purpose.name();
         let answer = self
             .http
             .get(

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 
-use api::{Search, body_text, label};
+use api::Search;
 
-use super::http::{HttpBackend, HttpError};
+use super::http::{HttpBackend, HttpError, body_text, label};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
     unknown_service_gaps,

@@ -3,29 +3,10 @@
 
 use futures::future::BoxFuture;
 
-use crate::capture::http::{HttpBackend, RequestLabel};
+use crate::capture::http::{HttpBackend, body_text, label};
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::formats::{Format, TraceCollector};
-use crate::model::Trace;
-
-pub(super) fn label<'a>(
-    purpose: &'a str,
-    service: Option<&'a str>,
-    reason: &'a str,
-) -> RequestLabel<'a> {
-    RequestLabel {
-        purpose,
-        service,
-        reason,
-    }
-}
-
-pub(super) fn body_text(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)])
-        .trim()
-        .to_owned()
-}
 
 /// One search (scope × purpose) that can be asked for any time range.
 pub struct Search<'a> {
@@ -60,23 +41,8 @@ impl Search<'_> {
         p
     }
 
-    fn keep(&self, t: &Trace) -> bool {
-        match self.purpose {
-            Purpose::Errors => t.has_error(),
-            Purpose::Slow => {
-                t.max_span_duration_ns()
-                    >= self.plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
-            }
-            _ => true,
-        }
-    }
-
     async fn run(&self, start_ns: i64, end_ns: i64, reason: Reason) -> Result<Page, String> {
-        let purpose = match self.purpose {
-            Purpose::Errors => "errors",
-            Purpose::Slow => "slow",
-            _ => "baseline",
-        };
+        let purpose = self.purpose.name();
         let answer = self
             .http
             .get(
@@ -112,7 +78,7 @@ impl Search<'_> {
         let traces = collected
             .traces
             .into_iter()
-            .filter(|t| self.keep(t))
+            .filter(|t| self.purpose.matches(t, self.plan))
             .collect();
         let count = lists.max(returned.len());
         Ok(Page {

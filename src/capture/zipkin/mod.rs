@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
 
-use api::{Search, label};
+use api::Search;
 
-use super::http::{HttpBackend, HttpError};
+use super::http::{HttpBackend, HttpError, body_text, label};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
     unknown_service_gaps,
@@ -43,7 +43,7 @@ impl ZipkinSource {
             .await
             .map_err(|e| e.to_string())?;
         if answer.status != 200 {
-            let msg = format!("HTTP {}: {}", answer.status, api::body_text(&answer.body));
+            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
             self.http.finish(answer, None, Some(msg.clone()));
             return Err(msg);
         }
