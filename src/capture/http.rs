@@ -126,6 +126,18 @@ impl HttpBackend {
             .push(record);
     }
 
+    /// Files the record of an answer that could not be used and returns why, for the gap.
+    pub fn reject(&self, answer: Answer, why: String) -> String {
+        self.finish(answer, None, Some(why.clone()));
+        why
+    }
+
+    /// Files the record of an answer with an unexpected status and returns why.
+    pub fn reject_status(&self, answer: Answer) -> String {
+        let why = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
+        self.reject(answer, why)
+    }
+
     /// GETs `path` (relative to the base URL) with `params`, retrying what is worth retrying.
     /// Statuses other than 5xx and 429 come back as an [`Answer`] for the caller to judge; the
     /// caller must pass it to [`finish`](Self::finish) so the request is recorded.

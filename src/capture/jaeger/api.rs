@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use super::JaegerSource;
-use crate::capture::http::{body_text, label};
+use crate::capture::http::label;
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::formats::TraceCollector;
@@ -126,9 +126,7 @@ impl Search<'_> {
             return Ok(Page::new(Vec::new(), Vec::new()));
         }
         if answer.status != 200 {
-            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
-            self.source.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self.source.http.reject_status(answer));
         }
         let mut collector = TraceCollector::default();
         let parsed = match self.api {
@@ -139,9 +137,10 @@ impl Search<'_> {
             Api::V3 => collector.read(&answer.body[..]).map_err(|e| e.to_string()),
         };
         if let Err(e) = parsed {
-            let msg = format!("unreadable answer: {e}");
-            self.source.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self
+                .source
+                .http
+                .reject(answer, format!("unreadable answer: {e}")));
         }
         let server_errors = if self.api == Api::V1 {
             serde_json::from_slice::<V1Errors>(&answer.body)

@@ -5,7 +5,7 @@
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::capture::http::{HttpBackend, body_text, label};
+use crate::capture::http::{HttpBackend, label};
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::model::{Trace, TraceId};
@@ -91,17 +91,13 @@ impl Search<'_> {
             .await
             .map_err(|e| e.to_string())?;
         if answer.status != 200 {
-            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
-            self.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self.http.reject_status(answer));
         }
         let parsed: Result<SearchResponse, _> = serde_json::from_slice(&answer.body);
         let found = match parsed {
             Ok(r) => r.traces,
             Err(e) => {
-                let msg = format!("unreadable answer: {e}");
-                self.http.finish(answer, None, Some(msg.clone()));
-                return Err(msg);
+                return Err(self.http.reject(answer, format!("unreadable answer: {e}")));
             }
         };
         let mut returned = Vec::with_capacity(found.len());

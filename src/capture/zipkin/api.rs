@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::capture::http::{HttpBackend, body_text, label};
+use crate::capture::http::{HttpBackend, label};
 use crate::capture::search::{Page, RangeQuery, Reason};
 use crate::capture::{CapturePlan, Purpose};
 use crate::formats::{Format, TraceCollector};
@@ -53,9 +53,7 @@ impl Search<'_> {
             .await
             .map_err(|e| e.to_string())?;
         if answer.status != 200 {
-            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
-            self.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self.http.reject_status(answer));
         }
         let mut c = TraceCollector::default();
         let body = answer.body.trim_ascii();
@@ -65,9 +63,7 @@ impl Search<'_> {
             crate::formats::zipkin::parse(body, Format::ZipkinTraces, &mut c)
         };
         if let Err(e) = parsed {
-            let msg = format!("unreadable answer: {e}");
-            self.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self.http.reject(answer, format!("unreadable answer: {e}")));
         }
         let collected = c.finish();
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use api::Search;
 
-use super::http::{HttpBackend, HttpError, body_text, label};
+use super::http::{HttpBackend, HttpError, label};
 use super::sweep::{
     Searches, SweepLimits, expired_gap, note_unknown_services, sweep, unavailable_gap,
     unknown_service_gaps,
@@ -43,9 +43,7 @@ impl ZipkinSource {
             .await
             .map_err(|e| e.to_string())?;
         if answer.status != 200 {
-            let msg = format!("HTTP {}: {}", answer.status, body_text(&answer.body));
-            self.http.finish(answer, None, Some(msg.clone()));
-            return Err(msg);
+            return Err(self.http.reject_status(answer));
         }
         match serde_json::from_slice::<Vec<String>>(&answer.body) {
             Ok(list) => {
