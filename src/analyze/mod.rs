@@ -154,10 +154,32 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         .first()
         .filter(|(c, _)| !c.pre_existing)
         .and_then(|(c, example)| {
-            let (trace_id, span_id) = (*example)?;
+            // A candidate without a span of its own to show (its spans went missing, or only
+            // its callers' waits grew): its slowest call during the incident shows it.
+            let fallback = || {
+                forest
+                    .iter()
+                    .flat_map(|t| t.trace.spans.iter())
+                    .filter(|s| {
+                        s.start_ns >= input.began_ns
+                            && **s.service() == *c.service
+                            && (c.operation.is_empty() || *s.operation == *c.operation)
+                    })
+                    .max_by_key(|s| (s.duration_ns(), std::cmp::Reverse((s.trace_id, s.span_id))))
+                    .map(|s| (s.trace_id, s.span_id, s.operation.to_string()))
+            };
+            let (trace_id, span_id, operation) = match example {
+                Some((t, sp)) => (*t, *sp, c.operation.clone()),
+                None => fallback()?,
+            };
+            let operation = if c.operation.is_empty() {
+                operation
+            } else {
+                c.operation.clone()
+            };
             Some(Origin {
                 service: c.service.clone(),
-                operation: c.operation.clone(),
+                operation,
                 trace_id,
                 span_id,
                 // The origin's share of all the evidence against any candidate.
@@ -216,17 +238,40 @@ fn failure_order(
     let mut done: std::collections::BTreeSet<&str> = Default::default();
     let mut out = Vec::with_capacity(failed.len());
     while done.len() < failed.len() {
-        let ready = |s: &&str| {
+        let unmet = |s: &str| -> Vec<&str> {
             waits_for
                 .get(s)
-                .is_none_or(|w| w.iter().all(|c| done.contains(c)))
+                .map(|w| w.iter().copied().filter(|c| !done.contains(c)).collect())
+                .unwrap_or_default()
+        };
+        // Whether `to` can be reached from `from` through unmet dependencies.
+        let reaches = |from: &str, to: &str| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut stack = vec![from];
+            while let Some(x) = stack.pop() {
+                if x == to {
+                    return true;
+                }
+                if seen.insert(x) {
+                    stack.extend(unmet(x));
+                }
+            }
+            false
         };
         let pending = failed.iter().filter(|(s, _)| !done.contains(*s));
-        // A cycle (two services failing each other) is broken by time.
+        // Ready: nothing it waits for is pending. Failing that, a cycle (services failing each
+        // other) is broken by time, among the services whose every unmet dependency leads back
+        // to them (members of a cycle nothing else holds up).
         let next = pending
             .clone()
-            .filter(|(s, _)| ready(s))
+            .filter(|(s, _)| unmet(s).is_empty())
             .min_by_key(|(s, t)| (**t, **s))
+            .or_else(|| {
+                pending
+                    .clone()
+                    .filter(|(s, _)| unmet(s).iter().all(|d| reaches(d, s)))
+                    .min_by_key(|(s, t)| (**t, **s))
+            })
             .or_else(|| pending.min_by_key(|(s, t)| (**t, **s)));
         let Some((s, t)) = next else { break };
         done.insert(s);

@@ -15,7 +15,7 @@
 //!   none: it fails before its own instrumentation records anything) by the share of such
 //!   calls.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::tree::{SourceError, TraceTree};
 use super::{AnalysisInput, Candidate, round4, time};
@@ -70,7 +70,7 @@ pub fn rank(
     input: &AnalysisInput,
 ) -> Vec<(Candidate, Option<(TraceId, SpanId)>)> {
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
-    errors(forest, sources, input, &mut scores);
+    errors(sources, input, &mut scores);
     latency(forest, input, &mut scores);
     structure(forest, input, &mut scores);
     missing_callees(forest, input, &mut scores);
@@ -109,24 +109,10 @@ pub fn rank(
 }
 
 fn errors(
-    forest: &[TraceTree<'_>],
     sources: &[SourceError<'_>],
     input: &AnalysisInput,
     scores: &mut BTreeMap<String, Score>,
 ) {
-    // Calls of each service before and after the incident began, for error rates (per service:
-    // a steady background of errors spreads over its operations).
-    let mut calls: HashMap<&str, (usize, usize)> = HashMap::new();
-    for t in forest {
-        for s in &t.trace.spans {
-            let e = calls.entry(s.service()).or_default();
-            if s.end_ns < input.began_ns {
-                e.0 += 1;
-            } else {
-                e.1 += 1;
-            }
-        }
-    }
     #[derive(Default)]
     struct Group {
         first_ns: i64,
@@ -160,7 +146,7 @@ fn errors(
             }
         }
     }
-    let mut service_errors: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut service_errors: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for ((service, _), g) in &groups {
         let e = service_errors.entry(service.clone()).or_default();
         e.0 += g.baseline;
@@ -172,16 +158,19 @@ fn errors(
         .collect();
     let total = error_traces.len().max(1) as f64;
     for ((service, operation), g) in groups.into_iter().filter(|(_, g)| !g.traces.is_empty()) {
-        let (base_calls, inc_calls) = calls.get(service.as_str()).copied().unwrap_or_default();
         let (base_errors, inc_errors) = service_errors
             .get(service.as_str())
             .copied()
             .unwrap_or_default();
-        let base_rate = base_errors as f64 / base_calls.max(1) as f64;
-        let inc_rate = inc_errors as f64 / inc_calls.max(1) as f64;
+        // Source errors per unit of time before and after the incident began: error traces are
+        // captured whole on both sides (normal traffic is not), so counts per minute compare.
+        let base_span = (input.began_ns - input.window_start_ns).max(1) as f64;
+        let inc_span = (input.window_end_ns - input.began_ns).max(1) as f64;
+        let expected = base_errors as f64 * inc_span / base_span;
+        let base_rate = base_errors as f64 / (base_span / 60e9);
+        let inc_rate = inc_errors as f64 / (inc_span / 60e9);
         // Pre-existing: it failed before, and the incident's errors are within what that rate
         // predicts (three standard deviations of a Poisson count).
-        let expected = base_rate * inc_calls as f64;
         let pre_existing =
             base_errors > 0 && (inc_errors as f64) <= expected + 3.0 * expected.sqrt() + 1.0;
         let share = g.traces.len() as f64 / total;
@@ -200,9 +189,7 @@ fn errors(
             0,
             if pre_existing {
                 format!(
-                    "already failed before the incident (baseline error rate {:.1}%, incident {:.1}%): pre-existing, not the origin",
-                    base_rate * 100.0,
-                    inc_rate * 100.0
+                    "already failed before the incident ({base_rate:.2} errors a minute before it, {inc_rate:.2} during): pre-existing, not the origin"
                 )
             } else {
                 format!(
@@ -237,10 +224,10 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
     // Per (service, operation): the time each call took that is the service's own — its span's
     // own time, plus, for a call whose caller span has it as its only child in another service,
     // that caller span's own time (waiting on this callee outside its span).
-    let mut samples: HashMap<(&str, &str), Samples> = HashMap::new();
+    let mut samples: BTreeMap<(&str, &str), Samples> = BTreeMap::new();
     // Per (caller service, callee service): the waiting time the caller span added, to tell a
     // slow network towards one callee from a slow caller (whose every outgoing call waits).
-    let mut waits: HashMap<(&str, &str), Waits> = HashMap::new();
+    let mut waits: BTreeMap<(&str, &str), Waits> = BTreeMap::new();
     let (mut base_traces, mut inc_traces) = (0usize, 0usize);
     let mut base_root_ns: i128 = 0;
     for t in forest {
@@ -382,7 +369,7 @@ fn structure(
     input: &AnalysisInput,
     scores: &mut BTreeMap<String, Score>,
 ) {
-    let mut by_service: HashMap<&str, Structure> = HashMap::new();
+    let mut by_service: BTreeMap<&str, Structure> = BTreeMap::new();
     for t in forest {
         let baseline = period_is_baseline(t, input);
         for (i, s) in t.trace.spans.iter().enumerate() {
@@ -448,7 +435,7 @@ fn missing_callees(
         inc_childless: usize,
         callees: BTreeMap<&'a str, usize>,
     }
-    let mut by_caller: HashMap<(&str, &str), Calls<'_>> = HashMap::new();
+    let mut by_caller: BTreeMap<(&str, &str), Calls<'_>> = BTreeMap::new();
     for t in forest {
         let baseline = period_is_baseline(t, input);
         for (i, s) in t.trace.spans.iter().enumerate() {
@@ -473,7 +460,7 @@ fn missing_callees(
             }
         }
     }
-    let mut best: BTreeMap<&str, (f64, String)> = BTreeMap::new();
+    let mut best: BTreeMap<&str, (f64, &str, &str)> = BTreeMap::new();
     for ((caller, op), c) in &by_caller {
         if c.base < MIN_SAMPLES || c.inc < MIN_SAMPLES {
             continue;
@@ -490,22 +477,20 @@ fn missing_callees(
             continue;
         }
         let lost = c.inc_childless as f64 / c.inc as f64 - c.base_childless as f64 / c.base as f64;
+        // Ties go to the first caller in name order (the map is sorted).
         if lost >= 0.05 && lost > best.get(callee).map_or(0.0, |b| b.0) {
-            best.insert(callee, (lost, format!("{caller} {op}")));
+            best.insert(callee, (lost, caller, op));
         }
     }
-    for (callee, (lost, via)) in best {
+    for (callee, (lost, caller, op)) in best {
         let s = scores.entry(callee.to_owned()).or_default();
         s.structure = s.structure.max(lost);
         if s.operation.is_empty() {
             // Its own operation cannot be seen (its spans are missing): the call's name says it.
-            s.operation = via
-                .split_once(' ')
-                .map(|(_, op)| op.to_owned())
-                .unwrap_or_default();
+            s.operation = op.to_owned();
         }
         s.reasons.push(format!(
-            "{:.0}% more of the calls into it show no span of it ({via}): it fails before recording its work",
+            "{:.0}% more of the calls into it show no span of it ({caller} {op}): it fails before recording its work",
             lost * 100.0
         ));
     }

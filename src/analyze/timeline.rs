@@ -54,6 +54,19 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
             .find(|s| s.span_id == span_id)
     };
 
+    // The first failing request into each service in each minute, found in one pass.
+    let mut first_error_by_minute: BTreeMap<(&str, i64), &crate::model::Span> = BTreeMap::new();
+    for t in forest {
+        for (i, s) in t.trace.spans.iter().enumerate() {
+            if s.is_error() && t.is_entry(i) {
+                let key = (&**s.service(), s.start_ns.div_euclid(60_000_000_000));
+                let e = first_error_by_minute.entry(key).or_insert(s);
+                if (s.end_ns, s.trace_id, s.span_id) < (e.end_ns, e.trace_id, e.span_id) {
+                    *e = s;
+                }
+            }
+        }
+    }
     for (service, stats) in &analysis.services {
         if let Some(e) = &stats.first_error {
             let operation = span_of(e.trace_id, e.span_id)
@@ -75,25 +88,14 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
         if let Some(m) = stats.per_minute.iter().find(|m| {
             m.errors > 0 && m.errors as f64 / m.requests.max(1) as f64 >= input.error_rate_threshold
         }) {
-            let start = m.minute.timestamp_nanos_opt().unwrap_or(0);
-            let example = forest
-                .iter()
-                .flat_map(|t| {
-                    t.trace
-                        .spans
-                        .iter()
-                        .enumerate()
-                        .map(move |(i, s)| (t, i, s))
-                })
-                .filter(|(t, i, s)| {
-                    &**s.service() == service
-                        && s.is_error()
-                        && t.is_entry(*i)
-                        && s.start_ns >= start
-                        && s.start_ns < start + 60_000_000_000
-                })
-                .map(|(_, _, s)| s)
-                .min_by_key(|s| (s.end_ns, s.trace_id, s.span_id));
+            let minute = m
+                .minute
+                .timestamp_nanos_opt()
+                .unwrap_or(0)
+                .div_euclid(60_000_000_000);
+            let example = first_error_by_minute
+                .get(&(service.as_str(), minute))
+                .copied();
             if let Some(s) = example {
                 entries.push(TimelineEntry {
                     // When the first error of that minute was seen, not the minute's start, so

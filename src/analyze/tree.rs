@@ -109,48 +109,83 @@ impl TraceTree<'_> {
     fn compute_critical_times(&self) -> Vec<i64> {
         let n = self.trace.spans.len();
         let mut out = vec![0i64; n];
-        let roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
-        // The root that ends last carries the trace; its path is the trace's.
-        let Some(&root) = roots
-            .iter()
-            .max_by_key(|&&i| (self.span(i).end_ns, std::cmp::Reverse(i)))
-        else {
-            return out;
-        };
-        // (span, the time its path must end by)
-        let mut stack = vec![(root, self.span(root).end_ns)];
+        // Every root: the trace's own, and those of orphaned subtrees (a missing span's
+        // children), each to its own end.
+        // (span, the time its path must start from at the earliest, the time it must end by)
+        let mut stack: Vec<(usize, i64, i64)> = (0..n)
+            .filter(|&i| self.parent[i].is_none())
+            .map(|i| (i, self.span(i).start_ns, self.span(i).end_ns))
+            .collect();
         let mut visited = 0usize;
-        while let Some((i, limit)) = stack.pop() {
+        while let Some((i, floor, limit)) = stack.pop() {
             visited += 1;
             if visited > n {
                 break; // a cycle in malformed parent links
             }
             let s = self.span(i);
-            let mut last_start = s.end_ns.min(limit);
+            let start = s.start_ns.max(floor);
+            let end = s.end_ns.min(limit);
+            if end <= start {
+                continue;
+            }
+            let mut last_start = end;
             let mut kids: Vec<usize> = self.children[i].clone();
             kids.sort_by_key(|&c| (std::cmp::Reverse(self.span(c).end_ns), c));
             let mut own = 0i64;
             for c in kids {
                 let cs = self.span(c);
+                // A child that outlives its parent is cut at the parent's end, one that starts
+                // before it (clock skew) at the parent's start.
                 let c_end = cs.end_ns.min(last_start);
-                let c_start = cs.start_ns.max(s.start_ns);
-                if cs.end_ns > last_start && cs.start_ns >= last_start {
-                    continue; // entirely after the current point: not on the path
-                }
+                let c_start = cs.start_ns.max(start);
                 if c_end <= c_start {
                     continue;
                 }
-                if cs.end_ns > last_start && last_start < s.end_ns.min(limit) {
+                if cs.end_ns > last_start && last_start < end {
                     continue; // overlaps the child already on the path
                 }
                 own += last_start - c_end;
-                stack.push((c, c_end));
+                stack.push((c, c_start, c_end));
                 last_start = c_start;
             }
-            own += (last_start - s.start_ns).max(0);
+            own += (last_start - start).max(0);
             out[i] = own;
         }
         out
+    }
+
+    /// For each span, the nearest ancestor in another service (its caller), computed once for
+    /// the whole trace.
+    pub fn callers(&self) -> Vec<Option<usize>> {
+        let n = self.trace.spans.len();
+        let mut caller: Vec<Option<Option<usize>>> = vec![None; n];
+        for i in 0..n {
+            // Walk up to the first span whose caller is known (or to the caller), then fill the
+            // path in.
+            let mut path = Vec::new();
+            let mut cur = i;
+            let found = loop {
+                if let Some(known) = caller[cur] {
+                    break known;
+                }
+                match self.parent[cur] {
+                    None => break None,
+                    Some(p) if self.span(p).service() != self.span(cur).service() => break Some(p),
+                    Some(p) => {
+                        path.push(cur);
+                        if path.len() > n {
+                            break None; // a cycle
+                        }
+                        cur = p;
+                    }
+                }
+            };
+            caller[cur] = Some(found);
+            for j in path {
+                caller[j] = Some(found);
+            }
+        }
+        caller.into_iter().map(Option::flatten).collect()
     }
 }
 
@@ -183,21 +218,16 @@ pub fn propagation(forest: &[TraceTree<'_>]) -> Vec<Propagation> {
     }
     let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
     for t in forest {
+        if !t.trace.has_error() {
+            continue;
+        }
+        let callers = t.callers();
         for (i, s) in t.trace.spans.iter().enumerate() {
             if !s.is_error() {
                 continue;
             }
             // The nearest ancestor in another service is the caller.
-            let mut up = t.parent[i];
-            let mut hops = 0;
-            while let Some(p) = up {
-                hops += 1;
-                if t.span(p).service() != s.service() || hops > 10_000 {
-                    break;
-                }
-                up = t.parent[p];
-            }
-            let Some(p) = up else { continue };
+            let Some(p) = callers[i] else { continue };
             let caller = t.span(p);
             if !caller.is_error() || caller.service() == s.service() {
                 continue;
@@ -236,4 +266,87 @@ pub fn propagation(forest: &[TraceTree<'_>]) -> Vec<Propagation> {
             .then(a.to.cmp(&b.to))
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::TraceTree;
+    use crate::capture::Purposes;
+    use crate::model::{Resource, Span, SpanId, SpanKind, Status, Trace, TraceId};
+
+    fn span(id: u8, parent: Option<u8>, service: &str, start: i64, end: i64) -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([id; 8]),
+            parent: parent.map(|p| SpanId([p; 8])),
+            operation: Arc::from("op"),
+            start_ns: start,
+            end_ns: end,
+            kind: SpanKind::Server,
+            status: Status::default(),
+            attributes: Vec::new(),
+            resource: Arc::new(Resource {
+                service: Arc::from(service),
+                attributes: Vec::new(),
+            }),
+            scope: None,
+            events: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    fn critical(spans: Vec<Span>) -> Vec<i64> {
+        let t = Trace {
+            id: TraceId([1; 16]),
+            spans,
+        };
+        TraceTree::new(&t, Purposes::default())
+            .critical_times()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_critical_path_never_exceeds_the_trace() {
+        // A child that starts before its parent (clock skew) is cut at the parent's start.
+        let c = critical(vec![
+            span(1, None, "a", 100, 200),
+            span(2, Some(1), "b", 50, 150),
+        ]);
+        assert_eq!(c, [50, 50]);
+        assert_eq!(c.iter().sum::<i64>(), 100);
+        // Overlapping siblings: only the one that ends last is on the path.
+        let c = critical(vec![
+            span(1, None, "a", 0, 100),
+            span(2, Some(1), "a", 10, 90),
+            span(3, Some(1), "b", 20, 95),
+        ]);
+        assert_eq!(c, [25, 0, 75]);
+    }
+
+    #[test]
+    fn an_orphaned_subtree_keeps_its_critical_time() {
+        // Span 9 (the parent of 2) is missing from the trace.
+        let c = critical(vec![
+            span(1, None, "a", 0, 100),
+            span(2, Some(9), "b", 10, 60),
+        ]);
+        assert_eq!(c, [100, 50]);
+    }
+
+    #[test]
+    fn callers_are_the_nearest_ancestor_in_another_service() {
+        let t = Trace {
+            id: TraceId([1; 16]),
+            spans: vec![
+                span(1, None, "a", 0, 100),
+                span(2, Some(1), "b", 0, 90),
+                span(3, Some(2), "b", 0, 80),
+                span(4, Some(3), "b", 0, 70),
+            ],
+        };
+        let tree = TraceTree::new(&t, Purposes::default());
+        assert_eq!(tree.callers(), [None, Some(0), Some(0), Some(0)]);
+    }
 }
