@@ -184,6 +184,23 @@ impl BackendSettings {
     }
 }
 
+/// A list of secrets, or one secret as a plain string; never echoed in an error.
+fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a list of texts (value not shown: it holds secrets)",
+        )),
+    }
+}
+
 /// A string that may have been written as a number or boolean (environment variables are read
 /// as typed values: a numeric password must not fail, and its value must never reach an error
 /// message).
@@ -254,6 +271,7 @@ pub struct IntakeSettings {
     pub basic_username: String,
     #[serde(deserialize_with = "any_scalar")]
     pub basic_password: String,
+    #[serde(deserialize_with = "secret_list")]
     pub pagerduty_secrets: Vec<String>,
     pub body_limit: String,
     #[serde(with = "dur")]
@@ -355,6 +373,19 @@ impl Settings {
                 self.intake.body_limit
             ));
         }
+        if self
+            .intake
+            .pagerduty_secrets
+            .iter()
+            .any(|s| s.trim().is_empty())
+        {
+            return bad("intake.pagerduty_secrets holds an empty secret, which would accept anyone's signature".into());
+        }
+        if self.intake.publish_timeout.is_zero()
+            || self.intake.publish_timeout >= Duration::from_secs(5)
+        {
+            return bad("intake.publish_timeout must be more than 0 and less than 5s (every answer is due within 5 s)".into());
+        }
         for m in &self.intake.alertmanager_matchers {
             if let Err(e) = crate::intake::alertmanager::Matcher::parse(m) {
                 return bad(format!("intake.alertmanager_matchers: {e}"));
@@ -437,6 +468,17 @@ mod tests {
         let e =
             Settings::load_with_env(None, Env::prefixed("EL_TEST_E__").split("__")).unwrap_err();
         assert!(!e.to_string().contains("98765"), "{e}");
+
+        // A PagerDuty secret given as a plain string is a list of one; an empty one is refused.
+        unsafe {
+            std::env::set_var("EL_TEST_F__INTAKE__PAGERDUTY_SECRETS", "whsec-plain");
+            std::env::set_var("EL_TEST_G__INTAKE__PAGERDUTY_SECRETS", "[\"\"]");
+        }
+        let s = Settings::load_with_env(None, Env::prefixed("EL_TEST_F__").split("__")).unwrap();
+        assert_eq!(s.intake.pagerduty_secrets, ["whsec-plain"]);
+        let e =
+            Settings::load_with_env(None, Env::prefixed("EL_TEST_G__").split("__")).unwrap_err();
+        assert!(e.to_string().contains("empty secret"), "{e}");
 
         std::fs::write(&file, "[capture]\nlookbak = \"1m\"\n").unwrap();
         let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__"))

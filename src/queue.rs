@@ -128,23 +128,45 @@ impl Queue {
             return Err(QueueError::Disconnected);
         }
         let work = async {
-            self.ensure_stream().await?;
-            let ack = self
-                .js
-                .send_publish(
-                    subject.to_owned(),
-                    PublishMessage::build()
-                        .payload(payload.into())
-                        .message_id(msg_id),
-                )
-                .await
-                .map_err(|e| QueueError::Publish(e.to_string()))?
-                .await
-                .map_err(|e| QueueError::Publish(e.to_string()))?;
-            Ok(Published {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            })
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                self.ensure_stream().await?;
+                let sent = self
+                    .js
+                    .send_publish(
+                        subject.to_owned(),
+                        PublishMessage::build()
+                            .payload(payload.clone().into())
+                            .message_id(msg_id),
+                    )
+                    .await;
+                let acked = match sent {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                match acked {
+                    Ok(ack) => {
+                        return Ok(Published {
+                            sequence: ack.sequence,
+                            duplicate: ack.duplicate,
+                        });
+                    }
+                    // The stream went away (deleted, or a server with fresh storage): make it
+                    // again, once.
+                    Err(e)
+                        if attempt == 1
+                            && matches!(
+                                e.kind(),
+                                async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+                                    | async_nats::jetstream::context::PublishErrorKind::BrokenPipe
+                            ) =>
+                    {
+                        self.stream_ready.store(false, Ordering::Release);
+                    }
+                    Err(e) => return Err(QueueError::Publish(e.to_string())),
+                }
+            }
         };
         tokio::time::timeout(timeout, work)
             .await

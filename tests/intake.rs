@@ -81,7 +81,7 @@ async fn post(url: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = tokio::time::timeout(Duration::from_secs(6), req.send())
+    let r = tokio::time::timeout(Duration::from_millis(5_500), req.send())
         .await
         .expect("answered within 5 s")
         .unwrap();
@@ -457,4 +457,86 @@ async fn bad_requests_are_refused_and_nothing_is_published() {
         "{metrics}"
     );
     assert!(metrics.contains("evidence_locker_intake_nats_connected 1"));
+}
+
+#[tokio::test]
+async fn a_nats_that_accepts_but_never_acknowledges_is_503_within_5_s() {
+    let nats = NatsServer::start();
+    let intake = start_intake(&nats, &[]).await;
+    let (auth_k, auth_v) = bearer();
+    let url = format!("{}/v1/incidents", intake.base);
+    let body = br#"{"id":"INC-FROZEN","declared_at":"2026-02-05T14:40:00Z"}"#.to_vec();
+    // The connection stays up (the client thinks it is connected); the server answers nothing.
+    nats.freeze(true);
+    let started = Instant::now();
+    let (status, answer) = post(&url, body.clone(), &[(auth_k, &auth_v)]).await;
+    let took = started.elapsed();
+    nats.freeze(false);
+    assert_eq!(status, 503, "{answer}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
+
+#[tokio::test]
+async fn a_stream_deleted_under_the_intake_is_made_again() {
+    let nats = NatsServer::start();
+    let intake = start_intake(&nats, &[]).await;
+    let (auth_k, auth_v) = bearer();
+    let url = format!("{}/v1/incidents", intake.base);
+    let (status, _) = post(
+        &url,
+        br#"{"id":"INC-A","declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(),
+        &[(auth_k, &auth_v)],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream("INCIDENTS")
+        .await
+        .unwrap();
+    let (status, answer) = post(
+        &url,
+        br#"{"id":"INC-B","declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(),
+        &[(auth_k, &auth_v)],
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let msgs = messages(&nats).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].2["id"], "INC-B");
+}
+
+#[tokio::test]
+async fn a_pagerduty_delivery_that_failed_is_processed_when_retried() {
+    let mut nats = NatsServer::start();
+    let intake = start_intake(&nats, &[]).await;
+    let url = format!("{}/v1/pagerduty", intake.base);
+    let body = fixture("pagerduty/zulip_triggered_v3.json");
+    let sig = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(&body);
+        format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let headers = [
+        ("X-PagerDuty-Signature", sig.as_str()),
+        ("X-Webhook-Id", "delivery-9"),
+    ];
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = post(&url, body.clone(), &headers).await;
+    assert_eq!(status, 503);
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, answer) = post(&url, body.clone(), &headers).await;
+        if status == 202 {
+            // Published now, not waved through as a duplicate delivery.
+            assert_eq!(answer["incident_id"], "PFQZPSY", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not accepted within 20 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(messages(&nats).await.len(), 1);
 }

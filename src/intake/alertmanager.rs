@@ -76,14 +76,19 @@ enum MatchOp {
 impl Matcher {
     /// Parses `name=value`, `name!=value`, `name=~a|b|c` or `name!~a|b|c`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (name, op, rest) = if let Some((n, v)) = s.split_once("=~") {
-            (n, MatchOp::OneOf, v)
-        } else if let Some((n, v)) = s.split_once("!~") {
-            (n, MatchOp::NoneOf, v)
-        } else if let Some((n, v)) = s.split_once("!=") {
-            (n, MatchOp::NotEqual, v)
-        } else if let Some((n, v)) = s.split_once('=') {
-            (n, MatchOp::Equal, v)
+        // The first operator in the text wins (`summary=a!=b` is summary = "a!=b").
+        let at = s.find(['=', '!']).ok_or_else(|| {
+            format!("{s:?} is not a matcher (name=value, name!=value, name=~a|b, name!~a|b)")
+        })?;
+        let (name, rest) = s.split_at(at);
+        let (op, value) = if let Some(v) = rest.strip_prefix("=~") {
+            (MatchOp::OneOf, v)
+        } else if let Some(v) = rest.strip_prefix("!~") {
+            (MatchOp::NoneOf, v)
+        } else if let Some(v) = rest.strip_prefix("!=") {
+            (MatchOp::NotEqual, v)
+        } else if let Some(v) = rest.strip_prefix('=') {
+            (MatchOp::Equal, v)
         } else {
             return Err(format!(
                 "{s:?} is not a matcher (name=value, name!=value, name=~a|b, name!~a|b)"
@@ -93,11 +98,24 @@ impl Matcher {
         if name.is_empty() {
             return Err(format!("{s:?} names no label"));
         }
-        let rest = rest.trim().trim_matches('"');
-        let values = match op {
-            MatchOp::OneOf | MatchOp::NoneOf => rest.split('|').map(str::to_owned).collect(),
-            _ => vec![rest.to_owned()],
+        let value = value.trim().trim_matches('"');
+        let values: Vec<String> = match op {
+            MatchOp::OneOf | MatchOp::NoneOf => value.split('|').map(str::to_owned).collect(),
+            _ => vec![value.to_owned()],
         };
+        // `=~` here takes alternatives of exact values, not regular expressions: a pattern that
+        // silently never matched would drop every incident.
+        if matches!(op, MatchOp::OneOf | MatchOp::NoneOf)
+            && values.iter().any(|v| {
+                v.contains([
+                    '.', '*', '+', '?', '(', ')', '[', ']', '{', '}', '^', '$', '\\',
+                ])
+            })
+        {
+            return Err(format!(
+                "{s:?}: =~ and !~ take exact values separated by | (e.g. severity=~critical|page), not regular expressions"
+            ));
+        }
         Ok(Self {
             name: name.to_owned(),
             op,
@@ -254,6 +272,15 @@ mod tests {
         assert!(Matcher::parse("team!=test").unwrap().matches(&l));
         assert!(!Matcher::parse("severity=critical").unwrap().matches(&l));
         assert!(Matcher::parse("nonsense").is_err());
+        assert!(
+            Matcher::parse("severity=~crit.*").is_err(),
+            "a regex is refused, not ignored"
+        );
+        let m = Matcher::parse("summary=a!=b").unwrap();
+        assert_eq!(
+            (m.op, m.values.as_slice()),
+            (MatchOp::Equal, &["a!=b".to_owned()][..])
+        );
     }
 
     #[test]

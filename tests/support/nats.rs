@@ -67,11 +67,34 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            // A server that exited (its port taken meanwhile, say) must not let the test talk to
+            // someone else's.
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "nats-server exited at start ({status}) on port {}",
+                    self.port
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not listen within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes the server (SIGSTOP) or thaws it: connections stay open, nothing is answered.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let ok = Command::new("kill")
+                .arg(signal)
+                .arg(c.id().to_string())
+                .status()
+                .unwrap();
+            assert!(ok.success());
         }
     }
 
@@ -85,6 +108,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        self.freeze(false);
         self.stop();
     }
 }
