@@ -151,13 +151,16 @@ pub fn render(r: &ReportInput<'_>) -> String {
     }
     h.push_str("</table>");
 
-    h.push_str("<h2>Where time went (self time per call, failing and slow traces vs baseline)</h2><table><tr><th>service</th><th>operation</th><th>incident ms</th><th>baseline ms</th><th>spans</th></tr>");
+    h.push_str("<h2>Where time went (failing and slow traces against the baseline)</h2><table><tr><th>service</th><th>operation</th><th>critical path ms per trace</th><th>baseline</th><th>self ms per call</th><th>baseline</th><th>calls</th></tr>");
     for l in r.analysis.latency.iter().take(20) {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
             esc(&l.service),
             esc(&l.operation),
+            l.incident_critical_ms_per_trace,
+            l.baseline_critical_ms_per_trace
+                .map_or("—".into(), |b| format!("{b:.1}")),
             l.incident_self_ms,
             l.baseline_self_ms.map_or("—".into(), |b| format!("{b:.1}")),
             l.incident_spans
@@ -239,7 +242,12 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
                 m.requests
             );
         }
-        h.push_str("</svg></div>");
+        let _ = write!(
+            h,
+            "</svg><div class=\"muted\" style=\"display:flex;justify-content:space-between;width:{w}px;font-size:11px\"><span>{}</span><span>error rate per minute (bar height = 100%)</span><span>{}</span></div></div>",
+            r.window.start().format("%H:%M"),
+            r.window.end().format("%H:%M")
+        );
     }
 }
 
