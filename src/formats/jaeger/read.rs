@@ -190,24 +190,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for TagValue<'a> {
     }
 }
 
+/// A time or a duration as Jaeger writes it: µs as a number (UI model) or text (domain model).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MicrosOrText<'a> {
+    Micros(i64),
+    Float(f64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+}
+
 /// µs since the epoch (UI model) or RFC 3339 (domain model), as ns.
 #[derive(Default, Clone, Copy)]
 struct Timestamp(i64);
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw<'a> {
-            Micros(i64),
-            Float(f64),
-            #[serde(borrow)]
-            Text(Cow<'a, str>),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Micros(us) => Ok(Self(us.saturating_mul(1000))),
-            Raw::Float(us) => Ok(Self((us * 1000.0) as i64)),
-            Raw::Text(t) => {
+        match MicrosOrText::deserialize(d)? {
+            MicrosOrText::Micros(us) => Ok(Self(us.saturating_mul(1000))),
+            MicrosOrText::Float(us) => Ok(Self((us * 1000.0) as i64)),
+            MicrosOrText::Text(t) => {
                 if let Ok(us) = t.parse::<i64>() {
                     return Ok(Self(us.saturating_mul(1000)));
                 }
@@ -227,18 +229,10 @@ struct Duration(i64);
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw<'a> {
-            Micros(i64),
-            Float(f64),
-            #[serde(borrow)]
-            Text(Cow<'a, str>),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Micros(us) => Ok(Self(us.saturating_mul(1000))),
-            Raw::Float(us) => Ok(Self((us * 1000.0) as i64)),
-            Raw::Text(t) => crate::duration::parse_go(&t)
+        match MicrosOrText::deserialize(d)? {
+            MicrosOrText::Micros(us) => Ok(Self(us.saturating_mul(1000))),
+            MicrosOrText::Float(us) => Ok(Self((us * 1000.0) as i64)),
+            MicrosOrText::Text(t) => crate::duration::parse_go(&t)
                 .map(|d| Self(d.as_nanos().min(i64::MAX as u128) as i64))
                 .ok_or_else(|| serde::de::Error::custom(format!("bad duration {t:?}"))),
         }
