@@ -20,16 +20,10 @@ impl<'a> TraceTree<'a> {
     pub fn new(trace: &'a Trace, purposes: Purposes) -> Self {
         let n = trace.spans.len();
         let mut by_id: HashMap<SpanId, usize> = HashMap::with_capacity(n);
+        // A repeated id (a malformed trace) keeps its first span; Zipkin's shared client and
+        // server halves got ids of their own when read.
         for (i, s) in trace.spans.iter().enumerate() {
-            // Zipkin's shared spans repeat an id: children belong to the server half, which
-            // comes later in the trace or is marked shared; the first non-shared half wins.
-            let shared = s.attribute("zipkin.shared").is_some();
-            match by_id.get(&s.span_id) {
-                Some(_) if !shared => {}
-                _ => {
-                    by_id.insert(s.span_id, i);
-                }
-            }
+            by_id.entry(s.span_id).or_insert(i);
         }
         let mut parent = vec![None; n];
         let mut children = vec![Vec::new(); n];

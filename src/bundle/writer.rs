@@ -86,11 +86,6 @@ impl BundleWriter {
         }
     }
 
-    /// The staging directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Writes `rel` (a `/`-separated path) with `fill`, then syncs it to disk.
     pub fn write(
         &mut self,

@@ -79,12 +79,6 @@ impl FileSource {
         self.paths.first().map(|p| p.display().to_string())
     }
 
-    /// Number of traces read.
-    pub fn trace_count(&self) -> usize {
-        let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().map_or(0, |c| c.traces.len())
-    }
-
     fn classify(&self, plan: &CapturePlan) -> SourceCapture {
         let collected = self
             .collected

@@ -35,13 +35,6 @@ pub struct Answer {
     record: QueryRecord,
 }
 
-impl Answer {
-    /// Milliseconds since the request was first sent.
-    pub fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-}
-
 /// An HTTP backend: base URL, credentials, limits, and the log of requests made.
 pub struct HttpBackend {
     client: reqwest::Client,
@@ -96,12 +89,6 @@ impl HttpBackend {
             records: Mutex::new(Vec::new()),
             first_delay: Duration::from_millis(200),
         })
-    }
-
-    /// Shortens the first retry delay (tests).
-    pub fn with_first_retry_delay(mut self, d: Duration) -> Self {
-        self.first_delay = d;
-        self
     }
 
     /// The base URL without credentials.

@@ -100,11 +100,6 @@ impl CapKnowledge {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         s.proven = Some(s.proven.map_or(cap, |c| c.min(cap)));
     }
-
-    /// The cap proven so far, if any.
-    pub fn proven(&self) -> Option<usize> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).proven
-    }
 }
 
 /// Why a range could not be captured completely.

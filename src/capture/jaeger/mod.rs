@@ -41,14 +41,6 @@ impl JaegerSource {
         })
     }
 
-    /// Shortens retry delays (tests).
-    pub fn with_fast_retries(mut self) -> Self {
-        self.http = self
-            .http
-            .with_first_retry_delay(std::time::Duration::from_millis(10));
-        self
-    }
-
     /// Finds the API and the services the server knows.
     async fn discover(&self) -> Result<(Api, Vec<String>), String> {
         let v3 = self
