@@ -220,10 +220,7 @@ fn upstream_fixture_traces_served_by_the_backend_land_in_the_bundle() {
 
 #[test]
 fn a_misspelt_service_is_a_gap_not_a_complete_empty_bundle() {
-    let s = scenario();
-    let mut incident = read_json(&s.incident);
-    incident["services"] = json!(["paymnet"]);
-    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let s = scenario().with_services(&["paymnet"]);
     let traces = synthetic_traces(
         10,
         us(Duration::minutes(20)),

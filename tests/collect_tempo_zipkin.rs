@@ -276,10 +276,7 @@ fn several_backends_at_once_are_merged_and_deduplicated_by_trace_id() {
 
 #[test]
 fn a_misspelt_service_is_a_gap_through_tempo_and_zipkin_ignores_case() {
-    let s = scenario();
-    let mut incident = read_json(&s.incident);
-    incident["services"] = serde_json::json!(["paymnet"]);
-    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let s = scenario().with_services(&["paymnet"]);
     let traces = synthetic_traces(
         10,
         us(Duration::minutes(20)),
@@ -301,10 +298,7 @@ fn a_misspelt_service_is_a_gap_through_tempo_and_zipkin_ignores_case() {
     );
 
     // Zipkin lower-cases service names: "Payment" is payment.
-    let s = scenario();
-    let mut incident = read_json(&s.incident);
-    incident["services"] = serde_json::json!(["Payment"]);
-    std::fs::write(&s.incident, incident.to_string()).unwrap();
+    let s = scenario().with_services(&["Payment"]);
     let (addr, _server) = zipkin::start(zipkin::Server::new(
         500,
         traces.iter().map(zipkin::from_jaeger).collect(),

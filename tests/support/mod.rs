@@ -171,6 +171,16 @@ pub fn scenario() -> Scenario {
     }
 }
 
+impl Scenario {
+    /// Rewrites the incident's `services`.
+    pub fn with_services(self, services: &[&str]) -> Self {
+        let mut incident = read_json(&self.incident);
+        incident["services"] = json!(services);
+        std::fs::write(&self.incident, incident.to_string()).unwrap();
+        self
+    }
+}
+
 pub fn us(d: Duration) -> i64 {
     (Utc::now() - d).timestamp_micros()
 }
