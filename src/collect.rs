@@ -11,7 +11,7 @@ use crate::capture::file::FileSource;
 use crate::capture::jaeger::JaegerSource;
 use crate::capture::tempo::TempoSource;
 use crate::capture::zipkin::ZipkinSource;
-use crate::capture::{self, CapturePlan, TraceSource};
+use crate::capture::{self, Capture, CapturePlan, TraceSource};
 use crate::config::{BackendKind, BackendSettings, Settings};
 use crate::model::{Incident, IncidentId, TimeWindow, WindowDefaults};
 use crate::store::FsStore;
@@ -89,6 +89,65 @@ fn incident_for_files(name: &str, window: TimeWindow) -> Result<Incident> {
     })
 }
 
+/// The capture plan for an incident and its window: the baseline is the `capture.baseline`
+/// period before the incident began, when the window shows when that was.
+pub fn plan(settings: &Settings, incident: Incident, window: TimeWindow) -> CapturePlan {
+    let began = incident.began_at().clamp(window.start(), window.end());
+    let baseline = if began > window.start() || incident.started_at.is_some() {
+        let base = chrono::Duration::from_std(settings.capture.baseline).unwrap_or_default();
+        began
+            .checked_sub_signed(base)
+            .and_then(|start| TimeWindow::new(start, began).ok())
+    } else {
+        None
+    };
+    CapturePlan {
+        services: incident.services.clone(),
+        incident,
+        window,
+        baseline,
+        slow_threshold: settings.capture.slow_threshold,
+        baseline_traces: settings.capture.baseline_traces,
+    }
+}
+
+/// Analyses `capture` and writes the whole bundle into the empty directory `dir`, off the async
+/// runtime.
+pub async fn write_into(
+    dir: PathBuf,
+    plan: CapturePlan,
+    capture: Capture,
+    opts: BundleOptions,
+) -> Result<BundleSummary> {
+    let began_at = plan.incident.began_at();
+    let written = tokio::task::spawn_blocking(move || {
+        let summary = write_bundle(
+            &dir,
+            &BundleInput {
+                plan: &plan,
+                capture: &capture,
+                began_at,
+            },
+            &opts,
+        )
+        .map(|(summary, _, _)| summary);
+        // Freeing millions of spans takes a while; nobody needs to wait for it.
+        std::thread::spawn(move || drop(capture));
+        summary
+    })
+    .await;
+    match written {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e).context("cannot write the bundle"),
+        Err(panic) => bail!("the bundle writer stopped unexpectedly: {panic}"),
+    }
+}
+
+/// The sources of the configured `[backends.*]`.
+pub fn configured_sources(settings: &Settings) -> Result<Vec<Box<dyn TraceSource>>> {
+    backend_sources(settings, TraceInput::Configured)
+}
+
 /// Runs one capture and stores the bundle under `req.out`.
 pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<CollectOutcome> {
     let defaults = WindowDefaults {
@@ -125,23 +184,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
             (incident, window)
         }
     };
-    let began = incident.began_at().clamp(window.start(), window.end());
-    let baseline = if began > window.start() || incident.started_at.is_some() {
-        let base = chrono::Duration::from_std(settings.capture.baseline).unwrap_or_default();
-        began
-            .checked_sub_signed(base)
-            .and_then(|start| TimeWindow::new(start, began).ok())
-    } else {
-        None
-    };
-    let plan = CapturePlan {
-        services: incident.services.clone(),
-        incident,
-        window,
-        baseline,
-        slow_threshold: settings.capture.slow_threshold,
-        baseline_traces: settings.capture.baseline_traces,
-    };
+    let plan = plan(settings, incident, window);
     tracing::info!(
         incident = %plan.incident.id,
         window.start = %plan.window.start(),
@@ -159,34 +202,15 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         capture_id: staged.capture_id.clone(),
         error_rate_threshold: settings.analysis.error_rate_threshold,
         zstd_level: 3,
+        retention: Default::default(),
+        kind: None,
+        previous: None,
     };
-    let began_at = plan.incident.began_at();
-    let dir = staged.staging.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let summary = write_bundle(
-            &dir,
-            &BundleInput {
-                plan: &plan,
-                capture: &capture,
-                began_at,
-            },
-            &opts,
-        )
-        .map(|(summary, _, _)| summary);
-        // Freeing millions of spans takes a while; nobody needs to wait for it.
-        std::thread::spawn(move || drop(capture));
-        summary
-    })
-    .await;
-    let summary = match written {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let summary = match write_into(staged.staging.clone(), plan, capture, opts).await {
+        Ok(s) => s,
+        Err(e) => {
             store.abandon(&staged);
-            return Err(e).context("cannot write the bundle");
-        }
-        Err(panic) => {
-            store.abandon(&staged);
-            bail!("the bundle writer stopped unexpectedly: {panic}");
+            return Err(e);
         }
     };
     // On failure the complete bundle stays in its staging directory, which the error names.

@@ -35,6 +35,7 @@ pub struct Settings {
     pub intake: IntakeSettings,
     pub notify: NotifySettings,
     pub metrics: MetricsSettings,
+    pub worker: WorkerSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -259,6 +260,32 @@ pub struct StoreSettings {
     pub object_lock_days: u32,
     #[serde(with = "dur")]
     pub link_ttl: Duration,
+    pub sse: String,
+    pub sse_kms_key_id: String,
+    pub multipart_part_size: String,
+}
+
+/// The worker: how messages are retried, where bundles wait until stored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub spool: String,
+    pub spool_max: String,
+    #[serde(with = "dur")]
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    #[serde(with = "dur")]
+    pub retry_delay: Duration,
+    #[serde(with = "dur")]
+    pub retry_delay_max: Duration,
+    #[serde(with = "dur")]
+    pub resolved_tail: Duration,
+    #[serde(with = "dur")]
+    pub shutdown_grace: Duration,
+    pub max_message: String,
+    pub upload_attempts: usize,
+    #[serde(with = "dur")]
+    pub claim_ttl: Duration,
 }
 
 #[derive(Clone, Deserialize)]
@@ -367,7 +394,7 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.analysis.error_rate_threshold) {
             return bad("analysis.error_rate_threshold must be between 0 and 1".into());
         }
-        if crate::intake::parse_size(&self.intake.body_limit).is_none() {
+        if parse_size(&self.intake.body_limit).is_none() {
             return bad(format!(
                 "intake.body_limit {:?} is not a size (examples: 256KiB, 1MiB, 65536)",
                 self.intake.body_limit
@@ -397,8 +424,112 @@ impl Settings {
                 self.store.kind
             ));
         }
+        self.check_store()?;
+        self.check_worker()
+    }
+
+    fn check_store(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.store;
+        if !matches!(
+            s.object_lock_mode.as_str(),
+            "" | "GOVERNANCE" | "COMPLIANCE"
+        ) {
+            return bad(format!(
+                "store.object_lock_mode {:?} must be \"\", \"GOVERNANCE\" or \"COMPLIANCE\"",
+                s.object_lock_mode
+            ));
+        }
+        if !s.object_lock_mode.is_empty() && s.object_lock_days == 0 {
+            return bad(
+                "store.object_lock_days must be at least 1 when store.object_lock_mode is set"
+                    .into(),
+            );
+        }
+        if !matches!(s.sse.as_str(), "" | "AES256" | "aws:kms") {
+            return bad(format!(
+                "store.sse {:?} must be \"\", \"AES256\" or \"aws:kms\"",
+                s.sse
+            ));
+        }
+        if !s.sse_kms_key_id.is_empty() && s.sse != "aws:kms" {
+            return bad("store.sse_kms_key_id is set but store.sse is not \"aws:kms\"".into());
+        }
+        match parse_size(&s.multipart_part_size) {
+            Some(n) if n >= 5 << 20 => {}
+            _ => {
+                return bad(format!(
+                    "store.multipart_part_size {:?} must be a size of at least 5MiB (S3's smallest part)",
+                    s.multipart_part_size
+                ));
+            }
+        }
+        if s.link_ttl.is_zero() || s.link_ttl > Duration::from_secs(7 * 86400) {
+            return bad("store.link_ttl must be more than 0 and at most 7d (the longest a presigned S3 link lives)".into());
+        }
+        if s.kind == "s3" && s.bucket.trim().is_empty() {
+            return bad("store.bucket is empty but store.kind is \"s3\"".into());
+        }
+        if !s.endpoint.is_empty() && url::Url::parse(&s.endpoint).is_err() {
+            return bad(format!(
+                "store.endpoint {:?} is not a URL",
+                crate::capture::redact_url(&s.endpoint)
+            ));
+        }
         Ok(())
     }
+
+    fn check_worker(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let w = &self.worker;
+        if parse_size(&w.spool_max).is_none_or(|n| n == 0) {
+            return bad(format!(
+                "worker.spool_max {:?} is not a size (examples: 10GiB, 500MiB)",
+                w.spool_max
+            ));
+        }
+        if parse_size(&w.max_message).is_none_or(|n| n == 0) {
+            return bad(format!(
+                "worker.max_message {:?} is not a size (examples: 1MiB, 65536)",
+                w.max_message
+            ));
+        }
+        if w.ack_wait < Duration::from_secs(1) {
+            return bad("worker.ack_wait must be at least 1s".into());
+        }
+        if w.max_deliver < 1 {
+            return bad("worker.max_deliver must be at least 1".into());
+        }
+        if w.upload_attempts == 0 {
+            return bad("worker.upload_attempts must be at least 1".into());
+        }
+        if w.claim_ttl < Duration::from_secs(3) {
+            return bad("worker.claim_ttl must be at least 3s".into());
+        }
+        if w.retry_delay > w.retry_delay_max {
+            return bad("worker.retry_delay must not exceed worker.retry_delay_max".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a size: `256KiB`, `1MiB`, `10GiB`, `64KB`, `65536`.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 fn describe(e: figment::Error) -> String {

@@ -2,8 +2,9 @@
 //! retention deletes it, analyses it and writes one immutable, checksummed bundle.
 //!
 //! The modules follow the flow: `model` (the domain, imported by all) → `formats` (reading and
-//! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store`; `intake`
-//! turns webhooks into incident messages on the `queue`.
+//! writing trace formats) → `capture` (trace sources) → `analyze` → `bundle` → `store` →
+//! `notify`; `intake` turns webhooks into incident messages on the `queue`, which the `worker`
+//! consumes.
 
 pub mod analyze;
 pub mod bundle;
@@ -14,5 +15,7 @@ pub mod duration;
 pub mod formats;
 pub mod intake;
 pub mod model;
+pub mod notify;
 pub mod queue;
 pub mod store;
+pub mod worker;

@@ -39,6 +39,8 @@ enum Command {
     Collect(CollectArgs),
     /// Receive Alertmanager, PagerDuty and plain incident webhooks and queue them on JetStream.
     Intake,
+    /// Consume incidents from JetStream: capture, store the bundle, announce it.
+    Worker,
     /// Run `collect` on the example incident and traces shipped with the tool.
     Demo {
         /// Directory to write the bundle under.
@@ -118,6 +120,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
+        Command::Worker => evidence_locker::worker::serve(&settings, shutdown_signal()).await,
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
             let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;

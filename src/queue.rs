@@ -13,6 +13,10 @@ use crate::config::NatsSettings;
 /// The subjects incidents travel on.
 pub const DECLARED: &str = "incidents.declared";
 pub const RESOLVED: &str = "incidents.resolved";
+/// Messages the worker could not use, with the reason in a header.
+pub const DEADLETTER: &str = "incidents.deadletter";
+/// Published after a bundle is stored.
+pub const EVIDENCE_READY: &str = "incidents.evidence.ready";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -88,6 +92,11 @@ impl Queue {
         })
     }
 
+    /// The largest payload the server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// True while the connection to NATS is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -116,11 +125,34 @@ impl Queue {
         Ok(())
     }
 
+    /// The JetStream context (consumers, key-value buckets).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The settings this queue was made with.
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
     /// Publishes `payload` on `subject` with `msg_id` and waits for JetStream's ack.
     pub async fn publish(
         &self,
         subject: &str,
         msg_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Published, QueueError> {
+        self.publish_with_headers(subject, msg_id, None, payload, timeout)
+            .await
+    }
+
+    /// [`Queue::publish`] with headers besides the message id.
+    pub async fn publish_with_headers(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        headers: Option<async_nats::HeaderMap>,
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Published, QueueError> {
@@ -134,12 +166,13 @@ impl Queue {
                 self.ensure_stream().await?;
                 let sent = self
                     .js
-                    .send_publish(
-                        subject.to_owned(),
-                        PublishMessage::build()
-                            .payload(payload.clone().into())
-                            .message_id(msg_id),
-                    )
+                    .send_publish(subject.to_owned(), {
+                        let mut m = PublishMessage::build();
+                        if let Some(h) = &headers {
+                            m = m.headers(h.clone());
+                        }
+                        m.payload(payload.clone().into()).message_id(msg_id)
+                    })
                     .await;
                 let acked = match sent {
                     Ok(ack) => ack.await,

@@ -31,6 +31,9 @@ pub struct Completeness {
 #[derive(Clone, Debug, Serialize)]
 pub struct CaptureInfo {
     pub id: String,
+    /// `declared` or `resolved` for the worker's captures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     pub tool: &'static str,
@@ -53,6 +56,23 @@ pub struct Retention {
     pub retain_until: Option<DateTime<Utc>>,
 }
 
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            mode: "none".into(),
+            retain_until: None,
+        }
+    }
+}
+
+/// An earlier capture of the same incident (the `declared` one, from a `resolved` capture).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PreviousCapture {
+    pub capture_id: String,
+    pub bundle: String,
+    pub manifest_sha256: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Manifest {
     pub schema_version: u32,
@@ -67,6 +87,8 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     pub redaction: Redaction,
     pub retention: Retention,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_capture: Option<PreviousCapture>,
 }
 
 fn host() -> String {
@@ -81,10 +103,11 @@ impl Manifest {
     pub fn new(
         plan: &CapturePlan,
         capture: &Capture,
-        capture_id: &str,
+        opts: &super::BundleOptions,
         counts: Counts,
         files: Vec<FileEntry>,
     ) -> Self {
+        let capture_id = opts.capture_id.as_str();
         let status = if capture.gaps.is_empty() {
             "complete"
         } else {
@@ -97,6 +120,7 @@ impl Manifest {
             baseline_window: plan.baseline,
             capture: CaptureInfo {
                 id: capture_id.to_owned(),
+                kind: opts.kind.clone(),
                 started: capture.started,
                 finished: capture.finished,
                 tool: "evidence-locker",
@@ -116,10 +140,8 @@ impl Manifest {
                 rules: Vec::new(),
                 values_redacted: 0,
             },
-            retention: Retention {
-                mode: "none".into(),
-                retain_until: None,
-            },
+            retention: opts.retention.clone(),
+            previous_capture: opts.previous.clone(),
         }
     }
 }

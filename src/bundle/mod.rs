@@ -18,7 +18,7 @@ use crate::capture::{Capture, CapturePlan, Gap, Purpose};
 use crate::formats::{jaeger, otlp};
 use crate::model::Trace;
 
-pub use manifest::{Completeness, Counts, Manifest};
+pub use manifest::{Completeness, Counts, Manifest, PreviousCapture, Retention};
 pub use writer::{BundleWriter, FileEntry};
 
 /// Settings that shape a bundle.
@@ -28,6 +28,12 @@ pub struct BundleOptions {
     pub error_rate_threshold: f64,
     /// zstd level for the trace files.
     pub zstd_level: i32,
+    /// The retention the store will give the bundle's objects.
+    pub retention: Retention,
+    /// `declared` or `resolved` (the worker's captures).
+    pub kind: Option<String>,
+    /// The capture this one follows.
+    pub previous: Option<PreviousCapture>,
 }
 
 /// What was written, for the caller to report.
@@ -271,13 +277,7 @@ pub fn write_bundle(
     w.write("report.html", |out| out.write_all(html.as_bytes()))?;
 
     lap("reports written");
-    let manifest = Manifest::new(
-        plan,
-        input.capture,
-        &opts.capture_id,
-        counts.clone(),
-        w.entries(),
-    );
+    let manifest = Manifest::new(plan, input.capture, opts, counts.clone(), w.entries());
     let entry = w.write_json("manifest.json", &manifest)?.clone();
     // The directory entries too, so that a bundle renamed into place survives a power loss
     // whole.

@@ -32,22 +32,7 @@ use metrics::Metrics;
 /// The longest any request may take before it is answered 503.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
-/// Parses a size: `256KiB`, `1MiB`, `64KB`, `65536`.
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: usize = n.parse().ok()?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "kib" | "k" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1 << 20,
-        _ => return None,
-    };
-    n.checked_mul(scale)
-}
+pub use crate::config::parse_size;
 
 /// Webhook delivery ids seen recently (PagerDuty's `X-Webhook-Id`), bounded.
 #[derive(Default)]

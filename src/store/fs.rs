@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use crate::model::IncidentId;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum FsError {
     #[error("cannot create {path}: {source}")]
     Create { path: String, source: io::Error },
+    #[error("capture {0} already exists")]
+    Exists(String),
     #[error("no free capture id for {0} (tried 1000 suffixes)")]
     NoFreeId(String),
     #[error(
@@ -49,9 +51,9 @@ impl FsStore {
 
     /// Claims a capture id (`base`, else `base-2`, `base-3`, …) and creates its empty staging
     /// directory.
-    pub fn stage(&self, incident: &IncidentId, base: &str) -> Result<Staged, StoreError> {
+    pub fn stage(&self, incident: &IncidentId, base: &str) -> Result<Staged, FsError> {
         let dir = self.root.join(incident.as_str());
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Create {
+        std::fs::create_dir_all(&dir).map_err(|source| FsError::Create {
             path: dir.display().to_string(),
             source,
         })?;
@@ -81,20 +83,49 @@ impl FsStore {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
-                    return Err(StoreError::Create {
+                    return Err(FsError::Create {
                         path: staging.display().to_string(),
                         source,
                     });
                 }
             }
         }
-        Err(StoreError::NoFreeId(base.to_owned()))
+        Err(FsError::NoFreeId(base.to_owned()))
+    }
+
+    /// Claims exactly `capture_id` (no suffix): fails with [`FsError::Exists`] when it is
+    /// published or being staged.
+    pub fn stage_exact(&self, incident: &IncidentId, capture_id: &str) -> Result<Staged, FsError> {
+        let dir = self.root.join(incident.as_str());
+        std::fs::create_dir_all(&dir).map_err(|source| FsError::Create {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let target = dir.join(capture_id);
+        let staging = dir.join(format!(".{capture_id}.staging"));
+        if target.exists() {
+            return Err(FsError::Exists(target.display().to_string()));
+        }
+        match std::fs::create_dir(&staging) {
+            Ok(()) => Ok(Staged {
+                capture_id: capture_id.to_owned(),
+                staging,
+                target,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(FsError::Exists(staging.display().to_string()))
+            }
+            Err(source) => Err(FsError::Create {
+                path: staging.display().to_string(),
+                source,
+            }),
+        }
     }
 
     /// Renames the staged bundle into place. Refuses (and keeps the staging directory) if the
     /// target exists.
-    pub fn publish(&self, staged: &Staged) -> Result<PathBuf, StoreError> {
-        let fail = |source| StoreError::Publish {
+    pub fn publish(&self, staged: &Staged) -> Result<PathBuf, FsError> {
+        let fail = |source| FsError::Publish {
             path: staged.target.display().to_string(),
             staging: staged.staging.display().to_string(),
             source,

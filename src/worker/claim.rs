@@ -1,0 +1,128 @@
+//! Claims: one worker at a time captures and stores a given capture (incident id + kind), even
+//! when the same incident arrives several times at once or at two worker processes. A claim is
+//! a key in a JetStream key-value bucket, created only if absent; its holder renews it while it
+//! works and deletes it when done. A worker that dies stops renewing, and the bucket's age limit
+//! frees the claim after `worker.claim_ttl`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use sha2::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("cannot open the claims bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("cannot claim {key}: {message}")]
+    Claim { key: String, message: String },
+}
+
+/// The claims bucket.
+#[derive(Clone)]
+pub struct Claims {
+    kv: kv::Store,
+    ttl: Duration,
+    owner: String,
+}
+
+/// A claim this worker holds; released when dropped.
+pub struct Claim {
+    kv: kv::Store,
+    key: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let kv = self.kv.clone();
+        let key = std::mem::take(&mut self.key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = kv.delete(&key).await {
+                    tracing::debug!(key, error = %e, "claim not released; it expires by itself");
+                }
+            });
+        }
+    }
+}
+
+impl Claims {
+    /// Opens the bucket `name`, creating it when missing (its age limit is the claim TTL).
+    pub async fn open(
+        js: &jetstream::Context,
+        name: &str,
+        ttl: Duration,
+        owner: String,
+    ) -> Result<Self, ClaimError> {
+        let fail = |e: &dyn std::fmt::Display| ClaimError::Bucket {
+            bucket: name.to_owned(),
+            message: e.to_string(),
+        };
+        let kv = match js.get_key_value(name).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: name.to_owned(),
+                    description: "evidence-locker: which worker is capturing which incident".into(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| fail(&e))?,
+        };
+        Ok(Self { kv, ttl, owner })
+    }
+
+    /// The bucket key of a capture: a hash, as incident ids may hold characters keys may not.
+    fn key(incident: &str, capture: &str) -> String {
+        let digest = sha2::Sha256::digest(format!("{incident}\n{capture}").as_bytes());
+        format!("{capture}.{}", hex::encode(&digest[..16]))
+    }
+
+    /// Takes the claim of a capture, or returns `None` while another worker holds it.
+    pub async fn try_claim(
+        &self,
+        incident: &str,
+        capture: &str,
+    ) -> Result<Option<Claim>, ClaimError> {
+        let key = Self::key(incident, capture);
+        let value = serde_json::json!({
+            "incident": incident, "capture": capture, "owner": self.owner,
+            "since": chrono::Utc::now(),
+        })
+        .to_string();
+        let revision = match self.kv.create(&key, value.clone().into()).await {
+            Ok(rev) => rev,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => {
+                return Err(ClaimError::Claim {
+                    key,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let kv = self.kv.clone();
+        let every = self.ttl / 3;
+        let renew_key = key.clone();
+        let renewer = tokio::spawn(async move {
+            let mut revision = revision;
+            loop {
+                tokio::time::sleep(every).await;
+                match kv.update(&renew_key, value.clone().into(), revision).await {
+                    Ok(r) => revision = r,
+                    Err(e) => {
+                        tracing::warn!(key = renew_key, error = %e, "cannot renew a capture claim");
+                    }
+                }
+            }
+        });
+        Ok(Some(Claim {
+            kv: self.kv.clone(),
+            key,
+            renewer,
+        }))
+    }
+}

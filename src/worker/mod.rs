@@ -1,0 +1,296 @@
+//! `evidence-locker worker`: incidents in from NATS JetStream, bundles out to the store, a link
+//! out to on-call. Pulls one message per free slot (`capture.concurrency`) from the durable
+//! consumer that all worker processes share, and runs each through [`process`]'s one step:
+//! parse → claim → capture into the spool → store → notify → ack. On SIGTERM it stops pulling,
+//! gives running captures `worker.shutdown_grace`, and hands the rest back to JetStream.
+
+mod claim;
+mod job;
+mod metrics;
+mod process;
+pub mod spool;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Settings, parse_size};
+use crate::model::WindowDefaults;
+use crate::queue::{DECLARED, Queue, RESOLVED};
+use crate::store::Store;
+
+pub use job::{CaptureKind, Job, JobRules};
+
+use claim::Claims;
+use metrics::Metrics;
+use spool::Spool;
+
+/// Everything the steps share.
+pub(crate) struct Worker {
+    settings: Settings,
+    queue: Arc<Queue>,
+    store: Store,
+    spool: Spool,
+    claims: Claims,
+    metrics: Metrics,
+    http: reqwest::Client,
+    rules: JobRules,
+    /// Becomes true when in-flight work must be handed back (the shutdown grace is over).
+    handing_back: watch::Receiver<bool>,
+    /// Spooled bundles whose store copy differs (reported once, kept, not retried).
+    conflicts: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+}
+
+/// How long JetStream waits for a publish acknowledgement from the worker.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the spool is checked for bundles no message is working on.
+const DRAIN_EVERY: Duration = Duration::from_secs(20);
+
+/// Runs the worker until `shutdown` completes.
+pub async fn serve(
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let w = &settings.worker;
+    let spool_max = parse_size(&w.spool_max).unwrap_or(usize::MAX) as u64;
+    let spool = Spool::open(std::path::Path::new(&w.spool), spool_max)?;
+    // A worker without a trace source could only dead-letter: refuse to start instead.
+    crate::collect::configured_sources(settings).context("worker")?;
+    let queue = Arc::new(Queue::connect(&settings.nats, PUBLISH_TIMEOUT).await?);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match queue.ensure_stream().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "the stream is not ready yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let consumer = ensure_consumer(&queue, settings).await?;
+    let owner = format!(
+        "{}/{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        std::process::id()
+    );
+    let claims = Claims::open(
+        queue.jetstream(),
+        &format!("{}-claims", settings.nats.consumer),
+        w.claim_ttl,
+        owner,
+    )
+    .await?;
+    let store = Store::from_settings(&settings.store).await?;
+    if let Store::S3(s3) = &store
+        && let Err(e) = s3.check().await
+    {
+        // Not fatal: bundles wait in the spool until the store answers.
+        tracing::warn!(error = %e, "the bucket does not answer yet");
+    }
+    let (hand_back, handing_back) = watch::channel(false);
+    let worker = Arc::new(Worker {
+        settings: settings.clone(),
+        queue: queue.clone(),
+        store,
+        spool,
+        claims,
+        metrics: Metrics::default(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("HTTP client")?,
+        rules: JobRules {
+            window: WindowDefaults {
+                lookback: settings.capture.lookback,
+                max_window: settings.capture.max_window,
+            },
+            max_message: parse_size(&w.max_message).unwrap_or(1 << 20),
+            resolved_tail: w.resolved_tail,
+        },
+        handing_back,
+        conflicts: Default::default(),
+    });
+    worker.metrics.spool_max.store(spool_max, Ordering::Relaxed);
+    worker.report_spool();
+    tracing::info!(
+        nats = %crate::capture::redact_url(&settings.nats.url),
+        consumer = %settings.nats.consumer,
+        store = %worker.store.describe(),
+        spool = %worker.spool.root().display(),
+        concurrency = settings.capture.concurrency,
+        "worker started"
+    );
+    serve_metrics(worker.clone()).await;
+
+    let (stop_tx, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let drain = {
+        let worker = worker.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                worker.drain_spool().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(DRAIN_EVERY) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        })
+    };
+
+    let slots = Arc::new(Semaphore::new(settings.capture.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.context("worker slots closed")?,
+            _ = stopped(&mut stop) => break,
+        };
+        let fetched = tokio::select! {
+            f = fetch_one(&consumer) => f,
+            _ = stopped(&mut stop) => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        match fetched {
+            Ok(Some(msg)) => {
+                let worker = worker.clone();
+                tasks.spawn(async move {
+                    worker.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                    worker.process_one(msg).await;
+                    worker.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull incident messages; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        }
+    }
+
+    tracing::info!(
+        in_flight = tasks.len(),
+        grace = ?w.shutdown_grace,
+        "stopped pulling; finishing what is in flight"
+    );
+    drain.abort();
+    let finished = tokio::time::timeout(w.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutdown grace over: handing the remaining messages back"
+        );
+        let _ = hand_back.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+    worker.report_spool();
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Completes once the stop signal is given.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The durable pull consumer, created when missing (an existing one is left as it is).
+async fn ensure_consumer(queue: &Queue, settings: &Settings) -> Result<PullConsumer> {
+    let stream = queue
+        .jetstream()
+        .get_stream(&settings.nats.stream)
+        .await
+        .with_context(|| format!("the JetStream stream {}", settings.nats.stream))?;
+    let name = &settings.nats.consumer;
+    stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some("evidence-locker workers".into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: settings.worker.ack_wait,
+                max_deliver: settings.worker.max_deliver,
+                filter_subjects: vec![DECLARED.to_owned(), RESOLVED.to_owned()],
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("the JetStream consumer {name}"))
+}
+
+/// One message, or `None` when none arrived within a few seconds.
+async fn fetch_one(
+    consumer: &PullConsumer,
+) -> Result<Option<async_nats::jetstream::Message>, async_nats::Error> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
+    match batch.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (a bind failure is logged, not fatal:
+/// the evidence matters more than the metrics).
+async fn serve_metrics(worker: Arc<Worker>) {
+    use axum::routing::get;
+    let listen = worker.settings.metrics.listen.clone();
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen, error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    let metrics = worker.clone();
+    let ready = worker.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { metrics.metrics.render(metrics.queue.is_connected()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.queue.is_connected() {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "NATS not connected",
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    });
+}

@@ -1,0 +1,501 @@
+//! The worker's one step, [`Worker::process_one`]: a message goes through parse → claim →
+//! (already stored? already spooled?) → capture into the spool → store → notify → ack, and ends
+//! in exactly one of: acked, nak'ed with a growing delay, or dead-lettered and terminated.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use chrono::Utc;
+use sha2::Digest;
+
+use super::Worker;
+use super::job::{CaptureKind, Job};
+use super::metrics::Outcome;
+use crate::bundle::{BundleOptions, PreviousCapture, Retention};
+use crate::model::IncidentId;
+use crate::notify::{EvidenceReady, post_webhook};
+use crate::queue::DEADLETTER;
+
+/// How a job ended well.
+enum Done {
+    Stored,
+    AlreadyCaptured,
+}
+
+/// How a job ended badly.
+enum Failure {
+    /// Worth another delivery (backend, store or NATS trouble).
+    Transient(String),
+    /// Will not get better by retrying.
+    Permanent(String),
+}
+
+fn transient(e: impl std::fmt::Display) -> Failure {
+    Failure::Transient(e.to_string())
+}
+
+/// How often a waiting worker looks again at a capture another worker holds.
+const CLAIM_POLL: Duration = Duration::from_secs(2);
+
+impl Worker {
+    /// Handles one message to the end.
+    pub(crate) async fn process_one(&self, msg: Message) {
+        let (deliveries, published, sequence) = match msg.info() {
+            Ok(i) => (i.delivered, i.published, i.stream_sequence),
+            Err(e) => {
+                tracing::warn!(error = %e, "a message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        let job = match Job::parse(
+            msg.subject.as_str(),
+            &msg.payload,
+            published,
+            Utc::now(),
+            self.rules,
+        ) {
+            Ok(job) => job,
+            Err(reason) => {
+                tracing::warn!(sequence, reason, "refusing an incident message");
+                self.dead_letter(&msg, &reason, deliveries).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "incident",
+            id = %job.incident.id,
+            capture = job.capture_id(),
+            delivery = deliveries
+        );
+        let work =
+            tracing::Instrument::instrument(self.heartbeat(&msg, self.handle(&job)), span.clone());
+        let mut handing_back = self.handing_back.clone();
+        let outcome = tokio::select! {
+            r = work => r,
+            _ = async { let _ = handing_back.wait_for(|h| *h).await; } => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                tracing::warn!(parent: &span, "handed back unfinished (shutdown)");
+                self.metrics.outcome(Outcome::HandedBack);
+                return;
+            }
+        };
+        match outcome {
+            Ok(done) => {
+                if let Err(e) = msg.double_ack().await {
+                    // Redelivered later, it will find the bundle stored.
+                    tracing::warn!(parent: &span, error = %e, "cannot acknowledge");
+                }
+                let outcome = match done {
+                    Done::Stored => Outcome::Stored,
+                    Done::AlreadyCaptured => Outcome::AlreadyCaptured,
+                };
+                tracing::info!(parent: &span, outcome = ?outcome, "done");
+                self.metrics.outcome(outcome);
+            }
+            Err(Failure::Permanent(reason)) => {
+                tracing::error!(parent: &span, reason, "cannot be captured");
+                self.dead_letter(&msg, &reason, deliveries).await;
+            }
+            Err(Failure::Transient(error)) if deliveries >= self.settings.worker.max_deliver => {
+                tracing::error!(parent: &span, error, "failed on its last delivery");
+                let reason = format!("failed {deliveries} times; last error: {error}");
+                self.dead_letter(&msg, &reason, deliveries).await;
+            }
+            Err(Failure::Transient(error)) => {
+                let delay = self.retry_delay(deliveries);
+                tracing::warn!(parent: &span, error, retry_in = ?delay, "failed; will be retried");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                self.metrics.outcome(Outcome::Retried);
+            }
+        }
+    }
+
+    /// `retry_delay` doubled per delivery so far, at most `retry_delay_max`.
+    fn retry_delay(&self, deliveries: i64) -> Duration {
+        let w = &self.settings.worker;
+        let doublings = deliveries.clamp(1, 20) as u32 - 1;
+        w.retry_delay
+            .saturating_mul(1 << doublings)
+            .min(w.retry_delay_max)
+    }
+
+    /// Runs `work` while telling JetStream the message is still being worked on.
+    async fn heartbeat<T>(&self, msg: &Message, work: impl std::future::Future<Output = T>) -> T {
+        let every = (self.settings.worker.ack_wait / 3).max(Duration::from_millis(300));
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = tick.tick() => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "in-progress ack not sent");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, job: &Job) -> Result<Done, Failure> {
+        let id = &job.incident.id;
+        let capture = job.capture_id();
+        // Another worker may be on the same capture (a duplicate message): wait for it to finish
+        // or to die, while our message stays ours.
+        let _claim = loop {
+            if let Some(c) = self
+                .claims
+                .try_claim(id.as_str(), capture)
+                .await
+                .map_err(transient)?
+            {
+                break c;
+            }
+            if self.already_stored(job).await?.is_some() {
+                return Ok(Done::AlreadyCaptured);
+            }
+            tracing::debug!("another worker holds this capture; waiting");
+            tokio::time::sleep(CLAIM_POLL).await;
+        };
+        if let Some(stored) = self.already_stored(job).await? {
+            self.announce(id, capture, &stored, false).await?;
+            if let Some(dir) = self.spool.find(id, capture) {
+                self.discard_spooled(id, capture, &dir, &stored);
+            }
+            return Ok(Done::AlreadyCaptured);
+        }
+        let dir = match self.spool.find(id, capture) {
+            Some(dir) => {
+                tracing::info!("found in the spool; storing it without querying the backend again");
+                dir
+            }
+            None => self.capture_into_spool(job).await?,
+        };
+        self.store_spooled(id, capture, &dir).await?;
+        Ok(Done::Stored)
+    }
+
+    /// The stored manifest of the job's capture, if the store has it.
+    async fn already_stored(&self, job: &Job) -> Result<Option<Vec<u8>>, Failure> {
+        self.store
+            .manifest(&job.incident.id, job.capture_id())
+            .await
+            .map_err(transient)
+    }
+
+    /// Uploads a spooled bundle, announces it, and removes it from the spool.
+    async fn store_spooled(
+        &self,
+        id: &IncidentId,
+        capture: &str,
+        dir: &Path,
+    ) -> Result<(), Failure> {
+        let attempts = self.settings.worker.upload_attempts;
+        if let Err(e) = self.store.put_bundle(dir, id, capture, attempts).await {
+            self.metrics.upload_failures.fetch_add(1, Ordering::Relaxed);
+            if e.is_conflict() {
+                self.conflicts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((id.to_string(), capture.to_owned()));
+                return Err(Failure::Permanent(format!(
+                    "the store holds a different partial copy of this capture; the spooled bundle is kept in {}: {e}",
+                    dir.display()
+                )));
+            }
+            return Err(Failure::Transient(format!(
+                "cannot store the bundle (kept in the spool at {}): {e}",
+                dir.display()
+            )));
+        }
+        let manifest = std::fs::read(dir.join("manifest.json")).map_err(transient)?;
+        self.announce(id, capture, &manifest, true).await?;
+        if let Err(e) = self.spool.remove(id, capture) {
+            tracing::error!(error = %e, "stored, but cannot remove the bundle from the spool");
+        }
+        self.report_spool();
+        Ok(())
+    }
+
+    /// Publishes `incidents.evidence.ready` (and, for a fresh bundle, posts the webhook).
+    async fn announce(
+        &self,
+        id: &IncidentId,
+        capture: &str,
+        manifest: &[u8],
+        fresh: bool,
+    ) -> Result<(), Failure> {
+        let link = self
+            .store
+            .report_link(id, capture)
+            .await
+            .map_err(transient)?;
+        let ready = EvidenceReady::new(manifest, self.store.bundle_url(id, capture), link)
+            .map_err(transient)?;
+        ready
+            .publish(&self.queue, super::PUBLISH_TIMEOUT)
+            .await
+            .map_err(transient)?;
+        tracing::info!(
+            bundle = ready.bundle,
+            status = ready.status,
+            manifest_sha256 = ready.manifest_sha256,
+            "evidence ready"
+        );
+        let url = &self.settings.notify.webhook_url;
+        if fresh
+            && !url.is_empty()
+            && let Err(e) = post_webhook(&self.http, url, &ready.webhook_body()).await
+        {
+            self.metrics
+                .webhook_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                webhook = %crate::capture::redact_url(url),
+                error = e,
+                "the webhook notification failed (the bundle is stored and announced on NATS)"
+            );
+        }
+        Ok(())
+    }
+
+    /// A spooled copy of a capture the store already has: removed when identical, kept (and
+    /// reported) when it differs.
+    fn discard_spooled(&self, id: &IncidentId, capture: &str, dir: &Path, stored: &[u8]) {
+        let ours = std::fs::read(dir.join("manifest.json")).unwrap_or_default();
+        if ours != stored {
+            tracing::warn!(
+                spooled = %dir.display(),
+                stored_sha256 = hex::encode(sha2::Sha256::digest(stored)),
+                spooled_sha256 = hex::encode(sha2::Sha256::digest(&ours)),
+                "another worker stored this capture first; the spooled copy is discarded"
+            );
+        }
+        if let Err(e) = self.spool.remove(id, capture) {
+            tracing::error!(error = %e, "cannot remove a redundant spooled bundle");
+        }
+        self.report_spool();
+    }
+
+    /// Captures from the backends and writes the bundle into the spool.
+    async fn capture_into_spool(&self, job: &Job) -> Result<PathBuf, Failure> {
+        self.spool.check_room().map_err(transient)?;
+        let wait = job.wait_before_capture(Utc::now());
+        if !wait.is_zero() {
+            tracing::info!(wait = ?wait, "waiting for the end of the window (resolution + tail)");
+            tokio::time::sleep(wait).await;
+        }
+        let window = job
+            .window(Utc::now())
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let previous = match job.kind {
+            CaptureKind::Declared => None,
+            CaptureKind::Resolved => self.previous_capture(&job.incident.id).await?,
+        };
+        let sources = crate::collect::configured_sources(&self.settings)
+            .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
+        let plan = crate::collect::plan(&self.settings, job.incident.clone(), window);
+        tracing::info!(
+            window.start = %plan.window.start(),
+            window.end = %plan.window.end(),
+            services = plan.services.len(),
+            "capturing"
+        );
+        let capture = crate::capture::run(&sources, &plan).await;
+        let retention = match self.store.lock_for(capture.started) {
+            Some(lock) => Retention {
+                mode: lock.mode.name().to_owned(),
+                retain_until: Some(lock.retain_until),
+            },
+            None => Retention::default(),
+        };
+        let staged = self
+            .spool
+            .stage(&job.incident.id, job.capture_id())
+            .map_err(transient)?;
+        let opts = BundleOptions {
+            capture_id: job.capture_id().to_owned(),
+            error_rate_threshold: self.settings.analysis.error_rate_threshold,
+            zstd_level: 3,
+            retention,
+            kind: Some(job.capture_id().to_owned()),
+            previous,
+        };
+        let summary =
+            match crate::collect::write_into(staged.staging.clone(), plan, capture, opts).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.spool.abandon(&staged);
+                    return Err(Failure::Transient(format!("{e:#}")));
+                }
+            };
+        let dir = self.spool.publish(&staged).map_err(transient)?;
+        tracing::info!(
+            status = summary.status,
+            traces = summary.counts.traces,
+            gaps = summary.gaps.len(),
+            spooled = %dir.display(),
+            "captured"
+        );
+        self.report_spool();
+        Ok(dir)
+    }
+
+    /// The `declared` capture a `resolved` one follows: stored, or still in the spool.
+    async fn previous_capture(&self, id: &IncidentId) -> Result<Option<PreviousCapture>, Failure> {
+        let first = CaptureKind::Declared.capture_id();
+        let manifest = match self.store.manifest(id, first).await.map_err(transient)? {
+            Some(m) => Some(m),
+            None => self
+                .spool
+                .find(id, first)
+                .and_then(|d| std::fs::read(d.join("manifest.json")).ok()),
+        };
+        Ok(manifest.map(|m| PreviousCapture {
+            capture_id: first.to_owned(),
+            bundle: self.store.bundle_url(id, first),
+            manifest_sha256: hex::encode(sha2::Sha256::digest(&m)),
+        }))
+    }
+
+    /// Publishes the message's payload and headers with the reason to `incidents.deadletter`,
+    /// then terminates it. If the dead letter cannot be published, the message is retried
+    /// instead: it is never dropped unrecorded.
+    async fn dead_letter(&self, msg: &Message, reason: &str, deliveries: i64) {
+        let info = msg.info().ok();
+        let sequence = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(original) = &msg.headers {
+            for (name, values) in original.iter() {
+                // The original's Nats-Msg-Id and other Nats-* headers would steer the new
+                // publication (deduplication, expectations): kept under another name.
+                let name = name.to_string();
+                let kept = if name.to_ascii_lowercase().starts_with("nats-") {
+                    format!("Evidence-Locker-Original-{name}")
+                } else {
+                    name
+                };
+                for v in values {
+                    headers.append(kept.as_str(), v.as_str());
+                }
+            }
+        }
+        let one_line: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(2000)
+            .collect();
+        headers.insert("Evidence-Locker-Reason", one_line.as_str());
+        headers.insert("Evidence-Locker-Subject", msg.subject.as_str());
+        headers.insert(
+            "Evidence-Locker-Stream-Sequence",
+            sequence.to_string().as_str(),
+        );
+        headers.insert(
+            "Evidence-Locker-Deliveries",
+            deliveries.to_string().as_str(),
+        );
+        // The server refuses a payload over its limit: keep what fits, and say so.
+        let limit = self.queue.max_payload().saturating_sub(64 << 10).max(1024);
+        let payload = if msg.payload.len() > limit {
+            headers.insert(
+                "Evidence-Locker-Truncated",
+                format!("{} of {} bytes kept", limit, msg.payload.len()).as_str(),
+            );
+            msg.payload[..limit].to_vec()
+        } else {
+            msg.payload.to_vec()
+        };
+        let id = format!("deadletter:{}:{sequence}", msg.subject);
+        match self
+            .queue
+            .publish_with_headers(
+                DEADLETTER,
+                &id,
+                Some(headers),
+                payload,
+                super::PUBLISH_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => {
+                let _ = msg.ack_with(AckKind::Term).await;
+                self.metrics.outcome(Outcome::DeadLettered);
+                tracing::warn!(sequence, reason = one_line, "dead-lettered");
+            }
+            Err(e) => {
+                tracing::error!(sequence, error = %e, "cannot dead-letter; the message will be retried");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(self.retry_delay(deliveries))))
+                    .await;
+                self.metrics.outcome(Outcome::Retried);
+            }
+        }
+    }
+
+    /// Stores spooled bundles no message is working on (left by a crash or a restart, or whose
+    /// messages were dead-lettered while the store was down).
+    pub(crate) async fn drain_spool(&self) {
+        let bundles = match self.spool.bundles() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                return;
+            }
+        };
+        for b in bundles {
+            let key = (b.incident.to_string(), b.capture.clone());
+            if self
+                .conflicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+            {
+                continue;
+            }
+            // A message at work on it holds the claim; it stores the bundle itself.
+            let claim = match self.claims.try_claim(b.incident.as_str(), &b.capture).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a spooled bundle; later");
+                    return;
+                }
+            };
+            let result = match self.store.manifest(&b.incident, &b.capture).await {
+                Ok(Some(stored)) => {
+                    self.discard_spooled(&b.incident, &b.capture, &b.dir, &stored);
+                    Ok(())
+                }
+                Ok(None) => {
+                    tracing::info!(incident = %b.incident, capture = b.capture, "storing a spooled bundle");
+                    self.store_spooled(&b.incident, &b.capture, &b.dir).await
+                }
+                Err(e) => Err(transient(e)),
+            };
+            drop(claim);
+            match result {
+                Ok(()) => {}
+                Err(Failure::Transient(e)) | Err(Failure::Permanent(e)) => {
+                    tracing::warn!(incident = %b.incident, capture = b.capture, error = e, "a spooled bundle is not stored yet");
+                }
+            }
+        }
+    }
+
+    /// Updates the spool gauges and logs the spool's size.
+    pub(crate) fn report_spool(&self) {
+        let (bytes, bundles) = self.spool.usage();
+        self.metrics.spool_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics
+            .spool_bundles
+            .store(bundles as u64, Ordering::Relaxed);
+        tracing::info!(
+            bundles,
+            bytes,
+            max_bytes = self.metrics.spool_max.load(Ordering::Relaxed),
+            "spool"
+        );
+    }
+}
