@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -228,7 +228,7 @@ impl S3Store {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             status: e.raw_response().map(|r| r.status().as_u16()),
-            message: DisplayErrorContext(&e).to_string(),
+            message: error_chain(&e),
         }
     }
 
@@ -281,7 +281,12 @@ impl S3Store {
             .await;
         match head {
             Ok(h) => {
+                // A multipart object's checksum is of its parts' checksums, not of its bytes.
+                let single_part = h
+                    .content_length()
+                    .is_some_and(|n| n >= 0 && n as u64 <= self.part_size as u64);
                 if let Some(b64) = h.checksum_sha256()
+                    && single_part
                     && !b64.contains('-')
                     && let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64)
                     && raw.len() == 32
@@ -557,6 +562,20 @@ impl S3Store {
             .zip(until)
             .map(|(mode, retain_until)| Lock { mode, retain_until }))
     }
+}
+
+/// The error and its causes, `: `-separated (the SDK's own Display says only "service error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 fn smithy_time(t: DateTime<Utc>) -> aws_sdk_s3::primitives::DateTime {

@@ -152,13 +152,13 @@ impl Worker {
             {
                 break c;
             }
-            if self.already_stored(job).await?.is_some() {
+            if self.already_stored(job).await.is_some() {
                 return Ok(Done::AlreadyCaptured);
             }
             tracing::debug!("another worker holds this capture; waiting");
             tokio::time::sleep(CLAIM_POLL).await;
         };
-        if let Some(stored) = self.already_stored(job).await? {
+        if let Some(stored) = self.already_stored(job).await {
             self.announce(id, capture, &stored, false).await?;
             if let Some(dir) = self.spool.find(id, capture) {
                 self.discard_spooled(id, capture, &dir, &stored);
@@ -172,25 +172,46 @@ impl Worker {
             }
             None => self.capture_into_spool(job).await?,
         };
-        self.store_spooled(id, capture, &dir).await?;
-        Ok(Done::Stored)
+        self.store_spooled(id, capture, &dir).await
     }
 
-    /// The stored manifest of the job's capture, if the store has it.
-    async fn already_stored(&self, job: &Job) -> Result<Option<Vec<u8>>, Failure> {
-        self.store
+    /// The stored manifest of the job's capture, if the store has it. A store that cannot be
+    /// asked must not delay the capture (the traces expire; the bundle can wait in the spool):
+    /// that counts as not stored, and a duplicate is found when storing.
+    async fn already_stored(&self, job: &Job) -> Option<Vec<u8>> {
+        match self
+            .store
             .manifest(&job.incident.id, job.capture_id())
             .await
-            .map_err(transient)
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the store whether this capture exists; capturing anyway");
+                None
+            }
+        }
     }
 
-    /// Uploads a spooled bundle, announces it, and removes it from the spool.
+    /// Uploads a spooled bundle, announces it, and removes it from the spool. A capture the
+    /// store already has (stored by another worker meanwhile) is announced as it is stored, and
+    /// the spooled copy goes.
     async fn store_spooled(
         &self,
         id: &IncidentId,
         capture: &str,
         dir: &Path,
-    ) -> Result<(), Failure> {
+    ) -> Result<Done, Failure> {
+        let stored = self.store.manifest(id, capture).await.map_err(|e| {
+            Failure::Transient(format!(
+                "cannot reach the store (the bundle is kept in the spool at {}): {e}",
+                dir.display()
+            ))
+        })?;
+        if let Some(stored) = stored {
+            self.announce(id, capture, &stored, false).await?;
+            self.discard_spooled(id, capture, dir, &stored);
+            return Ok(Done::AlreadyCaptured);
+        }
         let attempts = self.settings.worker.upload_attempts;
         if let Err(e) = self.store.put_bundle(dir, id, capture, attempts).await {
             self.metrics.upload_failures.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +236,7 @@ impl Worker {
             tracing::error!(error = %e, "stored, but cannot remove the bundle from the spool");
         }
         self.report_spool();
-        Ok(())
+        Ok(Done::Stored)
     }
 
     /// Publishes `incidents.evidence.ready` (and, for a fresh bundle, posts the webhook).
@@ -345,7 +366,11 @@ impl Worker {
     /// The `declared` capture a `resolved` one follows: stored, or still in the spool.
     async fn previous_capture(&self, id: &IncidentId) -> Result<Option<PreviousCapture>, Failure> {
         let first = CaptureKind::Declared.capture_id();
-        let manifest = match self.store.manifest(id, first).await.map_err(transient)? {
+        let stored = self.store.manifest(id, first).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the declared capture's manifest from the store");
+            None
+        });
+        let manifest = match stored {
             Some(m) => Some(m),
             None => self
                 .spool
@@ -463,20 +488,11 @@ impl Worker {
                     return;
                 }
             };
-            let result = match self.store.manifest(&b.incident, &b.capture).await {
-                Ok(Some(stored)) => {
-                    self.discard_spooled(&b.incident, &b.capture, &b.dir, &stored);
-                    Ok(())
-                }
-                Ok(None) => {
-                    tracing::info!(incident = %b.incident, capture = b.capture, "storing a spooled bundle");
-                    self.store_spooled(&b.incident, &b.capture, &b.dir).await
-                }
-                Err(e) => Err(transient(e)),
-            };
+            tracing::info!(incident = %b.incident, capture = b.capture, "storing a spooled bundle");
+            let result = self.store_spooled(&b.incident, &b.capture, &b.dir).await;
             drop(claim);
             match result {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(Failure::Transient(e)) | Err(Failure::Permanent(e)) => {
                     tracing::warn!(incident = %b.incident, capture = b.capture, error = e, "a spooled bundle is not stored yet");
                 }

@@ -33,6 +33,8 @@ pub struct Server {
     pub cap: usize,
     /// Answer this many requests with 503 (and `Retry-After: 0`) before answering normally.
     pub fail_first: AtomicUsize,
+    /// Milliseconds every trace search takes (a slow backend).
+    pub delay_ms: std::sync::atomic::AtomicU64,
     pub traces: Vec<StoredTrace>,
     pub requests: Mutex<Vec<String>>,
 }
@@ -43,6 +45,7 @@ impl Server {
             api,
             cap,
             fail_first: AtomicUsize::new(0),
+            delay_ms: Default::default(),
             traces: traces
                 .into_iter()
                 .map(|json| StoredTrace { json })
@@ -246,6 +249,10 @@ async fn v1_traces(
     if let Some(r) = gate(&s, "/api/traces", &q) {
         return r;
     }
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if s.api == Api::V3 {
         return text(StatusCode::NOT_FOUND, "404 page not found\n".into());
     }
@@ -375,6 +382,10 @@ async fn v3_traces(
 ) -> Response {
     if let Some(r) = gate(&s, "/api/v3/traces", &q) {
         return r;
+    }
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     if s.api == Api::V1 {
         return text(StatusCode::NOT_FOUND, "404 page not found\n".into());

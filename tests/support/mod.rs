@@ -7,6 +7,7 @@
 
 pub mod jaeger;
 pub mod nats;
+pub mod s3;
 pub mod tempo;
 pub mod zipkin;
 

@@ -11,6 +11,7 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    config: Option<PathBuf>,
 }
 
 fn binary() -> PathBuf {
@@ -39,6 +40,29 @@ impl NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            config: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// A server that accepts payloads up to `max_payload` bytes (the default is 1 MiB).
+    pub fn start_with_max_payload(max_payload: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "max_payload: {max_payload}\nmax_pending: {}\n",
+                max_payload * 4
+            ),
+        )
+        .unwrap();
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            config: Some(config),
         };
         s.restart();
         s
@@ -50,7 +74,11 @@ impl NatsServer {
 
     /// Starts the server (again) on its port, with its storage.
     pub fn restart(&mut self) {
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(c) = &self.config {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
             .args([
                 "-a",
                 "127.0.0.1",

@@ -1,0 +1,740 @@
+//! `evidence-locker worker` as it runs in production: the real binary against a real
+//! nats-server with JetStream, a real S3-compatible server (moto or s3s-fs) and a loopback
+//! Jaeger. An incident published on `incidents.declared` becomes one bundle in the bucket and an
+//! `incidents.evidence.ready` message whose link opens the report; duplicates, crashes, bad
+//! messages and a stopped S3 lose nothing and make nothing twice.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sha2::Digest;
+use support::jaeger::{self, Api, synthetic_traces};
+use support::nats::{NatsServer, free_port};
+use support::s3::{Kind, S3Server};
+
+const BUCKET: &str = "evidence";
+
+/// A Jaeger v3 loopback with 40 error traces in the incident and 60 normal ones before it.
+fn backend() -> (SocketAddr, Arc<jaeger::Server>) {
+    let us = |m: i64| (Utc::now() - chrono::Duration::minutes(m)).timestamp_micros();
+    let mut traces = synthetic_traces(40, us(25), us(5), true, 20_000, 0);
+    traces.extend(synthetic_traces(
+        60,
+        us(58),
+        us(32),
+        false,
+        20_000,
+        1_000_000,
+    ));
+    jaeger::start(jaeger::Server::new(Api::V3, 500, traces))
+}
+
+fn incident(id: &str) -> Value {
+    let now = Utc::now();
+    let ago = |m: i64| (now - chrono::Duration::minutes(m)).to_rfc3339();
+    json!({
+        "id": id,
+        "title": "Payment failures",
+        "severity": "SEV-1",
+        "declared_at": ago(20),
+        "started_at": ago(30),
+        "window": {"start": ago(60), "end": ago(1)},
+        "services": ["payment"],
+    })
+}
+
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns how long it took.
+    fn terminate(&mut self) -> Duration {
+        let start = Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "worker exit: {status}\n{}", self.log());
+                return start.elapsed();
+            }
+            assert!(Instant::now() < deadline, "worker did not stop within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The test's world: NATS, S3, Jaeger, and a directory for spools and logs.
+struct World {
+    nats: NatsServer,
+    s3: S3Server,
+    jaeger: SocketAddr,
+    backend: Arc<jaeger::Server>,
+    dir: tempfile::TempDir,
+    js: jetstream::Context,
+}
+
+async fn world(nats: NatsServer, kind: Kind, object_lock: bool) -> World {
+    let s3 = S3Server::start(kind);
+    s3.create_bucket(BUCKET, object_lock).await;
+    let (jaeger, backend) = backend();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    World {
+        nats,
+        s3,
+        jaeger,
+        backend,
+        dir: tempfile::tempdir().unwrap(),
+        js: jetstream::new(client),
+    }
+}
+
+impl World {
+    fn spool(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_worker(&self, name: &str, extra: &[(&str, String)]) -> Worker {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evidence-locker"));
+        cmd.arg("worker")
+            .env("RUST_LOG", "info,evidence_locker=debug")
+            .env("EVIDENCE_LOCKER__NATS__URL", self.nats.url())
+            .env(
+                "EVIDENCE_LOCKER__BACKENDS__DEFAULT__URL",
+                format!("http://{}", self.jaeger),
+            )
+            .env("EVIDENCE_LOCKER__WORKER__SPOOL", self.spool(name))
+            .env("EVIDENCE_LOCKER__WORKER__ACK_WAIT", "3s")
+            .env("EVIDENCE_LOCKER__WORKER__RETRY_DELAY", "300ms")
+            .env("EVIDENCE_LOCKER__WORKER__RETRY_DELAY_MAX", "1s")
+            .env("EVIDENCE_LOCKER__WORKER__CLAIM_TTL", "3s")
+            .env("EVIDENCE_LOCKER__WORKER__RESOLVED_TAIL", "1s")
+            .env("EVIDENCE_LOCKER__WORKER__UPLOAD_ATTEMPTS", "2")
+            .env("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "2s")
+            .env(
+                "EVIDENCE_LOCKER__METRICS__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EVIDENCE_LOCKER__") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in self.s3.env(BUCKET).into_iter().chain(extra.iter().cloned()) {
+            cmd.env(k, v);
+        }
+        Worker {
+            child: cmd.spawn().expect("the worker starts"),
+            log,
+        }
+    }
+
+    /// Publishes on a subject, with no message id (so JetStream keeps every copy).
+    async fn publish(
+        &self,
+        subject: &str,
+        payload: Vec<u8>,
+        headers: Option<async_nats::HeaderMap>,
+    ) {
+        // The stream may not exist before the first worker made it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let sent = match &headers {
+                Some(h) => {
+                    self.js
+                        .publish_with_headers(subject.to_owned(), h.clone(), payload.clone().into())
+                        .await
+                }
+                None => {
+                    self.js
+                        .publish(subject.to_owned(), payload.clone().into())
+                        .await
+                }
+            };
+            if let Ok(ack) = sent
+                && ack.await.is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cannot publish on {subject}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every message stored on `subject` so far.
+    async fn on(&self, subject: &str) -> Vec<jetstream::Message> {
+        let Ok(stream) = self.js.get_stream("INCIDENTS").await else {
+            return Vec::new();
+        };
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let pending = consumer.cached_info().num_pending as usize;
+        if pending == 0 {
+            return Vec::new();
+        }
+        let mut batch = consumer
+            .fetch()
+            .max_messages(pending)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Waits until `subject` holds at least `n` messages; returns them.
+    async fn wait_on(
+        &self,
+        subject: &str,
+        n: usize,
+        within: Duration,
+        worker: &Worker,
+    ) -> Vec<jetstream::Message> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.on(subject).await;
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages on {subject} within {within:?}; worker log:\n{}",
+                got.len(),
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn body(m: &jetstream::Message) -> Value {
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+/// Checks every object of a stored bundle against its manifest; returns the manifest.
+async fn verify_stored(s3: &S3Server, incident: &str, capture: &str) -> Value {
+    let prefix = format!("incidents/{incident}/{capture}/");
+    let manifest_bytes = s3.get(BUCKET, &format!("{prefix}manifest.json")).await;
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let mut listed = vec![format!("{prefix}manifest.json")];
+    for f in manifest["files"].as_array().unwrap() {
+        let key = format!("{prefix}{}", f["path"].as_str().unwrap());
+        let bytes = s3.get(BUCKET, &key).await;
+        assert_eq!(bytes.len() as u64, f["bytes"].as_u64().unwrap(), "{key}");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap(),
+            "{key}"
+        );
+        listed.push(key);
+    }
+    listed.sort();
+    assert_eq!(
+        s3.keys(BUCKET, &prefix).await,
+        listed,
+        "the bucket holds exactly the bundle"
+    );
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolved_capture() {
+    let w = world(NatsServer::start(), Kind::Moto, true).await;
+    let hooks = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = hooks.clone();
+    let hook = support::serve(axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    ));
+    let worker = w.start_worker(
+        "a",
+        &[
+            (
+                "EVIDENCE_LOCKER__STORE__OBJECT_LOCK_MODE",
+                "COMPLIANCE".into(),
+            ),
+            ("EVIDENCE_LOCKER__STORE__OBJECT_LOCK_DAYS", "1".into()),
+            ("EVIDENCE_LOCKER__STORE__SSE", "AES256".into()),
+            ("EVIDENCE_LOCKER__STORE__LINK_TTL", "1h".into()),
+            (
+                "EVIDENCE_LOCKER__NOTIFY__WEBHOOK_URL",
+                format!("http://{hook}/hook"),
+            ),
+        ],
+    );
+    w.publish(
+        "incidents.declared",
+        incident("INC-E2E-1").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            1,
+            Duration::from_secs(60),
+            &worker,
+        )
+        .await;
+    let r = body(&ready[0]);
+    assert_eq!(r["incident_id"], "INC-E2E-1");
+    assert_eq!(r["capture_id"], "declared");
+    assert_eq!(r["status"], "complete", "{r:#}");
+    assert_eq!(r["bundle"], "s3://evidence/incidents/INC-E2E-1/declared/");
+    assert_eq!(r["counts"]["error_traces"], 40);
+    assert_eq!(r["counts"]["baseline_traces"], 60);
+
+    // The presigned link opens the report, with no credentials of our own.
+    let link = r["report_url"].as_str().unwrap();
+    assert!(link.contains("X-Amz-Signature="), "{link}");
+    let page = reqwest::get(link).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        page.headers()
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("INC-E2E-1") && html.contains("<svg"),
+        "{}",
+        &html[..html.len().min(300)]
+    );
+
+    // What is stored is what the manifest says, and its hash is the one announced.
+    let manifest = verify_stored(&w.s3, "INC-E2E-1", "declared").await;
+    let manifest_bytes =
+        w.s3.get(BUCKET, "incidents/INC-E2E-1/declared/manifest.json")
+            .await;
+    assert_eq!(
+        r["manifest_sha256"],
+        hex::encode(sha2::Sha256::digest(&manifest_bytes))
+    );
+    assert_eq!(manifest["capture"]["kind"], "declared");
+    assert_eq!(manifest["retention"]["mode"], "COMPLIANCE");
+
+    // Object Lock: every object carries the retention; deleting the locked version is refused.
+    let client = w.s3.client().await;
+    let key = "incidents/INC-E2E-1/declared/traces/errors.jsonl.zst";
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.object_lock_mode().map(|m| m.as_str()),
+        Some("COMPLIANCE")
+    );
+    let until = head.object_lock_retain_until_date().unwrap().secs();
+    let promised: chrono::DateTime<Utc> = manifest["retention"]["retain_until"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(until, promised.timestamp());
+    assert!(until > Utc::now().timestamp() + 23 * 3600);
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    let version = head.version_id().expect("a versioned object").to_owned();
+    let deleted = client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(key)
+        .version_id(&version)
+        .send()
+        .await;
+    assert!(deleted.is_err(), "a locked object version was deleted");
+    assert_eq!(
+        w.s3.get(BUCKET, key).await.len() as u64,
+        head.content_length().unwrap() as u64
+    );
+
+    // The webhook got one Slack-style message with the link.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hooks.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = hooks.lock().unwrap()[0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains("INC-E2E-1") && text.contains(link), "{text}");
+
+    // Resolution: a second capture up to resolution plus the tail, referencing the first.
+    let mut resolved = incident("INC-E2E-1");
+    resolved["resolved_at"] = json!(Utc::now().to_rfc3339());
+    resolved.as_object_mut().unwrap().remove("window");
+    w.publish(
+        "incidents.resolved",
+        resolved.to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            2,
+            Duration::from_secs(60),
+            &worker,
+        )
+        .await;
+    let second = body(&ready[1]);
+    assert_eq!(second["capture_id"], "resolved");
+    let m2 = verify_stored(&w.s3, "INC-E2E-1", "resolved").await;
+    assert_eq!(m2["previous_capture"]["capture_id"], "declared");
+    assert_eq!(
+        m2["previous_capture"]["manifest_sha256"],
+        r["manifest_sha256"]
+    );
+    let end: chrono::DateTime<Utc> = m2["window"]["end"].as_str().unwrap().parse().unwrap();
+    let resolved_at: chrono::DateTime<Utc> =
+        resolved["resolved_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        end,
+        resolved_at + chrono::Duration::seconds(1),
+        "resolution + tail"
+    );
+    assert!(
+        w.on("incidents.deadletter").await.is_empty(),
+        "{}",
+        worker.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_copies_and_a_killed_worker_make_one_bundle() {
+    let w = world(NatsServer::start(), Kind::Moto, false).await;
+    // A slow backend, so that the kill lands in the middle of a capture.
+    w.backend
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let mut a = w.start_worker("a", &[]);
+    let b = w.start_worker("b", &[]);
+    let payload = incident("INC-DUP-1").to_string().into_bytes();
+    for _ in 0..5 {
+        w.publish("incidents.declared", payload.clone(), None).await;
+    }
+    // Wait until a capture is under way, then kill worker a without warning and restart it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.backend.request_count() < 3 {
+        assert!(Instant::now() < deadline, "no capture started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill();
+    let a2 = w.start_worker("a", &[]);
+    w.wait_on("incidents.evidence.ready", 1, Duration::from_secs(90), &b)
+        .await;
+    // Every copy is dealt with: acknowledged, none dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info =
+            w.js.get_stream("INCIDENTS")
+                .await
+                .unwrap()
+                .consumer_info("evidence-worker")
+                .await
+                .unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "messages left: {info:?}\n{}\n{}",
+            a2.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    verify_stored(&w.s3, "INC-DUP-1", "declared").await;
+    let all = w.s3.keys(BUCKET, "incidents/INC-DUP-1/").await;
+    assert!(
+        all.iter()
+            .all(|k| k.starts_with("incidents/INC-DUP-1/declared/")),
+        "one capture only: {all:?}"
+    );
+    let ready = w.on("incidents.evidence.ready").await;
+    let shas: std::collections::BTreeSet<String> = ready
+        .iter()
+        .map(|m| body(m)["manifest_sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shas.len(), 1, "every announcement names the same bundle");
+    assert!(w.on("incidents.deadletter").await.is_empty());
+    for s in ["a", "b"] {
+        let spool = w.spool(s);
+        let left: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "spool {s} not empty: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_on() {
+    let w = world(
+        NatsServer::start_with_max_payload(16 << 20),
+        Kind::Moto,
+        false,
+    )
+    .await;
+    let worker = w.start_worker("a", &[]);
+    let mut huge = incident("INC-HUGE");
+    huge["title"] = json!("x".repeat(10 << 20));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not JSON", b"this is not json".to_vec(), "not valid JSON"),
+        ("empty", Vec::new(), "not valid JSON"),
+        ("an array", b"[1,2,3]".to_vec(), "JSON object"),
+        ("no id", br#"{"declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(), "no `id`"),
+        ("no declared_at", br#"{"id":"INC-X"}"#.to_vec(), "no `declared_at`"),
+        ("unknown fields only", br#"{"foo":"bar","baz":1}"#.to_vec(), "no `id`"),
+        ("wrong type of id", br#"{"id":7,"declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(), "wrong type"),
+        ("services not a list", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","services":"payment"}"#.to_vec(), "wrong type"),
+        ("a date that is not one", br#"{"id":"INC-X","declared_at":"yesterday"}"#.to_vec(), "wrong type"),
+        ("an id that escapes the prefix", br#"{"id":"../../etc","declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(), "not usable"),
+        ("end before start", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-05T15:00:00Z","end":"2026-02-05T14:00:00Z"}}"#.to_vec(), "ends"),
+        ("a window too long", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-01-01T00:00:00Z","end":"2026-02-05T14:00:00Z"}}"#.to_vec(), "maximum"),
+        ("a 10 MB payload", huge.to_string().into_bytes(), "worker.max_message"),
+    ];
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Sender", "test-suite");
+    headers.insert("Nats-Msg-Id", "original-id-1");
+    for (i, (_, payload, _)) in cases.iter().enumerate() {
+        let h = (i == 0).then(|| headers.clone());
+        w.publish("incidents.declared", payload.clone(), h).await;
+    }
+    // Then a good one: the worker must still be consuming.
+    w.publish(
+        "incidents.declared",
+        incident("INC-AFTER-1").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let dead = w
+        .wait_on(
+            "incidents.deadletter",
+            cases.len(),
+            Duration::from_secs(60),
+            &worker,
+        )
+        .await;
+    assert_eq!(dead.len(), cases.len());
+    // Handled concurrently: put them back in publication order.
+    let sequence = |m: &jetstream::Message| -> u64 {
+        m.headers
+            .as_ref()
+            .unwrap()
+            .get("Evidence-Locker-Stream-Sequence")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap()
+    };
+    let mut dead = dead;
+    dead.sort_by_key(sequence);
+    for (m, (what, payload, reason)) in dead.iter().zip(&cases) {
+        let h = m.headers.as_ref().expect("dead letters carry headers");
+        let got = h
+            .get("Evidence-Locker-Reason")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert!(
+            got.contains(reason),
+            "{what}: reason {got:?}, wanted {reason:?}"
+        );
+        assert_eq!(
+            h.get("Evidence-Locker-Subject").unwrap().as_str(),
+            "incidents.declared"
+        );
+        assert_eq!(
+            &m.payload[..],
+            &payload[..],
+            "{what}: the original payload is kept"
+        );
+    }
+    let first = dead[0].headers.as_ref().unwrap();
+    assert_eq!(first.get("X-Sender").unwrap().as_str(), "test-suite");
+    assert_eq!(
+        first
+            .get("Evidence-Locker-Original-Nats-Msg-Id")
+            .unwrap()
+            .as_str(),
+        "original-id-1"
+    );
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            1,
+            Duration::from_secs(60),
+            &worker,
+        )
+        .await;
+    assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_returns() {
+    let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    w.s3.stop();
+    let worker = w.start_worker("a", &[]);
+    w.publish(
+        "incidents.declared",
+        incident("INC-S3-DOWN").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let spooled = w.spool("a").join("INC-S3-DOWN/declared/manifest.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !spooled.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queries = w.backend.request_count();
+    assert!(queries > 0);
+    // Several failed deliveries later, still nothing announced and nothing queried again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(w.on("incidents.evidence.ready").await.is_empty());
+    assert_eq!(
+        w.backend.request_count(),
+        queries,
+        "the backend is not queried again"
+    );
+    assert!(spooled.exists());
+
+    w.s3.restart();
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            1,
+            Duration::from_secs(60),
+            &worker,
+        )
+        .await;
+    assert_eq!(body(&ready[0])["status"], "complete");
+    verify_stored(&w.s3, "INC-S3-DOWN", "declared").await;
+    assert_eq!(
+        w.backend.request_count(),
+        queries,
+        "the backend was queried once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spooled.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the spool still holds the stored bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(w.on("incidents.deadletter").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backend() {
+    let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    w.s3.stop();
+    let mut worker = w.start_worker("a", &[("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "2".into())]);
+    w.publish(
+        "incidents.declared",
+        incident("INC-RESTART").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    // With S3 down and only two deliveries, the message ends dead-lettered...
+    let dead = w
+        .wait_on("incidents.deadletter", 1, Duration::from_secs(60), &worker)
+        .await;
+    let reason = dead[0]
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Evidence-Locker-Reason")
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("kept in the spool"), "{reason}");
+    // ...and SIGTERM stops the worker promptly, with the bundle still spooled.
+    let took = worker.terminate();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let queries = w.backend.request_count();
+    assert!(
+        w.spool("a")
+            .join("INC-RESTART/declared/manifest.json")
+            .exists()
+    );
+
+    w.s3.restart();
+    let again = w.start_worker("a", &[]);
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            1,
+            Duration::from_secs(60),
+            &again,
+        )
+        .await;
+    assert_eq!(body(&ready[0])["incident_id"], "INC-RESTART");
+    verify_stored(&w.s3, "INC-RESTART", "declared").await;
+    assert_eq!(w.backend.request_count(), queries);
+}
