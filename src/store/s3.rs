@@ -232,15 +232,25 @@ impl S3Store {
         }
     }
 
-    /// Checks that the bucket answers (at start-up; a failure is reported, not fatal).
+    /// Checks that the bucket answers and that a missing key reads as missing (S3 answers 403
+    /// instead of 404 without `s3:ListBucket`, and then no bundle could ever be found).
     pub async fn check(&self) -> Result<(), S3Error> {
         self.client
             .head_bucket()
             .bucket(&self.bucket)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| self.failed("HeadBucket", "", e))
+            .map_err(|e| self.failed("HeadBucket", "", e))?;
+        let probe = self.key(".evidence-locker", "probe", "absent");
+        match self.get(&probe).await {
+            Ok(_) => Ok(()),
+            Err(S3Error::Request {
+                status: Some(403), ..
+            }) => Err(S3Error::Settings(format!(
+                "reading the missing key {probe} is refused (403), not answered 404: grant s3:ListBucket on the bucket, or stored bundles cannot be recognised"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// The object's bytes, or `None` when it does not exist.
@@ -455,6 +465,14 @@ impl S3Store {
                 message: "no upload id in the answer".into(),
             });
         };
+        // Parts of an abandoned upload cost storage until aborted: on an error, and also when
+        // this future is dropped (a shutdown), the upload is aborted.
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            upload_id: Some(upload_id.clone()),
+        };
         let result = async {
             let mut parts = Vec::new();
             let mut buf = vec![0u8; self.part_size];
@@ -513,17 +531,10 @@ impl S3Store {
                 .map_err(|e| self.failed("CompleteMultipartUpload", key, e))
         }
         .await;
-        if result.is_err() {
-            // Parts of an abandoned upload cost storage until aborted.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        if result.is_ok() {
+            guard.upload_id = None;
         }
+        drop(guard);
         result
     }
 
@@ -576,6 +587,35 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+/// Aborts a multipart upload unless disarmed (its `upload_id` taken).
+struct AbortOnDrop {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let req = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = req.send().await {
+                    tracing::warn!(error = %error_chain(&e), "cannot abort an unfinished multipart upload (a lifecycle rule for incomplete uploads cleans it)");
+                }
+            });
+        }
+    }
 }
 
 fn smithy_time(t: DateTime<Utc>) -> aws_sdk_s3::primitives::DateTime {

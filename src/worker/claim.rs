@@ -4,6 +4,8 @@
 //! works and deletes it when done. A worker that dies stops renewing, and the bucket's age limit
 //! frees the claim after `worker.claim_ttl`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -29,6 +31,8 @@ pub struct Claims {
 pub struct Claim {
     kv: kv::Store,
     key: String,
+    /// The revision of our latest write: a release deletes only that, never a successor's claim.
+    revision: Arc<AtomicU64>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -37,9 +41,10 @@ impl Drop for Claim {
         self.renewer.abort();
         let kv = self.kv.clone();
         let key = std::mem::take(&mut self.key);
+        let revision = self.revision.load(Ordering::Acquire);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = kv.delete(&key).await {
+                if let Err(e) = kv.delete_expect_revision(&key, Some(revision)).await {
                     tracing::debug!(key, error = %e, "claim not released; it expires by itself");
                 }
             });
@@ -107,14 +112,29 @@ impl Claims {
         let kv = self.kv.clone();
         let every = self.ttl / 3;
         let renew_key = key.clone();
+        let shared = Arc::new(AtomicU64::new(revision));
+        let latest = shared.clone();
         let renewer = tokio::spawn(async move {
-            let mut revision = revision;
             loop {
                 tokio::time::sleep(every).await;
+                let revision = latest.load(Ordering::Acquire);
                 match kv.update(&renew_key, value.clone().into(), revision).await {
-                    Ok(r) => revision = r,
+                    Ok(r) => latest.store(r, Ordering::Release),
                     Err(e) => {
-                        tracing::warn!(key = renew_key, error = %e, "cannot renew a capture claim");
+                        // An update applied whose answer was lost leaves a newer revision that
+                        // is still ours: adopt it; anything else means the claim is lost.
+                        let ours = kv.entry(&renew_key).await.ok().flatten().filter(|en| {
+                            en.value.as_ref() == value.as_bytes()
+                                && en.operation == kv::Operation::Put
+                        });
+                        match ours {
+                            Some(en) => latest.store(en.revision, Ordering::Release),
+                            None => tracing::error!(
+                                key = renew_key,
+                                error = %e,
+                                "lost a capture claim (NATS unreachable longer than worker.claim_ttl?); another worker may capture the same incident"
+                            ),
+                        }
                     }
                 }
             }
@@ -122,6 +142,7 @@ impl Claims {
         Ok(Some(Claim {
             kv: self.kv.clone(),
             key,
+            revision: shared,
             renewer,
         }))
     }

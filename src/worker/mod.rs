@@ -40,6 +40,10 @@ pub(crate) struct Worker {
     metrics: Metrics,
     http: reqwest::Client,
     rules: JobRules,
+    /// The consumer's own `max_deliver` and `ack_wait` (an existing consumer keeps its
+    /// configuration).
+    max_deliver: i64,
+    ack_wait: Duration,
     /// Becomes true when in-flight work must be handed back (the shutdown grace is over).
     handing_back: watch::Receiver<bool>,
     /// Spooled bundles whose store copy differs (reported once, kept, not retried).
@@ -73,7 +77,26 @@ pub async fn serve(
             }
         }
     }
-    let consumer = ensure_consumer(&queue, settings).await?;
+    let mut consumer = ensure_consumer(&queue, settings).await?;
+    let actual = consumer
+        .info()
+        .await
+        .context("the JetStream consumer")?
+        .config
+        .clone();
+    if actual.max_deliver != w.max_deliver || actual.ack_wait != w.ack_wait {
+        tracing::warn!(
+            consumer = %settings.nats.consumer,
+            max_deliver = actual.max_deliver,
+            ack_wait = ?actual.ack_wait,
+            "the existing consumer's max_deliver / ack_wait differ from worker.max_deliver / worker.ack_wait; the consumer's own values apply (delete the consumer to change them)"
+        );
+    }
+    let max_deliver = if actual.max_deliver > 0 {
+        actual.max_deliver
+    } else {
+        i64::MAX
+    };
     let owner = format!(
         "{}/{}",
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -89,11 +112,13 @@ pub async fn serve(
     )
     .await?;
     let store = Store::from_settings(&settings.store).await?;
-    if let Store::S3(s3) = &store
-        && let Err(e) = s3.check().await
-    {
-        // Not fatal: bundles wait in the spool until the store answers.
-        tracing::warn!(error = %e, "the bucket does not answer yet");
+    if let Store::S3(s3) = &store {
+        match s3.check().await {
+            Ok(()) => {}
+            Err(e @ crate::store::S3Error::Settings(_)) => return Err(e.into()),
+            // Not fatal: bundles wait in the spool until the store answers.
+            Err(e) => tracing::warn!(error = %e, "the bucket does not answer yet"),
+        }
     }
     let (hand_back, handing_back) = watch::channel(false);
     let worker = Arc::new(Worker {
@@ -115,6 +140,8 @@ pub async fn serve(
             max_message: parse_size(&w.max_message).unwrap_or(1 << 20),
             resolved_tail: w.resolved_tail,
         },
+        max_deliver,
+        ack_wait: actual.ack_wait,
         handing_back,
         conflicts: Default::default(),
     });
@@ -166,9 +193,10 @@ pub async fn serve(
                 let worker = worker.clone();
                 tasks.spawn(async move {
                     worker.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    worker.process_one(msg).await;
+                    // The slot is freed as soon as the bundle is spooled: a message waiting for
+                    // the store must not keep new incidents from being captured.
+                    worker.process_one(msg, permit).await;
                     worker.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
                 });
             }
             Ok(None) => {}

@@ -36,12 +36,20 @@ fn transient(e: impl std::fmt::Display) -> Failure {
     Failure::Transient(e.to_string())
 }
 
+/// A webhook URL's scheme and host: its path is the secret (Slack's `/services/T…/B…/…`).
+fn webhook_host(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")))
+        .unwrap_or_else(|_| "<not a URL>".into())
+}
+
 /// How often a waiting worker looks again at a capture another worker holds.
 const CLAIM_POLL: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Handles one message to the end.
-    pub(crate) async fn process_one(&self, msg: Message) {
+    pub(crate) async fn process_one(&self, msg: Message, slot: tokio::sync::OwnedSemaphorePermit) {
+        let mut slot = Some(slot);
         let (deliveries, published, sequence) = match msg.info() {
             Ok(i) => (i.delivered, i.published, i.stream_sequence),
             Err(e) => {
@@ -69,12 +77,20 @@ impl Worker {
             capture = job.capture_id(),
             delivery = deliveries
         );
-        let work =
-            tracing::Instrument::instrument(self.heartbeat(&msg, self.handle(&job)), span.clone());
+        let work = tracing::Instrument::instrument(
+            self.heartbeat(&msg, self.handle(&job, &mut slot)),
+            span.clone(),
+        );
         let mut handing_back = self.handing_back.clone();
         let outcome = tokio::select! {
             r = work => r,
             _ = async { let _ = handing_back.wait_for(|h| *h).await; } => {
+                if deliveries >= self.max_deliver {
+                    // JetStream would not deliver it again: record it rather than lose it.
+                    let reason = "the worker shut down during the message's last delivery; a spooled bundle, if any, is stored by the next worker start";
+                    self.dead_letter(&msg, reason, deliveries).await;
+                    return;
+                }
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 tracing::warn!(parent: &span, "handed back unfinished (shutdown)");
                 self.metrics.outcome(Outcome::HandedBack);
@@ -98,7 +114,7 @@ impl Worker {
                 tracing::error!(parent: &span, reason, "cannot be captured");
                 self.dead_letter(&msg, &reason, deliveries).await;
             }
-            Err(Failure::Transient(error)) if deliveries >= self.settings.worker.max_deliver => {
+            Err(Failure::Transient(error)) if deliveries >= self.max_deliver => {
                 tracing::error!(parent: &span, error, "failed on its last delivery");
                 let reason = format!("failed {deliveries} times; last error: {error}");
                 self.dead_letter(&msg, &reason, deliveries).await;
@@ -123,7 +139,7 @@ impl Worker {
 
     /// Runs `work` while telling JetStream the message is still being worked on.
     async fn heartbeat<T>(&self, msg: &Message, work: impl std::future::Future<Output = T>) -> T {
-        let every = (self.settings.worker.ack_wait / 3).max(Duration::from_millis(300));
+        let every = (self.ack_wait / 3).max(Duration::from_millis(300));
         tokio::pin!(work);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
@@ -138,7 +154,11 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, job: &Job) -> Result<Done, Failure> {
+    async fn handle(
+        &self,
+        job: &Job,
+        slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Done, Failure> {
         let id = &job.incident.id;
         let capture = job.capture_id();
         // Another worker may be on the same capture (a duplicate message): wait for it to finish
@@ -172,7 +192,28 @@ impl Worker {
             }
             None => self.capture_into_spool(job).await?,
         };
-        self.store_spooled(id, capture, &dir).await
+        // The evidence is safe on disk: free the capture slot, and keep the message (and the
+        // claim) while the store is retried here, so that no other worker captures it again.
+        drop(slot.take());
+        let mut attempt: i64 = 1;
+        loop {
+            match self.store_spooled(id, capture, &dir).await {
+                Err(Failure::Transient(e)) if attempt < self.max_deliver.min(1000) => {
+                    let delay = self.retry_delay(attempt);
+                    tracing::warn!(error = e, retry_in = ?delay, attempt, "not stored yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                // Redelivered, the message could reach a worker without this spool, which would
+                // query the backend again: recorded instead, while the spool keeps trying.
+                Err(Failure::Transient(e)) => {
+                    return Err(Failure::Permanent(format!(
+                        "not stored after {attempt} attempts; the spool keeps retrying: {e}"
+                    )));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The stored manifest of the job's capture, if the store has it. A store that cannot be
@@ -273,7 +314,7 @@ impl Worker {
                 .webhook_failures
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                webhook = %crate::capture::redact_url(url),
+                webhook = %webhook_host(url),
                 error = e,
                 "the webhook notification failed (the bundle is stored and announced on NATS)"
             );
@@ -281,8 +322,8 @@ impl Worker {
         Ok(())
     }
 
-    /// A spooled copy of a capture the store already has: removed when identical, kept (and
-    /// reported) when it differs.
+    /// A spooled copy of a capture the store already has (exactly one bundle per capture): removed;
+    /// a copy that differs (another worker's capture won) is reported before it goes.
     fn discard_spooled(&self, id: &IncidentId, capture: &str, dir: &Path, stored: &[u8]) {
         let ours = std::fs::read(dir.join("manifest.json")).unwrap_or_default();
         if ours != stored {
@@ -366,10 +407,9 @@ impl Worker {
     /// The `declared` capture a `resolved` one follows: stored, or still in the spool.
     async fn previous_capture(&self, id: &IncidentId) -> Result<Option<PreviousCapture>, Failure> {
         let first = CaptureKind::Declared.capture_id();
-        let stored = self.store.manifest(id, first).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the declared capture's manifest from the store");
-            None
-        });
+        let stored = self.store.manifest(id, first).await.map_err(|e| {
+            Failure::Transient(format!("cannot read the declared capture's manifest: {e}"))
+        })?;
         let manifest = match stored {
             Some(m) => Some(m),
             None => self
@@ -392,6 +432,7 @@ impl Worker {
         let sequence = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
         let mut headers = async_nats::HeaderMap::new();
         if let Some(original) = &msg.headers {
+            let mut kept_bytes = 0usize;
             for (name, values) in original.iter() {
                 // The original's Nats-Msg-Id and other Nats-* headers would steer the new
                 // publication (deduplication, expectations): kept under another name.
@@ -402,6 +443,11 @@ impl Worker {
                     name
                 };
                 for v in values {
+                    // Headers count against the server's payload limit too.
+                    kept_bytes += kept.len() + v.as_str().len();
+                    if kept_bytes > 16 << 10 {
+                        break;
+                    }
                     headers.append(kept.as_str(), v.as_str());
                 }
             }
@@ -448,6 +494,16 @@ impl Worker {
                 let _ = msg.ack_with(AckKind::Term).await;
                 self.metrics.outcome(Outcome::DeadLettered);
                 tracing::warn!(sequence, reason = one_line, "dead-lettered");
+            }
+            Err(e) if deliveries >= self.max_deliver => {
+                // Not redelivered any more; it stays in the stream under its sequence.
+                tracing::error!(
+                    sequence,
+                    error = %e,
+                    reason = one_line,
+                    "cannot dead-letter a message on its last delivery: find it in the stream by its sequence"
+                );
+                self.metrics.outcome(Outcome::DeadLettered);
             }
             Err(e) => {
                 tracing::error!(sequence, error = %e, "cannot dead-letter; the message will be retried");
