@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             input: TraceInput::Files(files),
             out: work.path().join("bundles"),
             now: chrono::Utc::now(),
+            retention: Default::default(),
         },
     )
     .await?;

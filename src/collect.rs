@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
-use crate::bundle::{BundleInput, BundleOptions, BundleSummary, write_bundle};
+use crate::bundle::{BundleInput, BundleOptions, BundleSummary, Retention, write_bundle};
 use crate::capture::file::FileSource;
 use crate::capture::jaeger::JaegerSource;
 use crate::capture::tempo::TempoSource;
@@ -32,6 +32,8 @@ pub struct CollectRequest {
     pub input: TraceInput,
     pub out: PathBuf,
     pub now: DateTime<Utc>,
+    /// The retention the bundle will be stored with (recorded in its manifest).
+    pub retention: Retention,
 }
 
 /// What was written.
@@ -202,7 +204,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         capture_id: staged.capture_id.clone(),
         error_rate_threshold: settings.analysis.error_rate_threshold,
         zstd_level: 3,
-        retention: Default::default(),
+        retention: req.retention,
         kind: None,
         previous: None,
     };

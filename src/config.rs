@@ -611,6 +611,31 @@ mod tests {
             Settings::load_with_env(None, Env::prefixed("EL_TEST_G__").split("__")).unwrap_err();
         assert!(e.to_string().contains("empty secret"), "{e}");
 
+        // Store and worker values are checked at start-up, naming the key.
+        for (var, value, key) in [
+            (
+                "EL_TEST_H__STORE__OBJECT_LOCK_MODE",
+                "compliance",
+                "store.object_lock_mode",
+            ),
+            ("EL_TEST_I__STORE__SSE", "aes", "store.sse"),
+            (
+                "EL_TEST_J__STORE__MULTIPART_PART_SIZE",
+                "1MiB",
+                "store.multipart_part_size",
+            ),
+            ("EL_TEST_K__STORE__LINK_TTL", "30d", "store.link_ttl"),
+            ("EL_TEST_L__WORKER__SPOOL_MAX", "lots", "worker.spool_max"),
+            ("EL_TEST_M__WORKER__MAX_DELIVER", "0", "worker.max_deliver"),
+        ] {
+            unsafe {
+                std::env::set_var(var, value);
+            }
+            let prefix = &var[..var.find("__").unwrap() + 2];
+            let e = Settings::load_with_env(None, Env::prefixed(prefix).split("__")).unwrap_err();
+            assert!(e.to_string().contains(key), "{var}: {e}");
+        }
+
         std::fs::write(&file, "[capture]\nlookbak = \"1m\"\n").unwrap();
         let e = Settings::load_with_env(Some(&file), Env::prefixed("EL_TEST_C__").split("__"))
             .unwrap_err();

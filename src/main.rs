@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use evidence_locker::bundle::Retention;
 use evidence_locker::capture::file::FileSource;
 use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
 use evidence_locker::config::{BackendKind, Settings};
-use evidence_locker::model::Incident;
+use evidence_locker::model::{Incident, IncidentId};
+use evidence_locker::store::{S3Store, Store, s3::parse_location};
 
 /// Preserves the trace evidence of an incident before the tracing backend deletes it.
 #[derive(Parser)]
@@ -131,6 +133,7 @@ async fn run(cli: Cli) -> Result<()> {
                     input: TraceInput::Files(files),
                     out,
                     now: chrono::Utc::now(),
+                    retention: Default::default(),
                 },
             )
             .await?;
@@ -176,15 +179,31 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     if !backends.is_empty() && !args.traces_file.is_empty() {
         bail!("give backends (--jaeger, --tempo, --zipkin) or --traces-file, not both");
     }
+    // `--store s3://…`: the bundle is written locally first, then stored; a failed upload leaves
+    // it on disk and says where.
+    let mut s3 = None;
     let out = match (args.out, args.store) {
         (Some(dir), _) => dir,
         (None, Some(store)) if store.starts_with("s3://") => {
-            bail!(
-                "--store s3://… is not supported yet in this version; use --out DIR (a local directory)"
-            )
+            let Some((bucket, prefix)) = parse_location(&store) else {
+                bail!("--store {store:?} is not s3://bucket/prefix");
+            };
+            let mut st = settings.store.clone();
+            st.kind = "s3".into();
+            st.bucket = bucket;
+            st.prefix = prefix;
+            s3 = Some(S3Store::connect(&st).await?);
+            std::env::temp_dir().join(format!("evidence-locker-collect-{}", std::process::id()))
         }
         (None, Some(store)) => PathBuf::from(store.strip_prefix("file://").unwrap_or(&store)),
         (None, None) => PathBuf::from(&settings.store.path),
+    };
+    let retention = match s3.as_ref().and_then(|s| s.lock_for(chrono::Utc::now())) {
+        Some(lock) => Retention {
+            mode: lock.mode.name().to_owned(),
+            retain_until: Some(lock.retain_until),
+        },
+        None => Retention::default(),
     };
     // The incident is checked before anything is fetched or written.
     let incident = args
@@ -207,16 +226,52 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     } else {
         TraceInput::Configured
     };
-    collect::collect(
+    let mut outcome = collect::collect(
         settings,
         CollectRequest {
             incident,
             input,
             out,
             now: chrono::Utc::now(),
+            retention,
         },
     )
-    .await
+    .await?;
+    if let Some(s3) = s3 {
+        let local = outcome.bundle_dir.clone();
+        let (Some(capture), Some(incident)) = (
+            local
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned),
+            local
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(|n| IncidentId::parse(n).ok()),
+        ) else {
+            bail!(
+                "the bundle at {} has no incident/capture path",
+                local.display()
+            );
+        };
+        let store = Store::S3(s3);
+        store
+            .put_bundle(&local, &incident, &capture, settings.worker.upload_attempts)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot store the bundle in {} (the complete bundle is kept in {})",
+                    store.bundle_url(&incident, &capture),
+                    local.display()
+                )
+            })?;
+        if let Some(root) = local.parent().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        outcome.bundle_dir = PathBuf::from(store.bundle_url(&incident, &capture));
+    }
+    Ok(outcome)
 }
 
 /// Prints the bundle location (stdout, first line) and its status (second line).

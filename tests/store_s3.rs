@@ -137,3 +137,73 @@ async fn s3s_fs_refuses_a_wrong_checksum_and_a_wrong_secret() {
         .unwrap_err();
     assert_eq!(err.http_status(), Some(403), "{err}");
 }
+
+#[tokio::test]
+async fn collect_stores_a_bundle_at_an_s3_location_and_keeps_it_locally_when_s3_refuses() {
+    let server = S3Server::start(Kind::S3sFs);
+    server.create_bucket("evidence", false).await;
+    let traces = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/traces.jsonl.zst");
+    let incident = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/incident.json");
+    let env = |secret: &str| -> Vec<(&str, String)> {
+        vec![
+            ("EVIDENCE_LOCKER__STORE__ENDPOINT", server.endpoint()),
+            ("EVIDENCE_LOCKER__STORE__PATH_STYLE", "true".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", secret.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    };
+    let args = [
+        "collect",
+        "--incident",
+        incident,
+        "--traces-file",
+        traces,
+        "--store",
+        "s3://evidence/cli",
+    ];
+    let out = support::run_cli(&args, &env(SECRET_KEY));
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let url = support::stdout(&out).lines().next().unwrap().to_owned();
+    assert!(url.starts_with("s3://evidence/cli/INC-2026-0142/"), "{url}");
+    let prefix = url.trim_start_matches("s3://evidence/");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &server
+            .get("evidence", &format!("{prefix}manifest.json"))
+            .await,
+    )
+    .unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = server
+            .get(
+                "evidence",
+                &format!("{prefix}{}", f["path"].as_str().unwrap()),
+            )
+            .await;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
+    }
+
+    // A refused upload is an error that says where the complete bundle was kept.
+    let out = support::run_cli(&args, &env("wrong-secret"));
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    let kept = err
+        .split("the complete bundle is kept in ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        std::path::Path::new(kept).join("manifest.json").is_file(),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(
+        std::path::Path::new(kept)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap(),
+    );
+}

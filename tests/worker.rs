@@ -738,3 +738,48 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
     verify_stored(&w.s3, "INC-RESTART", "declared").await;
     assert_eq!(w.backend.request_count(), queries);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_it() {
+    let w = world(NatsServer::start(), Kind::Moto, false).await;
+    // Each search takes 1.5 s: the capture outlasts the 1 s shutdown grace.
+    w.backend
+        .delay_ms
+        .store(1500, std::sync::atomic::Ordering::SeqCst);
+    let mut a = w.start_worker(
+        "a",
+        &[("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "1s".into())],
+    );
+    w.publish(
+        "incidents.declared",
+        incident("INC-TERM-1").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.backend.request_count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no capture started:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = a.terminate();
+    assert!(took < Duration::from_secs(8), "stopped in {took:?}");
+    assert!(a.log().contains("handed back"), "{}", a.log());
+    // The spool holds nothing half-written that looks whole.
+    let spool = w.spool("a");
+    assert!(!spool.join("INC-TERM-1/declared/manifest.json").exists());
+
+    w.backend
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let b = w.start_worker("b", &[]);
+    let ready = w
+        .wait_on("incidents.evidence.ready", 1, Duration::from_secs(60), &b)
+        .await;
+    assert_eq!(body(&ready[0])["incident_id"], "INC-TERM-1");
+    verify_stored(&w.s3, "INC-TERM-1", "declared").await;
+    assert!(w.on("incidents.deadletter").await.is_empty());
+}

@@ -475,8 +475,9 @@ impl S3Store {
         };
         let result = async {
             let mut parts = Vec::new();
-            let mut buf = vec![0u8; self.part_size];
             for number in 1.. {
+                // A fresh buffer per part, handed to the request without a copy.
+                let mut buf = vec![0u8; self.part_size];
                 let mut filled = 0;
                 while filled < buf.len() {
                     let n = file.read(&mut buf[filled..]).await.map_err(read_err)?;
@@ -488,8 +489,9 @@ impl S3Store {
                 if filled == 0 && number > 1 {
                     break;
                 }
-                let digest = base64::engine::general_purpose::STANDARD
-                    .encode(Sha256::digest(&buf[..filled]));
+                let last = filled < buf.len();
+                buf.truncate(filled);
+                let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&buf));
                 let part = self
                     .client
                     .upload_part()
@@ -499,7 +501,7 @@ impl S3Store {
                     .part_number(number)
                     .checksum_algorithm(ChecksumAlgorithm::Sha256)
                     .checksum_sha256(&digest)
-                    .body(ByteStream::from(buf[..filled].to_vec()))
+                    .body(ByteStream::from(buf))
                     .send()
                     .await
                     .map_err(|e| self.failed("UploadPart", key, e))?;
@@ -510,7 +512,7 @@ impl S3Store {
                         .checksum_sha256(digest)
                         .build(),
                 );
-                if filled < buf.len() {
+                if last {
                     break;
                 }
             }
