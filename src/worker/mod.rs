@@ -162,7 +162,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let drain = {
+    let mut drain = {
         let worker = worker.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
@@ -215,11 +215,18 @@ pub async fn serve(
         grace = ?w.shutdown_grace,
         "stopped pulling; finishing what is in flight"
     );
-    drain.abort();
-    let finished = tokio::time::timeout(w.shutdown_grace, async {
+    // The spool drain stops after the upload it is in (within the same grace).
+    let grace_over = tokio::time::Instant::now() + w.shutdown_grace;
+    let finished = tokio::time::timeout_at(grace_over, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    if tokio::time::timeout_at(grace_over, &mut drain)
+        .await
+        .is_err()
+    {
+        drain.abort();
+    }
     if finished.is_err() {
         tracing::warn!(
             left = tasks.len(),
