@@ -50,12 +50,12 @@ impl EvidenceReady {
     }
 
     /// Publishes the message; JetStream drops a repeat of the same capture's announcement
-    /// within its duplicate window.
-    pub async fn publish(&self, queue: &Queue, timeout: Duration) -> Result<(), NotifyError> {
+    /// within its duplicate window. Returns true when this was the first announcement.
+    pub async fn publish(&self, queue: &Queue, timeout: Duration) -> Result<bool, NotifyError> {
         let payload = serde_json::to_vec(self).map_err(|e| NotifyError::Manifest(e.to_string()))?;
         let id = format!("{EVIDENCE_READY}:{}:{}", self.incident_id, self.capture_id);
-        queue.publish(EVIDENCE_READY, &id, payload, timeout).await?;
-        Ok(())
+        let published = queue.publish(EVIDENCE_READY, &id, payload, timeout).await?;
+        Ok(!published.duplicate)
     }
 
     /// The Slack-compatible webhook body: `text` with a link, for any incoming webhook that

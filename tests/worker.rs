@@ -453,6 +453,29 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         resolved_at + chrono::Duration::seconds(1),
         "resolution + tail"
     );
+
+    // Declared again: already captured, announced again (JetStream drops the repeat), and
+    // on-call is not told twice.
+    w.publish(
+        "incidents.declared",
+        incident("INC-E2E-1").to_string().into_bytes(),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !worker.log().contains("AlreadyCaptured") {
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.on("incidents.evidence.ready").await.len(), 2);
+    assert_eq!(hooks.lock().unwrap().len(), 2, "one webhook per capture");
+    let stored = w.s3.keys(BUCKET, "incidents/INC-E2E-1/").await;
+    assert!(
+        stored
+            .iter()
+            .all(|k| k.contains("/declared/") || k.contains("/resolved/")),
+        "{stored:?}"
+    );
     assert!(
         w.on("incidents.deadletter").await.is_empty(),
         "{}",

@@ -179,7 +179,7 @@ impl Worker {
             tokio::time::sleep(CLAIM_POLL).await;
         };
         if let Some(stored) = self.already_stored(job).await {
-            self.announce(id, capture, &stored, false).await?;
+            self.announce(id, capture, &stored).await?;
             if let Some(dir) = self.spool.find(id, capture) {
                 self.discard_spooled(id, capture, &dir, &stored);
             }
@@ -249,7 +249,7 @@ impl Worker {
             ))
         })?;
         if let Some(stored) = stored {
-            self.announce(id, capture, &stored, false).await?;
+            self.announce(id, capture, &stored).await?;
             self.discard_spooled(id, capture, dir, &stored);
             return Ok(Done::AlreadyCaptured);
         }
@@ -272,7 +272,7 @@ impl Worker {
             )));
         }
         let manifest = std::fs::read(dir.join("manifest.json")).map_err(transient)?;
-        self.announce(id, capture, &manifest, true).await?;
+        self.announce(id, capture, &manifest).await?;
         if let Err(e) = self.spool.remove(id, capture) {
             tracing::error!(error = %e, "stored, but cannot remove the bundle from the spool");
         }
@@ -280,13 +280,14 @@ impl Worker {
         Ok(Done::Stored)
     }
 
-    /// Publishes `incidents.evidence.ready` (and, for a fresh bundle, posts the webhook).
+    /// Publishes `incidents.evidence.ready` and, the first time (JetStream did not see the
+    /// announcement before), posts the webhook: a redelivery after a crash between storing and
+    /// announcing still tells on-call, and duplicates do not tell them twice.
     async fn announce(
         &self,
         id: &IncidentId,
         capture: &str,
         manifest: &[u8],
-        fresh: bool,
     ) -> Result<(), Failure> {
         let link = self
             .store
@@ -295,7 +296,7 @@ impl Worker {
             .map_err(transient)?;
         let ready = EvidenceReady::new(manifest, self.store.bundle_url(id, capture), link)
             .map_err(transient)?;
-        ready
+        let first = ready
             .publish(&self.queue, super::PUBLISH_TIMEOUT)
             .await
             .map_err(transient)?;
@@ -306,7 +307,7 @@ impl Worker {
             "evidence ready"
         );
         let url = &self.settings.notify.webhook_url;
-        if fresh
+        if first
             && !url.is_empty()
             && let Err(e) = post_webhook(&self.http, url, &ready.webhook_body()).await
         {
