@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use evidence_locker::bundle::Retention;
 use evidence_locker::capture::file::FileSource;
 use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
 use evidence_locker::config::{BackendKind, Settings};
@@ -198,13 +197,8 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
         (None, Some(store)) => PathBuf::from(store.strip_prefix("file://").unwrap_or(&store)),
         (None, None) => PathBuf::from(&settings.store.path),
     };
-    let retention = match s3.as_ref().and_then(|s| s.lock_for(chrono::Utc::now())) {
-        Some(lock) => Retention {
-            mode: lock.mode.name().to_owned(),
-            retain_until: Some(lock.retain_until),
-        },
-        None => Retention::default(),
-    };
+    let retention =
+        evidence_locker::store::retention(s3.as_ref().and_then(|s| s.lock_for(chrono::Utc::now())));
     // The incident is checked before anything is fetched or written.
     let incident = args
         .incident

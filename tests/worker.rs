@@ -194,6 +194,27 @@ impl World {
         }
     }
 
+    /// Publishes the test incident `id` on `incidents.declared`.
+    async fn declare(&self, id: &str) {
+        self.publish(
+            "incidents.declared",
+            incident(id).to_string().into_bytes(),
+            None,
+        )
+        .await;
+    }
+
+    /// Waits for `n` announcements on `incidents.evidence.ready`.
+    async fn ready(&self, n: usize, worker: &Worker) -> Vec<jetstream::Message> {
+        self.wait_on(
+            "incidents.evidence.ready",
+            n,
+            Duration::from_secs(60),
+            worker,
+        )
+        .await
+    }
+
     /// Every message stored on `subject` so far.
     async fn on(&self, subject: &str) -> Vec<jetstream::Message> {
         let Ok(stream) = self.js.get_stream("INCIDENTS").await else {
@@ -313,20 +334,8 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
             ),
         ],
     );
-    w.publish(
-        "incidents.declared",
-        incident("INC-E2E-1").to_string().into_bytes(),
-        None,
-    )
-    .await;
-    let ready = w
-        .wait_on(
-            "incidents.evidence.ready",
-            1,
-            Duration::from_secs(60),
-            &worker,
-        )
-        .await;
+    w.declare("INC-E2E-1").await;
+    let ready = w.ready(1, &worker).await;
     let r = body(&ready[0]);
     assert_eq!(r["incident_id"], "INC-E2E-1");
     assert_eq!(r["capture_id"], "declared");
@@ -429,14 +438,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         None,
     )
     .await;
-    let ready = w
-        .wait_on(
-            "incidents.evidence.ready",
-            2,
-            Duration::from_secs(60),
-            &worker,
-        )
-        .await;
+    let ready = w.ready(2, &worker).await;
     let second = body(&ready[1]);
     assert_eq!(second["capture_id"], "resolved");
     let m2 = verify_stored(&w.s3, "INC-E2E-1", "resolved").await;
@@ -456,12 +458,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
 
     // Declared again: already captured, announced again (JetStream drops the repeat), and
     // on-call is not told twice.
-    w.publish(
-        "incidents.declared",
-        incident("INC-E2E-1").to_string().into_bytes(),
-        None,
-    )
-    .await;
+    w.declare("INC-E2E-1").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !worker.log().contains("AlreadyCaptured") {
         assert!(Instant::now() < deadline, "{}", worker.log());
@@ -586,12 +583,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
         w.publish("incidents.declared", payload.clone(), h).await;
     }
     // Then a good one: the worker must still be consuming.
-    w.publish(
-        "incidents.declared",
-        incident("INC-AFTER-1").to_string().into_bytes(),
-        None,
-    )
-    .await;
+    w.declare("INC-AFTER-1").await;
     let dead = w
         .wait_on(
             "incidents.deadletter",
@@ -643,14 +635,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
             .as_str(),
         "original-id-1"
     );
-    let ready = w
-        .wait_on(
-            "incidents.evidence.ready",
-            1,
-            Duration::from_secs(60),
-            &worker,
-        )
-        .await;
+    let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-1");
 }
 
@@ -659,12 +644,7 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
     w.s3.stop();
     let worker = w.start_worker("a", &[]);
-    w.publish(
-        "incidents.declared",
-        incident("INC-S3-DOWN").to_string().into_bytes(),
-        None,
-    )
-    .await;
+    w.declare("INC-S3-DOWN").await;
     let spooled = w.spool("a").join("INC-S3-DOWN/declared/manifest.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !spooled.exists() {
@@ -688,14 +668,7 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     assert!(spooled.exists());
 
     w.s3.restart();
-    let ready = w
-        .wait_on(
-            "incidents.evidence.ready",
-            1,
-            Duration::from_secs(60),
-            &worker,
-        )
-        .await;
+    let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["status"], "complete");
     verify_stored(&w.s3, "INC-S3-DOWN", "declared").await;
     assert_eq!(
@@ -719,12 +692,7 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
     let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
     w.s3.stop();
     let mut worker = w.start_worker("a", &[("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "2".into())]);
-    w.publish(
-        "incidents.declared",
-        incident("INC-RESTART").to_string().into_bytes(),
-        None,
-    )
-    .await;
+    w.declare("INC-RESTART").await;
     // With S3 down and only two deliveries, the message ends dead-lettered...
     let dead = w
         .wait_on("incidents.deadletter", 1, Duration::from_secs(60), &worker)
@@ -749,14 +717,7 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
 
     w.s3.restart();
     let again = w.start_worker("a", &[]);
-    let ready = w
-        .wait_on(
-            "incidents.evidence.ready",
-            1,
-            Duration::from_secs(60),
-            &again,
-        )
-        .await;
+    let ready = w.ready(1, &again).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-RESTART");
     verify_stored(&w.s3, "INC-RESTART", "declared").await;
     assert_eq!(w.backend.request_count(), queries);
@@ -773,12 +734,7 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
         "a",
         &[("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "1s".into())],
     );
-    w.publish(
-        "incidents.declared",
-        incident("INC-TERM-1").to_string().into_bytes(),
-        None,
-    )
-    .await;
+    w.declare("INC-TERM-1").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while w.backend.request_count() < 2 {
         assert!(
@@ -799,9 +755,7 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
         .delay_ms
         .store(0, std::sync::atomic::Ordering::SeqCst);
     let b = w.start_worker("b", &[]);
-    let ready = w
-        .wait_on("incidents.evidence.ready", 1, Duration::from_secs(60), &b)
-        .await;
+    let ready = w.ready(1, &b).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-TERM-1");
     verify_stored(&w.s3, "INC-TERM-1", "declared").await;
     assert!(w.on("incidents.deadletter").await.is_empty());

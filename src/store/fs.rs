@@ -49,6 +49,11 @@ impl FsStore {
         &self.root
     }
 
+    /// Where a published capture lives.
+    pub fn bundle_dir(&self, incident: &IncidentId, capture: &str) -> PathBuf {
+        self.root.join(incident.as_str()).join(capture)
+    }
+
     /// Claims a capture id (`base`, else `base-2`, `base-3`, …) and creates its empty staging
     /// directory.
     pub fn stage(&self, incident: &IncidentId, base: &str) -> Result<Staged, FsError> {

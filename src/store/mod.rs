@@ -96,6 +96,17 @@ impl ManifestFiles {
     }
 }
 
+/// The manifest's `retention` for objects stored with `lock` (or none).
+pub fn retention(lock: Option<Lock>) -> crate::bundle::Retention {
+    match lock {
+        Some(lock) => crate::bundle::Retention {
+            mode: lock.mode.name().to_owned(),
+            retain_until: Some(lock.retain_until),
+        },
+        None => crate::bundle::Retention::default(),
+    }
+}
+
 /// A configured store.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -136,11 +147,7 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Self::Fs(f) => {
-                let path = f
-                    .root()
-                    .join(incident.as_str())
-                    .join(capture)
-                    .join("manifest.json");
+                let path = f.bundle_dir(incident, capture).join("manifest.json");
                 match std::fs::read(&path) {
                     Ok(b) => Ok(Some(b)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -209,12 +216,7 @@ impl Store {
     /// `s3://…` or the local directory of a stored bundle.
     pub fn bundle_url(&self, incident: &IncidentId, capture: &str) -> String {
         match self {
-            Self::Fs(f) => f
-                .root()
-                .join(incident.as_str())
-                .join(capture)
-                .display()
-                .to_string(),
+            Self::Fs(f) => f.bundle_dir(incident, capture).display().to_string(),
             Self::S3(s) => s.bundle_url(incident.as_str(), capture),
         }
     }
@@ -227,11 +229,7 @@ impl Store {
     ) -> Result<String, StoreError> {
         match self {
             Self::Fs(f) => {
-                let path = f
-                    .root()
-                    .join(incident.as_str())
-                    .join(capture)
-                    .join("report.html");
+                let path = f.bundle_dir(incident, capture).join("report.html");
                 let abs = std::path::absolute(&path).unwrap_or(path);
                 Ok(format!("file://{}", abs.display()))
             }

@@ -395,7 +395,7 @@ impl S3Store {
             })?;
         let raw = hex::decode(sha256_hex)
             .map_err(|_| S3Error::Settings(format!("bad sha256 for {key}")))?;
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -404,18 +404,11 @@ impl S3Store {
             .if_none_match("*")
             .content_type(content_type(key))
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(raw));
-        if let Some(l) = lock {
-            req = req
-                .object_lock_mode(l.mode.sdk())
-                .object_lock_retain_until_date(smithy_time(l.retain_until));
-        }
-        if let Some(sse) = &self.sse {
-            req = req.server_side_encryption(sse.clone());
-        }
-        if let Some(k) = &self.kms_key {
-            req = req.ssekms_key_id(k);
-        }
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(raw))
+            .set_object_lock_mode(lock.map(|l| l.mode.sdk()))
+            .set_object_lock_retain_until_date(lock.map(|l| smithy_time(l.retain_until)))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key.clone());
         req.send()
             .await
             .map(|_| ())
@@ -434,24 +427,17 @@ impl S3Store {
             source,
         };
         let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
-        let mut create = self
+        let create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type(key))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256);
-        if let Some(l) = lock {
-            create = create
-                .object_lock_mode(l.mode.sdk())
-                .object_lock_retain_until_date(smithy_time(l.retain_until));
-        }
-        if let Some(sse) = &self.sse {
-            create = create.server_side_encryption(sse.clone());
-        }
-        if let Some(k) = &self.kms_key {
-            create = create.ssekms_key_id(k);
-        }
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_object_lock_mode(lock.map(|l| l.mode.sdk()))
+            .set_object_lock_retain_until_date(lock.map(|l| smithy_time(l.retain_until)))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key.clone());
         let upload = create
             .send()
             .await

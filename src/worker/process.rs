@@ -13,7 +13,7 @@ use sha2::Digest;
 use super::Worker;
 use super::job::{CaptureKind, Job};
 use super::metrics::Outcome;
-use crate::bundle::{BundleOptions, PreviousCapture, Retention};
+use crate::bundle::{BundleOptions, PreviousCapture};
 use crate::model::IncidentId;
 use crate::notify::{EvidenceReady, post_webhook};
 use crate::queue::DEADLETTER;
@@ -366,13 +366,7 @@ impl Worker {
             "capturing"
         );
         let capture = crate::capture::run(&sources, &plan).await;
-        let retention = match self.store.lock_for(capture.started) {
-            Some(lock) => Retention {
-                mode: lock.mode.name().to_owned(),
-                retain_until: Some(lock.retain_until),
-            },
-            None => Retention::default(),
-        };
+        let retention = crate::store::retention(self.store.lock_for(capture.started));
         let staged = self
             .spool
             .stage(&job.incident.id, job.capture_id())
