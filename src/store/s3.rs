@@ -52,8 +52,7 @@ pub enum S3Error {
 }
 
 impl S3Error {
-    /// True when the request reached S3 and S3 refused it for good (access denied, no such
-    /// bucket): retrying soon will not help, but the bundle still waits in the spool.
+    /// The HTTP status S3 answered with, when it answered.
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Self::Request { status, .. } => *status,
@@ -184,15 +183,6 @@ impl S3Store {
             part_size: crate::config::parse_size(&s.multipart_part_size).unwrap_or(16 << 20),
             link_ttl: s.link_ttl,
         })
-    }
-
-    /// The client, for tests and tools that need more than the store does.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     /// The retention a bundle captured at `at` gets, when Object Lock is configured.
@@ -539,27 +529,6 @@ impl S3Store {
             .await
             .map_err(|e| self.failed("presign GetObject", key, e))?;
         Ok(req.uri().to_owned())
-    }
-
-    /// The Object Lock retention an object carries (mode, retain-until), read from its head.
-    pub async fn retention(&self, key: &str) -> Result<Option<Lock>, S3Error> {
-        let h = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.failed("HeadObject", key, e))?;
-        let mode = h
-            .object_lock_mode()
-            .and_then(|m| LockMode::parse(m.as_str()));
-        let until = h
-            .object_lock_retain_until_date()
-            .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()));
-        Ok(mode
-            .zip(until)
-            .map(|(mode, retain_until)| Lock { mode, retain_until }))
     }
 }
 
