@@ -487,18 +487,31 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
     w.backend
         .delay_ms
         .store(400, std::sync::atomic::Ordering::SeqCst);
+    // Worker a takes the first copy and starts capturing (so it holds the capture's claim)...
     let mut a = w.start_worker("a", &[]);
-    let b = w.start_worker("b", &[]);
     let payload = incident("INC-DUP-1").to_string().into_bytes();
-    for _ in 0..5 {
-        w.publish("incidents.declared", payload.clone(), None).await;
-    }
-    // Wait until a capture is under way, then kill worker a without warning and restart it.
+    w.publish("incidents.declared", payload.clone(), None).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while w.backend.request_count() < 3 {
-        assert!(Instant::now() < deadline, "no capture started");
+        assert!(
+            Instant::now() < deadline,
+            "no capture started:\n{}",
+            a.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // ...then worker b starts, four more copies arrive, and a is killed without warning in the
+    // middle of its capture and restarted.
+    let b = w.start_worker("b", &[]);
+    for _ in 0..4 {
+        w.publish("incidents.declared", payload.clone(), None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !a.log().contains("captured"),
+        "the kill must land mid-capture:\n{}",
+        a.log()
+    );
     a.kill();
     let a2 = w.start_worker("a", &[]);
     w.wait_on("incidents.evidence.ready", 1, Duration::from_secs(90), &b)
