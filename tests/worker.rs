@@ -773,3 +773,30 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
     verify_stored(&w.s3, "INC-TERM-1", "declared").await;
     assert!(w.on("incidents.deadletter").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_longer_than_the_ack_wait_keeps_its_message() {
+    let w = world(NatsServer::start(), Kind::Moto, false).await;
+    // Every search takes 1.2 s against an ack wait of 1 s: without in-progress acks JetStream
+    // would deliver the message again while it is being captured.
+    w.backend
+        .delay_ms
+        .store(1200, std::sync::atomic::Ordering::SeqCst);
+    let worker = w.start_worker("a", &[("EVIDENCE_LOCKER__WORKER__ACK_WAIT", "1s".into())]);
+    w.declare("INC-LONG-1").await;
+    w.ready(1, &worker).await;
+    let info =
+        w.js.get_stream("INCIDENTS")
+            .await
+            .unwrap()
+            .consumer_info("evidence-worker")
+            .await
+            .unwrap()
+            .clone();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(1));
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "delivered once: {info:?}"
+    );
+    assert!(!worker.log().contains("delivery=2"), "{}", worker.log());
+}
