@@ -39,6 +39,7 @@ pub struct CollectRequest {
 /// What was written.
 #[derive(Debug)]
 pub struct CollectOutcome {
+    pub incident: IncidentId,
     pub bundle_dir: PathBuf,
     pub summary: BundleSummary,
 }
@@ -195,6 +196,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         "capturing"
     );
     let capture = capture::run(&sources, &plan).await;
+    let incident = plan.incident.id.clone();
     let store = FsStore::new(&req.out);
     let staged = store.stage(
         &plan.incident.id,
@@ -218,6 +220,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     // On failure the complete bundle stays in its staging directory, which the error names.
     let bundle_dir = store.publish(&staged)?;
     Ok(CollectOutcome {
+        incident,
         bundle_dir,
         summary,
     })

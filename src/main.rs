@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evidence_locker::capture::file::FileSource;
 use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
 use evidence_locker::config::{BackendKind, Settings};
-use evidence_locker::model::{Incident, IncidentId};
+use evidence_locker::model::Incident;
 use evidence_locker::store::{S3Store, Store, s3::parse_location};
 
 /// Preserves the trace evidence of an incident before the tracing backend deletes it.
@@ -233,37 +233,23 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     .await?;
     if let Some(s3) = s3 {
         let local = outcome.bundle_dir.clone();
-        let (Some(capture), Some(incident)) = (
-            local
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(str::to_owned),
-            local
-                .parent()
-                .and_then(|p| p.file_name())
-                .and_then(|n| n.to_str())
-                .and_then(|n| IncidentId::parse(n).ok()),
-        ) else {
-            bail!(
-                "the bundle at {} has no incident/capture path",
-                local.display()
-            );
-        };
+        let incident = &outcome.incident;
+        let capture = &outcome.summary.capture_id;
         let store = Store::S3(s3);
         store
-            .put_bundle(&local, &incident, &capture, settings.worker.upload_attempts)
+            .put_bundle(&local, incident, capture, settings.worker.upload_attempts)
             .await
             .with_context(|| {
                 format!(
                     "cannot store the bundle in {} (the complete bundle is kept in {})",
-                    store.bundle_url(&incident, &capture),
+                    store.bundle_url(incident, capture),
                     local.display()
                 )
             })?;
         if let Some(root) = local.parent().and_then(|p| p.parent()) {
             let _ = std::fs::remove_dir_all(root);
         }
-        outcome.bundle_dir = PathBuf::from(store.bundle_url(&incident, &capture));
+        outcome.bundle_dir = PathBuf::from(store.bundle_url(incident, capture));
     }
     Ok(outcome)
 }

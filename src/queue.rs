@@ -130,11 +130,6 @@ impl Queue {
         &self.js
     }
 
-    /// The settings this queue was made with.
-    pub fn settings(&self) -> &NatsSettings {
-        &self.settings
-    }
-
     /// Publishes `payload` on `subject` with `msg_id` and waits for JetStream's ack.
     pub async fn publish(
         &self,

@@ -215,6 +215,31 @@ impl World {
         .await
     }
 
+    /// Waits until the backend has answered `n` requests: a capture is under way.
+    async fn capture_started(&self, n: usize, worker: &Worker) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.backend.request_count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "no capture started:\n{}",
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The shared consumer's state.
+    async fn consumer(&self) -> consumer::Info {
+        self.js
+            .get_stream("INCIDENTS")
+            .await
+            .unwrap()
+            .consumer_info("evidence-worker")
+            .await
+            .unwrap()
+            .clone()
+    }
+
     /// Every message stored on `subject` so far.
     async fn on(&self, subject: &str) -> Vec<jetstream::Message> {
         let Ok(stream) = self.js.get_stream("INCIDENTS").await else {
@@ -491,15 +516,7 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
     let mut a = w.start_worker("a", &[]);
     let payload = incident("INC-DUP-1").to_string().into_bytes();
     w.publish("incidents.declared", payload.clone(), None).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while w.backend.request_count() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no capture started:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.capture_started(3, &a).await;
     // ...then worker b starts, four more copies arrive, and a is killed without warning in the
     // middle of its capture and restarted.
     let b = w.start_worker("b", &[]);
@@ -519,13 +536,7 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
     // Every copy is dealt with: acknowledged, none dead-lettered.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let info =
-            w.js.get_stream("INCIDENTS")
-                .await
-                .unwrap()
-                .consumer_info("evidence-worker")
-                .await
-                .unwrap();
+        let info = w.consumer().await;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             break;
         }
@@ -748,15 +759,7 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
         &[("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "1s".into())],
     );
     w.declare("INC-TERM-1").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while w.backend.request_count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no capture started:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.capture_started(2, &a).await;
     let took = a.terminate();
     assert!(took < Duration::from_secs(8), "stopped in {took:?}");
     assert!(a.log().contains("handed back"), "{}", a.log());
@@ -785,14 +788,7 @@ async fn a_capture_longer_than_the_ack_wait_keeps_its_message() {
     let worker = w.start_worker("a", &[("EVIDENCE_LOCKER__WORKER__ACK_WAIT", "1s".into())]);
     w.declare("INC-LONG-1").await;
     w.ready(1, &worker).await;
-    let info =
-        w.js.get_stream("INCIDENTS")
-            .await
-            .unwrap()
-            .consumer_info("evidence-worker")
-            .await
-            .unwrap()
-            .clone();
+    let info = w.consumer().await;
     assert_eq!(info.config.ack_wait, Duration::from_secs(1));
     assert_eq!(
         info.delivered.consumer_sequence, 1,

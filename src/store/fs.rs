@@ -57,42 +57,15 @@ impl FsStore {
     /// Claims a capture id (`base`, else `base-2`, `base-3`, …) and creates its empty staging
     /// directory.
     pub fn stage(&self, incident: &IncidentId, base: &str) -> Result<Staged, FsError> {
-        let dir = self.root.join(incident.as_str());
-        std::fs::create_dir_all(&dir).map_err(|source| FsError::Create {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        let dir = self.incident_dir(incident)?;
         for n in 1..=1000 {
             let capture_id = if n == 1 {
                 base.to_owned()
             } else {
                 format!("{base}-{n}")
             };
-            let target = dir.join(&capture_id);
-            if target.exists() {
-                continue;
-            }
-            let staging = dir.join(format!(".{capture_id}.staging"));
-            match std::fs::create_dir(&staging) {
-                Ok(()) => {
-                    if target.exists() {
-                        // Published by another writer between our two checks.
-                        let _ = std::fs::remove_dir(&staging);
-                        continue;
-                    }
-                    return Ok(Staged {
-                        capture_id,
-                        staging,
-                        target,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    return Err(FsError::Create {
-                        path: staging.display().to_string(),
-                        source,
-                    });
-                }
+            if let Some(staged) = Self::claim(&dir, &capture_id)? {
+                return Ok(staged);
             }
         }
         Err(FsError::NoFreeId(base.to_owned()))
@@ -101,25 +74,41 @@ impl FsStore {
     /// Claims exactly `capture_id` (no suffix): fails with [`FsError::Exists`] when it is
     /// published or being staged.
     pub fn stage_exact(&self, incident: &IncidentId, capture_id: &str) -> Result<Staged, FsError> {
+        let dir = self.incident_dir(incident)?;
+        Self::claim(&dir, capture_id)?
+            .ok_or_else(|| FsError::Exists(dir.join(capture_id).display().to_string()))
+    }
+
+    /// The incident's directory, created when missing.
+    fn incident_dir(&self, incident: &IncidentId) -> Result<PathBuf, FsError> {
         let dir = self.root.join(incident.as_str());
         std::fs::create_dir_all(&dir).map_err(|source| FsError::Create {
             path: dir.display().to_string(),
             source,
         })?;
+        Ok(dir)
+    }
+
+    /// Creates the staging directory of `capture_id` under `dir` with an atomic `mkdir`, or
+    /// returns `None` when that capture is published or being staged by another writer.
+    fn claim(dir: &Path, capture_id: &str) -> Result<Option<Staged>, FsError> {
         let target = dir.join(capture_id);
-        let staging = dir.join(format!(".{capture_id}.staging"));
         if target.exists() {
-            return Err(FsError::Exists(target.display().to_string()));
+            return Ok(None);
         }
+        let staging = dir.join(format!(".{capture_id}.staging"));
         match std::fs::create_dir(&staging) {
-            Ok(()) => Ok(Staged {
+            Ok(()) if target.exists() => {
+                // Published by another writer between our two checks.
+                let _ = std::fs::remove_dir(&staging);
+                Ok(None)
+            }
+            Ok(()) => Ok(Some(Staged {
                 capture_id: capture_id.to_owned(),
                 staging,
                 target,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(FsError::Exists(staging.display().to_string()))
-            }
+            })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
             Err(source) => Err(FsError::Create {
                 path: staging.display().to_string(),
                 source,

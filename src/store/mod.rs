@@ -164,28 +164,31 @@ impl Store {
     }
 
     /// Stores the complete bundle in `dir` as `incident/capture`: every file its manifest lists,
-    /// then the manifest. Safe to repeat after a partial attempt; refuses to replace a different
-    /// bundle. `attempts` bounds the retries of each file.
+    /// then the manifest, whose bytes it returns. Safe to repeat after a partial attempt; refuses
+    /// to replace a different bundle. `attempts` bounds the retries of each file.
     pub async fn put_bundle(
         &self,
         dir: &Path,
         incident: &IncidentId,
         capture: &str,
         attempts: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<u8>, StoreError> {
         let (manifest, manifest_bytes) = ManifestFiles::read(dir)?;
         match self {
             Self::Fs(f) => {
+                let files: Vec<String> = manifest.files.into_iter().map(|f| f.path).collect();
                 let dir = dir.to_owned();
                 let store = f.clone();
                 let incident = incident.clone();
                 let capture = capture.to_owned();
-                tokio::task::spawn_blocking(move || copy_bundle(&store, &dir, &incident, &capture))
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: "bundle copy".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?
+                tokio::task::spawn_blocking(move || {
+                    copy_bundle(&store, &dir, &files, &incident, &capture)
+                })
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: "bundle copy".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
             }
             Self::S3(s) => {
                 let lock = manifest.lock();
@@ -208,9 +211,9 @@ impl Store {
                             .await?;
                     tracing::debug!(key, ?put, "stored");
                 }
-                Ok(())
             }
         }
+        Ok(manifest_bytes)
     }
 
     /// `s3://…` or the local directory of a stored bundle.
@@ -262,10 +265,12 @@ where
         .await?)
 }
 
-/// Copies a spooled bundle into the local store (staged, then renamed into place).
+/// Copies a spooled bundle's `files` and manifest into the local store (staged, then renamed
+/// into place).
 fn copy_bundle(
     store: &FsStore,
     dir: &Path,
+    files: &[String],
     incident: &IncidentId,
     capture: &str,
 ) -> Result<(), StoreError> {
@@ -275,13 +280,7 @@ fn copy_bundle(
         move |source| StoreError::Io { path, source }
     };
     let copy = || -> Result<(), StoreError> {
-        let (manifest, _) = ManifestFiles::read(dir)?;
-        for rel in manifest
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .chain(["manifest.json"])
-        {
+        for rel in files.iter().map(String::as_str).chain(["manifest.json"]) {
             let to = staged.staging.join(rel);
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(io(parent))?;

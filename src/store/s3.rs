@@ -217,8 +217,19 @@ impl S3Store {
             op,
             bucket: self.bucket.clone(),
             key: key.to_owned(),
-            status: e.raw_response().map(|r| r.status().as_u16()),
+            status: status(&e),
             message: error_chain(&e),
+        }
+    }
+
+    /// An object's body that broke off while it was read.
+    fn body_failed(&self, key: &str, e: impl std::fmt::Display) -> S3Error {
+        S3Error::Request {
+            op: "GetObject",
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            status: None,
+            message: e.to_string(),
         }
     }
 
@@ -254,16 +265,14 @@ impl S3Store {
             .await
         {
             Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| S3Error::Request {
-                    op: "GetObject",
-                    bucket: self.bucket.clone(),
-                    key: key.to_owned(),
-                    status: None,
-                    message: e.to_string(),
-                })?;
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| self.body_failed(key, e))?;
                 Ok(Some(body.to_vec()))
             }
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+            Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.failed("GetObject", key, e)),
         }
     }
@@ -294,7 +303,7 @@ impl S3Store {
                     return Ok(Some(hex::encode(raw)));
                 }
             }
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+            Err(e) if status(&e) == Some(404) => {
                 return Ok(None);
             }
             Err(e) => return Err(self.failed("HeadObject", key, e)),
@@ -308,13 +317,12 @@ impl S3Store {
             .await
             .map_err(|e| self.failed("GetObject", key, e))?;
         let mut hasher = Sha256::new();
-        while let Some(chunk) = out.body.try_next().await.map_err(|e| S3Error::Request {
-            op: "GetObject",
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            status: None,
-            message: e.to_string(),
-        })? {
+        while let Some(chunk) = out
+            .body
+            .try_next()
+            .await
+            .map_err(|e| self.body_failed(key, e))?
+        {
             hasher.update(&chunk);
         }
         Ok(Some(hex::encode(hasher.finalize())))
@@ -530,6 +538,11 @@ impl S3Store {
             .map_err(|e| self.failed("presign GetObject", key, e))?;
         Ok(req.uri().to_owned())
     }
+}
+
+/// The HTTP status of a failed request, when an answer came.
+fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
 /// The error and its causes, `: `-separated (the SDK's own Display says only "service error").

@@ -178,19 +178,19 @@ impl Worker {
             tracing::debug!("another worker holds this capture; waiting");
             tokio::time::sleep(CLAIM_POLL).await;
         };
-        if let Some(stored) = self.already_stored(job).await {
-            self.announce(id, capture, &stored).await?;
-            if let Some(dir) = self.spool.find(id, capture) {
-                self.discard_spooled(id, capture, &dir, &stored);
-            }
-            return Ok(Done::AlreadyCaptured);
-        }
+        // A spooled bundle goes to `store_spooled`, which also finds it already stored.
         let dir = match self.spool.find(id, capture) {
             Some(dir) => {
                 tracing::info!("found in the spool; storing it without querying the backend again");
                 dir
             }
-            None => self.capture_into_spool(job).await?,
+            None => {
+                if let Some(stored) = self.already_stored(job).await {
+                    self.announce(id, capture, &stored).await?;
+                    return Ok(Done::AlreadyCaptured);
+                }
+                self.capture_into_spool(job).await?
+            }
         };
         // The evidence is safe on disk: free the capture slot, and keep the message (and the
         // claim) while the store is retried here, so that no other worker captures it again.
@@ -254,24 +254,26 @@ impl Worker {
             return Ok(Done::AlreadyCaptured);
         }
         let attempts = self.settings.worker.upload_attempts;
-        if let Err(e) = self.store.put_bundle(dir, id, capture, attempts).await {
-            self.metrics.upload_failures.fetch_add(1, Ordering::Relaxed);
-            if e.is_conflict() {
-                self.conflicts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((id.to_string(), capture.to_owned()));
-                return Err(Failure::Permanent(format!(
-                    "the store holds a different partial copy of this capture; the spooled bundle is kept in {}: {e}",
+        let manifest = match self.store.put_bundle(dir, id, capture, attempts).await {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                self.metrics.upload_failures.fetch_add(1, Ordering::Relaxed);
+                if e.is_conflict() {
+                    self.conflicts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((id.to_string(), capture.to_owned()));
+                    return Err(Failure::Permanent(format!(
+                        "the store holds a different partial copy of this capture; the spooled bundle is kept in {}: {e}",
+                        dir.display()
+                    )));
+                }
+                return Err(Failure::Transient(format!(
+                    "cannot store the bundle (kept in the spool at {}): {e}",
                     dir.display()
                 )));
             }
-            return Err(Failure::Transient(format!(
-                "cannot store the bundle (kept in the spool at {}): {e}",
-                dir.display()
-            )));
-        }
-        let manifest = std::fs::read(dir.join("manifest.json")).map_err(transient)?;
+        };
         self.announce(id, capture, &manifest).await?;
         if let Err(e) = self.spool.remove(id, capture) {
             tracing::error!(error = %e, "stored, but cannot remove the bundle from the spool");
