@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     store
         .put_bundle(
             &outcome.bundle_dir,
-            &incident.id,
+            incident.id(),
             &format!("bench-{run}"),
             4,
         )
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     store
         .put_bundle(
             &outcome.bundle_dir,
-            &incident.id,
+            incident.id(),
             &format!("bench-{run}"),
             4,
         )

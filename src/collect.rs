@@ -11,9 +11,11 @@ use crate::capture::file::FileSource;
 use crate::capture::jaeger::JaegerSource;
 use crate::capture::tempo::TempoSource;
 use crate::capture::zipkin::ZipkinSource;
-use crate::capture::{self, Capture, CapturePlan, TraceSource};
+use crate::capture::{self, Capture, CapturePlan, Gap, TraceSource};
 use crate::config::{BackendKind, BackendSettings, Settings};
-use crate::model::{Incident, IncidentId, TimeWindow, WindowDefaults};
+use crate::model::{
+    Incident, IncidentId, IncidentParts, ResolvedWindow, TimeWindow, WindowDefaults,
+};
 use crate::store::FsStore;
 
 /// Where the traces come from.
@@ -77,26 +79,37 @@ fn incident_for_files(name: &str, window: TimeWindow) -> Result<Incident> {
         "file-{}",
         if stem.is_empty() { "traces" } else { &stem }
     ))?;
-    Ok(Incident {
-        id,
-        title: Some(format!("Traces from {name}")),
-        severity: None,
-        declared_at: window.end(),
-        started_at: Some(window.start()),
-        window: Some(window),
-        resolved_at: None,
-        services: Vec::new(),
-        source: Some("file".into()),
-        labels: Default::default(),
-        links: Default::default(),
-    })
+    let mut parts = IncidentParts::new(id, window.end());
+    parts.title = Some(format!("Traces from {name}"));
+    parts.started_at = Some(window.start());
+    parts.window = Some(window);
+    parts.source = Some("file".into());
+    Ok(Incident::new(parts)?)
 }
 
 /// The capture plan for an incident and its window: the baseline is the `capture.baseline`
 /// period before the incident began, when the window shows when that was.
-pub fn plan(settings: &Settings, incident: Incident, window: TimeWindow) -> CapturePlan {
+pub fn plan(settings: &Settings, incident: Incident, resolved: ResolvedWindow) -> CapturePlan {
+    let window = resolved.window;
+    let mut gaps = Vec::new();
+    if let Some(asked) = resolved.requested {
+        gaps.push(Gap {
+            source: "capture".into(),
+            kind: "truncated".into(),
+            service: None,
+            purpose: None,
+            start: Some(asked.start()),
+            end: Some(window.start()),
+            message: format!(
+                "the incident's window ({} to {}) is longer than capture.max_window ({}): only its most recent part was captured",
+                asked.start().to_rfc3339(),
+                asked.end().to_rfc3339(),
+                humantime::format_duration(settings.capture.max_window)
+            ),
+        });
+    }
     let began = incident.began_at().clamp(window.start(), window.end());
-    let baseline = if began > window.start() || incident.started_at.is_some() {
+    let baseline = if began > window.start() || incident.started_at().is_some() {
         let base = chrono::Duration::from_std(settings.capture.baseline).unwrap_or_default();
         began
             .checked_sub_signed(base)
@@ -104,14 +117,23 @@ pub fn plan(settings: &Settings, incident: Incident, window: TimeWindow) -> Capt
     } else {
         None
     };
-    CapturePlan {
-        services: incident.services.clone(),
+    let mut plan = CapturePlan {
+        services: Vec::new(),
         incident,
         window,
         baseline,
         slow_threshold: settings.capture.slow_threshold,
         baseline_traces: settings.capture.baseline_traces,
-    }
+        gaps,
+        max_services: settings.capture.max_services,
+        max_traces: settings.capture.max_traces,
+        max_bytes: crate::config::parse_size(&settings.capture.max_bytes)
+            .map_or(u64::MAX, |n| n as u64),
+    };
+    let (services, over) = plan.bounded_services("capture", plan.incident.services().to_vec());
+    plan.services = services;
+    plan.gaps.extend(over);
+    plan
 }
 
 /// Analyses `capture` and writes the whole bundle into the empty directory `dir`, off the async
@@ -163,9 +185,16 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
             let Some((first_ns, last_ns)) = files.span_range() else {
                 bail!("the traces file holds no usable spans");
             };
-            let data = TimeWindow::from_ns(first_ns, last_ns.saturating_add(1_000));
+            let data = TimeWindow::from_ns(first_ns, last_ns.saturating_add(1_000))
+                .context("the traces file's time range")?;
             let (incident, window) = match req.incident {
-                None => (incident_for_files(&files_name(&files), data)?, data),
+                None => (
+                    incident_for_files(&files_name(&files), data)?,
+                    ResolvedWindow {
+                        window: data,
+                        requested: None,
+                    },
+                ),
                 Some(incident) => {
                     // A file is history: without a window, it ends where the data ends.
                     let now = data
@@ -189,17 +218,17 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     };
     let plan = plan(settings, incident, window);
     tracing::info!(
-        incident = %plan.incident.id,
+        incident = %plan.incident.id(),
         window.start = %plan.window.start(),
         window.end = %plan.window.end(),
         services = plan.services.len(),
         "capturing"
     );
     let capture = capture::run(&sources, &plan).await;
-    let incident = plan.incident.id.clone();
+    let incident = plan.incident.id().clone();
     let store = FsStore::new(&req.out);
     let staged = store.stage(
-        &plan.incident.id,
+        plan.incident.id(),
         &capture.started.format("%Y%m%dT%H%M%SZ").to_string(),
     )?;
     let opts = BundleOptions {

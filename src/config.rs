@@ -54,6 +54,11 @@ pub struct NatsSettings {
     /// How long JetStream remembers message ids to drop duplicates.
     #[serde(with = "dur")]
     pub duplicate_window: Duration,
+    /// The stream the worker or intake creates keeps messages at most this long...
+    #[serde(with = "dur")]
+    pub stream_max_age: Duration,
+    /// ...and at most this many bytes (the oldest go first).
+    pub stream_max_bytes: String,
 }
 
 /// Which API a backend speaks.
@@ -238,6 +243,15 @@ pub struct CaptureSettings {
     #[serde(with = "dur")]
     pub max_window: Duration,
     pub concurrency: usize,
+    /// How far an incident's times may lie ahead of our clock.
+    #[serde(with = "dur")]
+    pub clock_skew: Duration,
+    /// Services captured per incident at most (each one costs several searches).
+    pub max_services: usize,
+    /// Traces kept per capture at most.
+    pub max_traces: usize,
+    /// Bytes read from backends per capture at most.
+    pub max_bytes: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -286,6 +300,10 @@ pub struct WorkerSettings {
     pub upload_attempts: usize,
     #[serde(with = "dur")]
     pub claim_ttl: Duration,
+    /// How long a stored capture's announcement is remembered, so that a repeat of the same
+    /// occurrence is not announced (or paged) again.
+    #[serde(with = "dur")]
+    pub announced_ttl: Duration,
 }
 
 #[derive(Clone, Deserialize)]
@@ -307,6 +325,8 @@ pub struct IntakeSettings {
     pub alertmanager_severity_label: String,
     pub alertmanager_matchers: Vec<String>,
     pub pagerduty_services: BTreeMap<String, Vec<String>>,
+    /// Listen on a non-loopback address without credentials (refused otherwise).
+    pub allow_unauthenticated: bool,
 }
 
 impl std::fmt::Debug for IntakeSettings {
@@ -335,6 +355,7 @@ impl std::fmt::Debug for IntakeSettings {
             )
             .field("alertmanager_matchers", &self.alertmanager_matchers)
             .field("pagerduty_services", &self.pagerduty_services)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
             .finish()
     }
 }
@@ -391,6 +412,7 @@ impl Settings {
         if self.capture.concurrency == 0 {
             return bad("capture.concurrency must be at least 1".into());
         }
+        self.check_bounds()?;
         if !(0.0..=1.0).contains(&self.analysis.error_rate_threshold) {
             return bad("analysis.error_rate_threshold must be between 0 and 1".into());
         }
@@ -426,6 +448,78 @@ impl Settings {
         }
         self.check_store()?;
         self.check_worker()
+    }
+
+    /// Bounds every value that date arithmetic or a multiplication could overflow with, so that a
+    /// huge value fails here, naming its key, rather than panicking mid-capture.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86400);
+        let c = &self.capture;
+        let w = &self.worker;
+        let mut durations = vec![
+            ("capture.lookback", c.lookback),
+            ("capture.slow_threshold", c.slow_threshold),
+            ("capture.baseline", c.baseline),
+            ("capture.max_window", c.max_window),
+            ("capture.clock_skew", c.clock_skew),
+            ("nats.duplicate_window", self.nats.duplicate_window),
+            ("nats.stream_max_age", self.nats.stream_max_age),
+            ("worker.ack_wait", w.ack_wait),
+            ("worker.retry_delay", w.retry_delay),
+            ("worker.retry_delay_max", w.retry_delay_max),
+            ("worker.resolved_tail", w.resolved_tail),
+            ("worker.shutdown_grace", w.shutdown_grace),
+            ("worker.claim_ttl", w.claim_ttl),
+            ("worker.announced_ttl", w.announced_ttl),
+            ("intake.publish_timeout", self.intake.publish_timeout),
+        ];
+        for (name, b) in &self.backends {
+            durations.push((leak(format!("backends.{name}.retention")), b.retention));
+            durations.push((leak(format!("backends.{name}.timeout")), b.timeout));
+            durations.push((leak(format!("backends.{name}.min_slice")), b.min_slice));
+        }
+        for (key, d) in durations {
+            if d > CENTURY {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} is {}, more than 100 years",
+                    humantime::format_duration(d)
+                )));
+            }
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.store.object_lock_days > 36_500 {
+            return bad("store.object_lock_days must be at most 36500 (100 years)".into());
+        }
+        if c.max_window.is_zero() {
+            return bad("capture.max_window must be more than 0".into());
+        }
+        if c.max_services == 0 || c.max_traces == 0 {
+            return bad("capture.max_services and capture.max_traces must be at least 1".into());
+        }
+        if parse_size(&c.max_bytes).is_none_or(|n| n == 0) {
+            return bad(format!(
+                "capture.max_bytes {:?} is not a size (examples: 2GiB, 500MiB)",
+                c.max_bytes
+            ));
+        }
+        if parse_size(&self.nats.stream_max_bytes).is_none_or(|n| n == 0) {
+            return bad(format!(
+                "nats.stream_max_bytes {:?} is not a size (examples: 1GiB, 500MiB)",
+                self.nats.stream_max_bytes
+            ));
+        }
+        if self.nats.stream_max_age.is_zero() {
+            return bad("nats.stream_max_age must be more than 0".into());
+        }
+        if w.max_deliver > 1000 {
+            return bad("worker.max_deliver must be at most 1000".into());
+        }
+        for (name, b) in &self.backends {
+            if b.retries > 100 {
+                return bad(format!("backends.{name}.retries must be at most 100"));
+            }
+        }
+        Ok(())
     }
 
     fn check_store(&self) -> Result<(), ConfigError> {
@@ -511,6 +605,11 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// A key name built at run time, for an error message that lives as long as the program.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 /// Parses a size: `256KiB`, `1MiB`, `10GiB`, `64KB`, `65536`.

@@ -117,8 +117,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Collect(args) => {
             let outcome = run_collect(&settings, args).await?;
-            report(&outcome, false);
-            Ok(())
+            report(&outcome, false)
         }
         Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
         Command::Worker => evidence_locker::worker::serve(&settings, shutdown_signal()).await,
@@ -136,8 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             )
             .await?;
-            report(&outcome, true);
-            Ok(())
+            report(&outcome, true)
         }
     }
 }
@@ -178,9 +176,10 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     if !backends.is_empty() && !args.traces_file.is_empty() {
         bail!("give backends (--jaeger, --tempo, --zipkin) or --traces-file, not both");
     }
-    // `--store s3://…`: the bundle is written locally first, then stored; a failed upload leaves
-    // it on disk and says where.
+    // `--store s3://…`: the bundle is written locally first (a fresh private temporary
+    // directory), then stored; a failed upload leaves it on disk and says where.
     let mut s3 = None;
+    let mut staging: Option<tempfile::TempDir> = None;
     let out = match (args.out, args.store) {
         (Some(dir), _) => dir,
         (None, Some(store)) if store.starts_with("s3://") => {
@@ -192,7 +191,13 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
             st.bucket = bucket;
             st.prefix = prefix;
             s3 = Some(S3Store::connect(&st).await?);
-            std::env::temp_dir().join(format!("evidence-locker-collect-{}", std::process::id()))
+            let dir = tempfile::Builder::new()
+                .prefix("evidence-locker-collect-")
+                .tempdir()
+                .context("cannot create a temporary directory for the bundle")?;
+            let path = dir.path().to_owned();
+            staging = Some(dir);
+            path
         }
         (None, Some(store)) => PathBuf::from(store.strip_prefix("file://").unwrap_or(&store)),
         (None, None) => PathBuf::from(&settings.store.path),
@@ -236,26 +241,31 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
         let incident = &outcome.incident;
         let capture = &outcome.summary.capture_id;
         let store = Store::S3(s3);
-        store
+        let stored = store
             .put_bundle(&local, incident, capture, settings.worker.upload_attempts)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot store the bundle in {} (the complete bundle is kept in {})",
-                    store.bundle_url(incident, capture),
-                    local.display()
-                )
-            })?;
-        if let Some(root) = local.parent().and_then(|p| p.parent()) {
-            let _ = std::fs::remove_dir_all(root);
+            .await;
+        if let Err(e) = stored {
+            // Kept: the temporary directory is not removed when the upload failed.
+            if let Some(dir) = staging.take() {
+                let _ = dir.keep();
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot store the bundle in {} (the complete bundle is kept in {})",
+                store.bundle_url(incident, capture),
+                local.display()
+            )));
         }
+        // Stored: only our own temporary directory goes.
+        drop(staging.take());
         outcome.bundle_dir = PathBuf::from(store.bundle_url(incident, capture));
     }
     Ok(outcome)
 }
 
-/// Prints the bundle location (stdout, first line) and its status (second line).
-fn report(outcome: &CollectOutcome, demo: bool) {
+/// Prints the bundle location (stdout, first line) and its status (second line). A stdout that
+/// cannot be written (a closed pipe, a full disk) is an error that still names the bundle.
+fn report(outcome: &CollectOutcome, demo: bool) -> Result<()> {
+    use std::io::Write as _;
     let s = &outcome.summary;
     tracing::info!(
         capture = %s.capture_id,
@@ -268,20 +278,29 @@ fn report(outcome: &CollectOutcome, demo: bool) {
         gaps = s.gaps.len(),
         "bundle written"
     );
-    if demo {
-        println!("{}", outcome.bundle_dir.join("report.html").display());
+    let location = if demo {
+        outcome.bundle_dir.join("report.html")
     } else {
-        println!("{}", outcome.bundle_dir.display());
-    }
-    if s.gaps.is_empty() {
-        println!("status: complete");
+        outcome.bundle_dir.clone()
+    };
+    let status = if s.gaps.is_empty() {
+        "status: complete".to_owned()
     } else {
         let kinds: std::collections::BTreeSet<&str> =
             s.gaps.iter().map(|g| g.kind.as_str()).collect();
-        println!(
+        format!(
             "status: partial ({} gap(s): {}; see completeness in manifest.json)",
             s.gaps.len(),
             kinds.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}\n{status}", location.display())
+        .and_then(|()| out.flush())
+        .with_context(|| {
+            format!(
+                "the bundle was written to {}, but standard output cannot be written",
+                location.display()
+            )
+        })
 }

@@ -35,6 +35,18 @@ pub enum QueueError {
     Publish(String),
     #[error("JetStream did not acknowledge the message within {0:?}")]
     Timeout(Duration),
+    #[error("nats-server {0} is too old: evidence-locker needs nats-server 2.10 or later")]
+    TooOld(String),
+}
+
+/// True when `version` (`2.10.3`, `v2.12.8-RC.1`) is at least `major.minor`.
+fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 /// What JetStream said about a published message.
@@ -112,6 +124,9 @@ impl Queue {
             subjects: vec!["incidents.>".to_owned()],
             storage: stream::StorageType::File,
             duplicate_window: self.settings.duplicate_window,
+            max_age: self.settings.stream_max_age,
+            max_bytes: crate::config::parse_size(&self.settings.stream_max_bytes)
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
             ..Default::default()
         };
         self.js
@@ -123,6 +138,27 @@ impl Queue {
             })?;
         self.stream_ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Forgets that the stream exists: the next [`Queue::ensure_stream`] asks the server again
+    /// (after a pull failed because the stream or consumer went away).
+    pub fn forget_stream(&self) {
+        self.stream_ready.store(false, Ordering::Release);
+    }
+
+    /// Refuses a nats-server older than 2.10: 2.9 silently ignores a consumer's
+    /// `filter_subjects`, and its key-value API differs (the worker's claims fail with a
+    /// serialization error otherwise). Only known once connected.
+    pub fn check_server_version(&self) -> Result<(), QueueError> {
+        let version = self.client.server_info().version;
+        if version.is_empty() {
+            return Ok(());
+        }
+        if version_at_least(&version, 2, 10) {
+            Ok(())
+        } else {
+            Err(QueueError::TooOld(version))
+        }
     }
 
     /// The JetStream context (consumers, key-value buckets).
@@ -199,5 +235,17 @@ impl Queue {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| QueueError::Timeout(timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_versions_compare() {
+        assert!(super::version_at_least("2.10.0", 2, 10));
+        assert!(super::version_at_least("v2.12.8", 2, 10));
+        assert!(super::version_at_least("3.0.0", 2, 10));
+        assert!(!super::version_at_least("2.9.25", 2, 10));
+        assert!(!super::version_at_least("1.4.1", 2, 10));
     }
 }

@@ -153,7 +153,12 @@ async fn every_alertmanager_fixture_becomes_an_incident_on_the_right_subject() {
 
     let (subject, msg_id, first) = &msgs[0];
     assert_eq!(subject, "incidents.declared");
-    assert_eq!(msg_id, &format!("incidents.declared:{}", ids[0]));
+    // The occurrence (the group's firing episode: its earliest alert's start) is part of the id.
+    assert_eq!(
+        msg_id,
+        &format!("incidents.declared:{}:20180307T113321Z", ids[0])
+    );
+    assert_eq!(first["declared_at"], "2018-03-07T11:33:21.873077559Z");
     assert!(first["id"].as_str().unwrap().starts_with("am-"));
     assert_eq!(first["title"], "Prometheus Test");
     assert_eq!(first["severity"], "warning");
@@ -539,4 +544,41 @@ async fn a_pagerduty_delivery_that_failed_is_processed_when_retried() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(messages(&nats).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_network_listener_without_credentials_is_refused_and_future_incidents_are_400() {
+    let nats = NatsServer::start();
+    // No credentials at all, on every address: refused at start-up, naming the way out.
+    let out = Command::new(env!("CARGO_BIN_EXE_evidence-locker"))
+        .arg("intake")
+        .env("EVIDENCE_LOCKER__NATS__URL", nats.url())
+        .env(
+            "EVIDENCE_LOCKER__INTAKE__LISTEN",
+            format!("0.0.0.0:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no credentials") && err.contains("intake.allow_unauthenticated"),
+        "{err}"
+    );
+
+    let intake = start_intake(&nats, &[]).await;
+    let (auth_k, auth_v) = bearer();
+    let url = format!("{}/v1/incidents", intake.base);
+    let (status, body) = post(
+        &url,
+        br#"{"id":"INC-FUTURE","declared_at":"2026-02-05T14:40:00Z","resolved_at":"2099-01-01T00:00:00Z"}"#.to_vec(),
+        &[(auth_k, &auth_v)],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("resolved_at 2099"),
+        "{body}"
+    );
+    assert!(messages(&nats).await.is_empty());
 }

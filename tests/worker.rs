@@ -52,6 +52,13 @@ fn incident(id: &str) -> Value {
     })
 }
 
+/// The capture id the worker gives an incident's capture of `kind`: its occurrence (declared_at)
+/// and the kind.
+fn capture_id(incident: &Value, kind: &str) -> String {
+    let t: chrono::DateTime<Utc> = incident["declared_at"].as_str().unwrap().parse().unwrap();
+    format!("{}-{kind}", t.format("%Y%m%dT%H%M%SZ"))
+}
+
 struct Worker {
     child: Child,
     log: PathBuf,
@@ -194,14 +201,12 @@ impl World {
         }
     }
 
-    /// Publishes the test incident `id` on `incidents.declared`.
-    async fn declare(&self, id: &str) {
-        self.publish(
-            "incidents.declared",
-            incident(id).to_string().into_bytes(),
-            None,
-        )
-        .await;
+    /// Publishes the test incident `id` on `incidents.declared`; returns it.
+    async fn declare(&self, id: &str) -> Value {
+        let inc = incident(id);
+        self.publish("incidents.declared", inc.to_string().into_bytes(), None)
+            .await;
+        inc
     }
 
     /// Waits for `n` announcements on `incidents.evidence.ready`.
@@ -359,13 +364,17 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
             ),
         ],
     );
-    w.declare("INC-E2E-1").await;
+    let inc = w.declare("INC-E2E-1").await;
+    let declared = capture_id(&inc, "declared");
     let ready = w.ready(1, &worker).await;
     let r = body(&ready[0]);
     assert_eq!(r["incident_id"], "INC-E2E-1");
-    assert_eq!(r["capture_id"], "declared");
+    assert_eq!(r["capture_id"], declared.as_str());
     assert_eq!(r["status"], "complete", "{r:#}");
-    assert_eq!(r["bundle"], "s3://evidence/incidents/INC-E2E-1/declared/");
+    assert_eq!(
+        r["bundle"],
+        format!("s3://evidence/incidents/INC-E2E-1/{declared}/")
+    );
     assert_eq!(r["counts"]["error_traces"], 40);
     assert_eq!(r["counts"]["baseline_traces"], 60);
 
@@ -390,10 +399,13 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     );
 
     // What is stored is what the manifest says, and its hash is the one announced.
-    let manifest = verify_stored(&w.s3, "INC-E2E-1", "declared").await;
+    let manifest = verify_stored(&w.s3, "INC-E2E-1", &declared).await;
     let manifest_bytes =
-        w.s3.get(BUCKET, "incidents/INC-E2E-1/declared/manifest.json")
-            .await;
+        w.s3.get(
+            BUCKET,
+            &format!("incidents/INC-E2E-1/{declared}/manifest.json"),
+        )
+        .await;
     assert_eq!(
         r["manifest_sha256"],
         hex::encode(sha2::Sha256::digest(&manifest_bytes))
@@ -403,7 +415,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
 
     // Object Lock: every object carries the retention; deleting the locked version is refused.
     let client = w.s3.client().await;
-    let key = "incidents/INC-E2E-1/declared/traces/errors.jsonl.zst";
+    let key = &format!("incidents/INC-E2E-1/{declared}/traces/errors.jsonl.zst");
     let head = client
         .head_object()
         .bucket(BUCKET)
@@ -454,7 +466,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     assert!(text.contains("INC-E2E-1") && text.contains(link), "{text}");
 
     // Resolution: a second capture up to resolution plus the tail, referencing the first.
-    let mut resolved = incident("INC-E2E-1");
+    let mut resolved = inc.clone();
     resolved["resolved_at"] = json!(Utc::now().to_rfc3339());
     resolved.as_object_mut().unwrap().remove("window");
     w.publish(
@@ -465,9 +477,10 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     .await;
     let ready = w.ready(2, &worker).await;
     let second = body(&ready[1]);
-    assert_eq!(second["capture_id"], "resolved");
-    let m2 = verify_stored(&w.s3, "INC-E2E-1", "resolved").await;
-    assert_eq!(m2["previous_capture"]["capture_id"], "declared");
+    let resolved_id = capture_id(&inc, "resolved");
+    assert_eq!(second["capture_id"], resolved_id.as_str());
+    let m2 = verify_stored(&w.s3, "INC-E2E-1", &resolved_id).await;
+    assert_eq!(m2["previous_capture"]["capture_id"], declared.as_str());
     assert_eq!(
         m2["previous_capture"]["manifest_sha256"],
         r["manifest_sha256"]
@@ -481,9 +494,10 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         "resolution + tail"
     );
 
-    // Declared again: already captured, announced again (JetStream drops the repeat), and
-    // on-call is not told twice.
-    w.declare("INC-E2E-1").await;
+    // The same occurrence declared again: already captured, not announced again, and on-call
+    // is not told twice.
+    w.publish("incidents.declared", inc.to_string().into_bytes(), None)
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !worker.log().contains("AlreadyCaptured") {
         assert!(Instant::now() < deadline, "{}", worker.log());
@@ -493,9 +507,9 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     assert_eq!(hooks.lock().unwrap().len(), 2, "one webhook per capture");
     let stored = w.s3.keys(BUCKET, "incidents/INC-E2E-1/").await;
     assert!(
-        stored
-            .iter()
-            .all(|k| k.contains("/declared/") || k.contains("/resolved/")),
+        stored.iter().all(
+            |k| k.contains(&format!("/{declared}/")) || k.contains(&format!("/{resolved_id}/"))
+        ),
         "{stored:?}"
     );
     assert!(
@@ -514,7 +528,9 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
         .store(400, std::sync::atomic::Ordering::SeqCst);
     // Worker a takes the first copy and starts capturing (so it holds the capture's claim)...
     let mut a = w.start_worker("a", &[]);
-    let payload = incident("INC-DUP-1").to_string().into_bytes();
+    let inc = incident("INC-DUP-1");
+    let declared = capture_id(&inc, "declared");
+    let payload = inc.to_string().into_bytes();
     w.publish("incidents.declared", payload.clone(), None).await;
     w.capture_started(3, &a).await;
     // ...then worker b starts, four more copies arrive, and a is killed without warning in the
@@ -548,11 +564,11 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    verify_stored(&w.s3, "INC-DUP-1", "declared").await;
+    verify_stored(&w.s3, "INC-DUP-1", &declared).await;
     let all = w.s3.keys(BUCKET, "incidents/INC-DUP-1/").await;
     assert!(
         all.iter()
-            .all(|k| k.starts_with("incidents/INC-DUP-1/declared/")),
+            .all(|k| k.starts_with(&format!("incidents/INC-DUP-1/{declared}/"))),
         "one capture only: {all:?}"
     );
     let ready = w.on("incidents.evidence.ready").await;
@@ -596,7 +612,8 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
         ("a date that is not one", br#"{"id":"INC-X","declared_at":"yesterday"}"#.to_vec(), "wrong type"),
         ("an id that escapes the prefix", br#"{"id":"../../etc","declared_at":"2026-02-05T14:40:00Z"}"#.to_vec(), "not usable"),
         ("end before start", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-05T15:00:00Z","end":"2026-02-05T14:00:00Z"}}"#.to_vec(), "ends"),
-        ("a window too long", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-01-01T00:00:00Z","end":"2026-02-05T14:00:00Z"}}"#.to_vec(), "maximum"),
+        ("a resolution in 2099", br#"{"id":"INC-X","declared_at":"2026-02-05T14:40:00Z","resolved_at":"2099-01-01T00:00:00Z"}"#.to_vec(), "in the future"),
+        ("a time in 1970", br#"{"id":"INC-X","declared_at":"1970-01-01T00:00:00Z"}"#.to_vec(), "1990"),
         ("a 10 MB payload", huge.to_string().into_bytes(), "worker.max_message"),
     ];
     let mut headers = async_nats::HeaderMap::new();
@@ -668,8 +685,11 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
     w.s3.stop();
     let worker = w.start_worker("a", &[]);
-    w.declare("INC-S3-DOWN").await;
-    let spooled = w.spool("a").join("INC-S3-DOWN/declared/manifest.json");
+    let inc = w.declare("INC-S3-DOWN").await;
+    let declared = capture_id(&inc, "declared");
+    let spooled = w
+        .spool("a")
+        .join(format!("INC-S3-DOWN/{declared}/manifest.json"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !spooled.exists() {
         assert!(
@@ -694,7 +714,7 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     w.s3.restart();
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["status"], "complete");
-    verify_stored(&w.s3, "INC-S3-DOWN", "declared").await;
+    verify_stored(&w.s3, "INC-S3-DOWN", &declared).await;
     assert_eq!(
         w.backend.request_count(),
         queries,
@@ -716,7 +736,8 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
     let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
     w.s3.stop();
     let mut worker = w.start_worker("a", &[("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "2".into())]);
-    w.declare("INC-RESTART").await;
+    let inc = w.declare("INC-RESTART").await;
+    let declared = capture_id(&inc, "declared");
     // With S3 down and only two deliveries, the message ends dead-lettered...
     let dead = w
         .wait_on("incidents.deadletter", 1, Duration::from_secs(60), &worker)
@@ -735,7 +756,7 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
     let queries = w.backend.request_count();
     assert!(
         w.spool("a")
-            .join("INC-RESTART/declared/manifest.json")
+            .join(format!("INC-RESTART/{declared}/manifest.json"))
             .exists()
     );
 
@@ -743,7 +764,7 @@ async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backe
     let again = w.start_worker("a", &[]);
     let ready = w.ready(1, &again).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-RESTART");
-    verify_stored(&w.s3, "INC-RESTART", "declared").await;
+    verify_stored(&w.s3, "INC-RESTART", &declared).await;
     assert_eq!(w.backend.request_count(), queries);
 }
 
@@ -758,14 +779,19 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
         "a",
         &[("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "1s".into())],
     );
-    w.declare("INC-TERM-1").await;
+    let inc = w.declare("INC-TERM-1").await;
+    let declared = capture_id(&inc, "declared");
     w.capture_started(2, &a).await;
     let took = a.terminate();
     assert!(took < Duration::from_secs(8), "stopped in {took:?}");
     assert!(a.log().contains("handed back"), "{}", a.log());
     // The spool holds nothing half-written that looks whole.
     let spool = w.spool("a");
-    assert!(!spool.join("INC-TERM-1/declared/manifest.json").exists());
+    assert!(
+        !spool
+            .join(format!("INC-TERM-1/{declared}/manifest.json"))
+            .exists()
+    );
 
     w.backend
         .delay_ms
@@ -773,7 +799,7 @@ async fn sigterm_mid_capture_hands_the_message_back_and_another_worker_finishes_
     let b = w.start_worker("b", &[]);
     let ready = w.ready(1, &b).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-TERM-1");
-    verify_stored(&w.s3, "INC-TERM-1", "declared").await;
+    verify_stored(&w.s3, "INC-TERM-1", &declared).await;
     assert!(w.on("incidents.deadletter").await.is_empty());
 }
 

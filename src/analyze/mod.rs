@@ -235,52 +235,85 @@ fn failure_order(
                 .insert(p.to.as_str());
         }
     }
-    let mut done: std::collections::BTreeSet<&str> = Default::default();
+    // Kahn's algorithm: a service is ready once every callee it waits for is done; the ready
+    // one with the earliest first error (then name) goes next. O((services + edges) log
+    // services). Only when nothing is ready (cycles) is the slower tie-break below used.
+    use std::cmp::Reverse;
+    let mut waited_by: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    let mut unmet_count: std::collections::HashMap<&str, usize> = Default::default();
+    for (&from, tos) in &waits_for {
+        unmet_count.insert(from, tos.len());
+        for &to in tos {
+            waited_by.entry(to).or_default().push(from);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<Reverse<(DateTime<Utc>, &str)>> = failed
+        .iter()
+        .filter(|(s, _)| !unmet_count.contains_key(*s))
+        .map(|(&s, &t)| Reverse((t, s)))
+        .collect();
+    let mut done: std::collections::HashSet<&str> = Default::default();
     let mut out = Vec::with_capacity(failed.len());
-    while done.len() < failed.len() {
-        let unmet = |s: &str| -> Vec<&str> {
-            waits_for
-                .get(s)
-                .map(|w| w.iter().copied().filter(|c| !done.contains(c)).collect())
-                .unwrap_or_default()
+    while out.len() < failed.len() {
+        let next = match ready.pop() {
+            Some(Reverse((t, s))) => Some((s, t)),
+            None => break_cycle(&failed, &waits_for, &done),
         };
-        // Whether `to` can be reached from `from` through unmet dependencies.
-        let reaches = |from: &str, to: &str| {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut stack = vec![from];
-            while let Some(x) = stack.pop() {
-                if x == to {
-                    return true;
-                }
-                if seen.insert(x) {
-                    stack.extend(unmet(x));
+        let Some((s, t)) = next else { break };
+        if !done.insert(s) {
+            continue;
+        }
+        out.push(FailureStep {
+            service: s.to_owned(),
+            first_error: t,
+        });
+        for &caller in waited_by.get(s).into_iter().flatten() {
+            if let Some(n) = unmet_count.get_mut(caller) {
+                *n = n.saturating_sub(1);
+                if *n == 0 && !done.contains(caller) {
+                    ready.push(Reverse((failed[caller], caller)));
                 }
             }
-            false
-        };
-        let pending = failed.iter().filter(|(s, _)| !done.contains(*s));
-        // Ready: nothing it waits for is pending. Failing that, a cycle (services failing each
-        // other) is broken by time, among the services whose every unmet dependency leads back
-        // to them (members of a cycle nothing else holds up).
-        let next = pending
-            .clone()
-            .filter(|(s, _)| unmet(s).is_empty())
-            .min_by_key(|(s, t)| (**t, **s))
-            .or_else(|| {
-                pending
-                    .clone()
-                    .filter(|(s, _)| unmet(s).iter().all(|d| reaches(d, s)))
-                    .min_by_key(|(s, t)| (**t, **s))
-            })
-            .or_else(|| pending.min_by_key(|(s, t)| (**t, **s)));
-        let Some((s, t)) = next else { break };
-        done.insert(s);
-        out.push(FailureStep {
-            service: (*s).to_owned(),
-            first_error: *t,
-        });
+        }
     }
     out
+}
+
+/// The next service when only cycles are left (services failing each other): by time, among
+/// the pending services whose every unmet dependency leads back to them (members of a cycle
+/// nothing else holds up), else the earliest pending one.
+fn break_cycle<'a>(
+    failed: &BTreeMap<&'a str, DateTime<Utc>>,
+    waits_for: &BTreeMap<&'a str, std::collections::BTreeSet<&'a str>>,
+    done: &std::collections::HashSet<&'a str>,
+) -> Option<(&'a str, DateTime<Utc>)> {
+    let unmet = |s: &str| -> Vec<&'a str> {
+        waits_for
+            .get(s)
+            .map(|w| w.iter().copied().filter(|c| !done.contains(c)).collect())
+            .unwrap_or_default()
+    };
+    // Whether `to` can be reached from `from` through unmet dependencies.
+    let reaches = |from: &'a str, to: &str| {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![from];
+        while let Some(x) = stack.pop() {
+            if x == to {
+                return true;
+            }
+            if seen.insert(x) {
+                stack.extend(unmet(x));
+            }
+        }
+        false
+    };
+    let pending = failed.iter().filter(|(s, _)| !done.contains(*s));
+    pending
+        .clone()
+        .filter(|(s, _)| unmet(s).iter().all(|d| reaches(d, s)))
+        .min_by_key(|(s, t)| (**t, **s))
+        .or_else(|| pending.min_by_key(|(s, t)| (**t, **s)))
+        .map(|(s, t)| (*s, *t))
 }
 
 /// The first successful call of `service operation` that started after its last error ended.

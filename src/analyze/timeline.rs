@@ -46,13 +46,15 @@ fn ms(ns: i64) -> String {
 
 pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInput) -> Timeline {
     let mut entries = Vec::new();
-    let span_of = |trace_id: TraceId, span_id: SpanId| {
-        forest
-            .iter()
-            .filter(|t| t.trace.id == trace_id)
-            .flat_map(|t| t.trace.spans.iter())
-            .find(|s| s.span_id == span_id)
-    };
+    // Built once: looked up for every failing service and every propagation edge.
+    let mut by_id: std::collections::HashMap<(TraceId, SpanId), &crate::model::Span> =
+        std::collections::HashMap::new();
+    for t in forest {
+        for s in &t.trace.spans {
+            by_id.entry((t.trace.id, s.span_id)).or_insert(s);
+        }
+    }
+    let span_of = |trace_id: TraceId, span_id: SpanId| by_id.get(&(trace_id, span_id)).copied();
 
     // The first failing request into each service in each minute, found in one pass.
     let mut first_error_by_minute: BTreeMap<(&str, i64), &crate::model::Span> = BTreeMap::new();

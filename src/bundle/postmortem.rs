@@ -90,16 +90,16 @@ impl Draft<'_> {
         let origin = &self.analysis.origin;
         json!({
             "incident": {
-                "id": i.id.as_str(),
-                "title": i.title.clone().unwrap_or_default(),
-                "severity": i.severity.clone().unwrap_or_default(),
-                "declared_at": i.declared_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "started_at": i.started_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                "id": i.id().as_str(),
+                "title": i.title().unwrap_or_default(),
+                "severity": i.severity().unwrap_or_default(),
+                "declared_at": i.declared_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "started_at": i.started_at().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 "window": {
                     "start": self.window.start().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "end": self.window.end().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 },
-                "services": i.services,
+                "services": i.services(),
                 "evidence_status": self.status,
             },
             "timeline": timeline,
@@ -128,14 +128,14 @@ impl Draft<'_> {
         let mut md = String::new();
         md.push_str(&format!(
             "# Postmortem draft: {} — {}\n\n",
-            i.id,
-            i.title.as_deref().unwrap_or("(untitled)")
+            i.id(),
+            i.title().unwrap_or("(untitled)")
         ));
         md.push_str(&format!(
             "- Severity: {}\n- Declared: {}\n- Started: {}\n- Window: {} → {}\n- Evidence: {} ({} error traces, {} slow traces, {} baseline traces)\n\n",
-            i.severity.as_deref().unwrap_or("—"),
-            i.declared_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            i.started_at.map_or("—".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            i.severity().unwrap_or("—"),
+            i.declared_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            i.started_at().map_or("—".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             self.window.start().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.window.end().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.status,

@@ -53,14 +53,14 @@ pub fn render(r: &ReportInput<'_>) -> String {
     let _ = write!(
         h,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{id} evidence</title><style>{STYLE}</style></head><body>",
-        id = esc(i.id.as_str())
+        id = esc(i.id().as_str())
     );
     let _ = write!(
         h,
         "<h1>{} — {}</h1><p class=\"muted\">Severity {} · window {} → {} UTC · capture <code>{}</code> · <span class=\"badge {}\">{}</span></p>",
-        esc(i.id.as_str()),
-        esc(i.title.as_deref().unwrap_or("(untitled)")),
-        esc(i.severity.as_deref().unwrap_or("—")),
+        esc(i.id().as_str()),
+        esc(i.title().unwrap_or("(untitled)")),
+        esc(i.severity().unwrap_or("—")),
         r.window.start().format("%Y-%m-%d %H:%M:%S"),
         r.window.end().format("%Y-%m-%d %H:%M:%S"),
         esc(r.capture_id),
@@ -263,7 +263,12 @@ fn propagation_graph(h: &mut String, a: &Analysis) {
         .filter_map(|(s, st)| st.first_error.as_ref().map(|e| (s.as_str(), e.time)))
         .collect();
     nodes.sort_by(|x, y| x.1.cmp(&y.1).then(x.0.cmp(y.0)));
-    let pos = |name: &str| nodes.iter().position(|(n, _)| *n == name);
+    let index: std::collections::HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (*n, i))
+        .collect();
+    let pos = |name: &str| index.get(name).copied();
     let (bw, gap, y) = (150.0, 40.0, 70.0);
     let width = nodes.len() as f64 * (bw + gap) + gap;
     let _ = write!(

@@ -65,12 +65,20 @@ impl FileSource {
         })
     }
 
-    /// Earliest span start and latest span end over all traces, in ns.
+    /// Earliest span start and latest span end over all traces, in ns. Spans with no time at
+    /// all (kept as read) do not count: they would stretch the window back to 1970.
     pub fn span_range(&self) -> Option<(i64, i64)> {
         let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
-        let traces = &guard.as_ref()?.traces;
-        let start = traces.iter().map(|t| t.start_ns()).min()?;
-        let end = traces.iter().map(|t| t.end_ns()).max()?;
+        let timed = || {
+            guard
+                .as_ref()
+                .into_iter()
+                .flat_map(|c| c.traces.iter())
+                .flat_map(|t| t.spans.iter())
+                .filter(|s| s.start_ns != 0 || s.end_ns != 0)
+        };
+        let start = timed().map(|s| s.start_ns).min()?;
+        let end = timed().map(|s| s.end_ns.max(s.start_ns)).max()?;
         Some((start, end))
     }
 

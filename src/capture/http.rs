@@ -24,7 +24,12 @@ pub enum HttpError {
         attempts: usize,
         body: String,
     },
+    #[error("{BUDGET_REACHED} ({limit} bytes read from this backend): no more searches")]
+    Budget { limit: u64 },
 }
+
+/// How an error of a search that was not sent because `capture.max_bytes` was reached begins.
+pub const BUDGET_REACHED: &str = "capture.max_bytes reached";
 
 /// An answer with a status the caller handles (2xx, or 4xx other than 429).
 pub struct Answer {
@@ -43,6 +48,11 @@ pub struct HttpBackend {
     permits: Arc<Semaphore>,
     records: Mutex<Vec<QueryRecord>>,
     first_delay: Duration,
+    /// Bytes of answers read so far, and the most that may be (`capture.max_bytes`).
+    bytes_read: std::sync::atomic::AtomicU64,
+    byte_limit: std::sync::atomic::AtomicU64,
+    /// What reading the answers skipped or changed.
+    pub tally: super::ReadTally,
 }
 
 /// What a request is for, for its record.
@@ -88,7 +98,17 @@ impl HttpBackend {
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             records: Mutex::new(Vec::new()),
             first_delay: Duration::from_millis(200),
+            bytes_read: Default::default(),
+            byte_limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+            tally: Default::default(),
         })
+    }
+
+    /// Bounds the bytes this backend's answers may add up to (`capture.max_bytes`): once read,
+    /// no further request is sent.
+    pub fn limit_bytes(&self, limit: u64) {
+        self.byte_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The base URL without credentials.
@@ -164,6 +184,10 @@ impl HttpBackend {
             .with_max_times(self.settings.retries)
             .build();
         let _permit = self.permits.acquire().await;
+        let limit = self.byte_limit.load(std::sync::atomic::Ordering::Relaxed);
+        if self.bytes_read.load(std::sync::atomic::Ordering::Relaxed) >= limit {
+            return Err(HttpError::Budget { limit });
+        }
         loop {
             record.attempts += 1;
             let outcome = self.send(url.clone()).await;
@@ -239,6 +263,8 @@ impl HttpBackend {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(describe_reqwest)?;
+        self.bytes_read
+            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok((status, headers, body))
     }
 }

@@ -34,6 +34,52 @@ pub struct CapturePlan {
     pub services: Vec<String>,
     pub slow_threshold: Duration,
     pub baseline_traces: usize,
+    /// What is already known to be missing before any query (a window cut to
+    /// `capture.max_window`, services over `capture.max_services`).
+    pub gaps: Vec<Gap>,
+    /// Services searched per backend at most (`capture.max_services`).
+    pub max_services: usize,
+    /// Traces kept at most (`capture.max_traces`).
+    pub max_traces: usize,
+    /// Bytes of answers read per backend at most (`capture.max_bytes`).
+    pub max_bytes: u64,
+}
+
+/// The gap kind of a limit of ours that was reached (`capture.max_*`): not worth retrying.
+pub const LIMIT_REACHED: &str = "limit_reached";
+
+/// Gap kinds that another attempt may fill: the backend did not answer, or failed a query.
+pub fn is_retryable(kind: &str) -> bool {
+    matches!(kind, "backend_unavailable" | "query_failed")
+}
+
+impl CapturePlan {
+    /// At most `max_services` of `services` (the first ones), with a gap naming how many were
+    /// left out.
+    pub fn bounded_services(
+        &self,
+        source: &str,
+        services: Vec<String>,
+    ) -> (Vec<String>, Option<Gap>) {
+        if services.len() <= self.max_services {
+            return (services, None);
+        }
+        let left_out = services.len() - self.max_services;
+        let kept: Vec<String> = services.into_iter().take(self.max_services).collect();
+        let gap = Gap {
+            source: source.to_owned(),
+            kind: LIMIT_REACHED.into(),
+            service: None,
+            purpose: None,
+            start: Some(self.window.start()),
+            end: Some(self.window.end()),
+            message: format!(
+                "{left_out} more service(s) were not searched: capture.max_services is {} (the first {} in order were)",
+                self.max_services, self.max_services
+            ),
+        };
+        (kept, Some(gap))
+    }
 }
 
 /// Why a trace was captured. A trace may be found for several reasons.
@@ -129,6 +175,77 @@ pub struct Gap {
     pub message: String,
 }
 
+/// What reading a source's answers could not use or had to change, gathered over all its
+/// queries: spans skipped (unreadable, wrongly dated), values changed (ids that were not hex, spans
+/// read twice), and errors the server reported beside its data. Turned into gaps and notes, as
+/// the file source does, so no backend answer loses spans without the bundle saying so.
+#[derive(Default)]
+pub struct ReadTally {
+    inner: std::sync::Mutex<TallyInner>,
+}
+
+#[derive(Default)]
+struct TallyInner {
+    skipped: BTreeMap<String, usize>,
+    notes: BTreeMap<String, usize>,
+    server_errors: BTreeMap<String, usize>,
+}
+
+impl ReadTally {
+    /// Adds what one answer's reading skipped and changed.
+    pub fn absorb(&self, skipped: &BTreeMap<String, usize>, notes: &BTreeMap<String, usize>) {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, n) in skipped {
+            *t.skipped.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in notes {
+            *t.notes.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    /// Records an error the server reported beside the data of an answer.
+    pub fn server_error(&self, message: String) {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *t.server_errors.entry(message).or_default() += 1;
+    }
+
+    /// The gaps (`unreadable_spans`, `server_error`) for `source`, and the notes added to
+    /// `notes`. Counts are summed over answers: a range asked twice (a split, a verification)
+    /// counts its skipped spans twice.
+    pub fn take(&self, source: &str, notes: &mut BTreeMap<String, usize>) -> Vec<Gap> {
+        let t = std::mem::take(&mut *self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+        for (k, n) in t.notes {
+            *notes.entry(k).or_default() += n;
+        }
+        let gap = |kind: &str, message: String| Gap {
+            source: source.to_owned(),
+            kind: kind.into(),
+            service: None,
+            purpose: None,
+            start: None,
+            end: None,
+            message,
+        };
+        let mut gaps: Vec<Gap> = t
+            .skipped
+            .into_iter()
+            .map(|(reason, n)| {
+                gap(
+                    "unreadable_spans",
+                    format!("{n} × {reason} (summed over the answers that held them)"),
+                )
+            })
+            .collect();
+        gaps.extend(t.server_errors.into_iter().map(|(e, n)| {
+            gap(
+                "server_error",
+                format!("{n} answer(s) reported an error beside their traces (some traces or spans may be missing): {e}"),
+            )
+        }));
+        gaps
+    }
+}
+
 /// A source as recorded in the manifest.
 #[derive(Clone, Debug, Serialize)]
 pub struct SourceRecord {
@@ -195,6 +312,31 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
                 }
             }
         }
+    }
+    gaps.extend(plan.gaps.iter().cloned());
+    if traces.len() > plan.max_traces {
+        // Keep what matters most: errors, then slow, then baseline, then the rest.
+        let rank = |p: &Purposes| {
+            [Purpose::Errors, Purpose::Slow, Purpose::Baseline]
+                .iter()
+                .position(|x| p.has(*x))
+                .unwrap_or(3)
+        };
+        traces.sort_by_key(|(_, p)| rank(p));
+        let dropped = traces.len() - plan.max_traces;
+        traces.truncate(plan.max_traces);
+        gaps.push(Gap {
+            source: "capture".into(),
+            kind: LIMIT_REACHED.into(),
+            service: None,
+            purpose: None,
+            start: Some(plan.window.start()),
+            end: Some(plan.window.end()),
+            message: format!(
+                "{dropped} trace(s) found were not kept: capture.max_traces is {} (errors kept first, then slow, then baseline)",
+                plan.max_traces
+            ),
+        });
     }
     Capture {
         traces,

@@ -223,7 +223,11 @@ async fn sweep_scope<B: Searches>(
                     .map(|t| (t, Purposes::default().with(purpose))),
             );
             gaps.extend(found.shortfalls.into_iter().map(|s| {
-                let kind = s.kind.gap_kind();
+                let kind = if s.message.contains(super::http::BUDGET_REACHED) {
+                    super::LIMIT_REACHED
+                } else {
+                    s.kind.gap_kind()
+                };
                 gap(
                     limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
                 )
@@ -251,15 +255,14 @@ async fn sweep_scope<B: Searches>(
                         .into_iter()
                         .map(|t| (t, Purposes::default().with(Purpose::Baseline))),
                 ),
-                Err(message) => gaps.push(gap(
-                    limits,
-                    service,
-                    Purpose::Baseline,
-                    s,
-                    e,
-                    message,
-                    "query_failed",
-                )),
+                Err(message) => {
+                    let kind = if message.contains(super::http::BUDGET_REACHED) {
+                        super::LIMIT_REACHED
+                    } else {
+                        "query_failed"
+                    };
+                    gaps.push(gap(limits, service, Purpose::Baseline, s, e, message, kind))
+                }
             }
         }
     }

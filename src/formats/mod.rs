@@ -120,8 +120,7 @@ impl TraceCollector {
     /// unit, most likely) is counted as skipped instead. A span with no time at all (some
     /// upstream examples) is kept.
     pub fn push(&mut self, span: Span) {
-        const EARLIEST_NS: i64 = 631_152_000 * 1_000_000_000; // 1990-01-01
-        const LATEST_NS: i64 = 7_258_118_400 * 1_000_000_000; // 2200-01-01
+        use crate::model::{EARLIEST_NS, LATEST_NS};
         let untimed = span.start_ns == 0 && span.end_ns == 0;
         if !untimed
             && (!(EARLIEST_NS..LATEST_NS).contains(&span.start_ns) || span.end_ns >= LATEST_NS)
@@ -199,17 +198,41 @@ impl TraceCollector {
                 break;
             }
         }
-        let format = match self.add_document(&line) {
-            Ok(f) => f,
-            Err(FormatError::NotJson(_)) => {
-                // Not a document on its own: the input is one (multi-line) document.
-                input.read_to_end(&mut line)?;
-                self.add_document(&line)?;
-                return Ok(());
-            }
-            Err(e) => return Err(line_error(line_no, e).into()),
+        let first_error = match self.add_document(&line) {
+            Ok(format) => return lines::read_rest(self, input, line_no, format),
+            Err(e) => e,
         };
-        lines::read_rest(self, input, line_no, format)
+        let first_len = line.len();
+        let first_message = first_error.to_string();
+        input.read_to_end(&mut line)?;
+        let error = if matches!(first_error, FormatError::NotJson(_)) {
+            // Not a document on its own: perhaps the input is one (multi-line) document.
+            let mut whole = TraceCollector::default();
+            match whole.add_document(&line) {
+                Ok(_) => {
+                    self.absorb(whole);
+                    return Ok(());
+                }
+                Err(e) => e,
+            }
+        } else {
+            line_error(line_no, first_error)
+        };
+        // Or JSON Lines whose first line is damaged: that costs the line, not the file.
+        let mut rest = TraceCollector::default();
+        lines::parse_lines(
+            &mut rest,
+            &line[first_len..],
+            line_no + 1,
+            Format::JaegerApiResponse,
+        )?;
+        if rest.formats.is_empty() {
+            return Err(error.into());
+        }
+        self.bad_lines.0 += 1;
+        self.bad_lines.1 = Some((line_no, first_message));
+        self.absorb(rest);
+        Ok(())
     }
 
     /// Adds everything another collector gathered (a later part of the same input).

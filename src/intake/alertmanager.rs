@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use crate::config::IntakeSettings;
-use crate::model::{Incident, IncidentId};
+use crate::model::{Incident, IncidentId, IncidentParts};
 use crate::queue::{DECLARED, RESOLVED};
 
 /// Why a webhook body was refused.
@@ -234,22 +234,21 @@ pub fn to_incident(
     let mut incident_labels = p.common_labels;
     incident_labels.insert("alertmanager_receiver".into(), receiver.clone());
     incident_labels.insert("alerts".into(), p.alerts.len().to_string());
-    Ok(Outcome::Publish(
-        subject,
-        Box::new(Incident {
-            id: incident_id(&receiver, group_key),
-            title: Some(title),
-            severity,
-            declared_at: now,
-            started_at,
-            window: None,
-            resolved_at,
-            services: services.into_iter().collect(),
-            source: Some("alertmanager".into()),
-            labels: incident_labels,
-            links,
-        }),
-    ))
+    // The group's firing episode is its occurrence: declared at its earliest alert's start, so
+    // every notification of one episode (repeats, the resolution) names the same occurrence, and
+    // the group firing again later is a new one.
+    let mut parts =
+        IncidentParts::new(incident_id(&receiver, group_key), started_at.unwrap_or(now));
+    parts.title = Some(title);
+    parts.severity = severity;
+    parts.started_at = started_at;
+    parts.resolved_at = resolved_at;
+    parts.services = services.into_iter().collect();
+    parts.source = Some("alertmanager".into());
+    parts.labels = incident_labels;
+    parts.links = links;
+    let incident = Incident::new(parts).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    Ok(Outcome::Publish(subject, Box::new(incident)))
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ impl RecentIds {
 /// What the handlers share.
 pub struct Intake {
     settings: IntakeSettings,
+    /// How far ahead of our clock an incident's times may be.
+    clock_skew: chrono::Duration,
     queue: Arc<Queue>,
     metrics: Metrics,
     deliveries: Mutex<RecentIds>,
@@ -124,7 +126,8 @@ impl Intake {
             Ok(p) => p,
             Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
-        let msg_id = format!("{subject}:{}", incident.id);
+        // The occurrence is part of the id: a recurring alert's next episode is a new message.
+        let msg_id = format!("{subject}:{}:{}", incident.id(), incident.occurrence());
         match self
             .queue
             .publish(subject, &msg_id, payload, self.settings.publish_timeout)
@@ -132,14 +135,14 @@ impl Intake {
         {
             Ok(p) => {
                 self.metrics.published(subject, p.duplicate);
-                tracing::info!(incident = %incident.id, subject, duplicate = p.duplicate, sequence = p.sequence, "incident published");
+                tracing::info!(incident = %incident.id(), occurrence = incident.occurrence(), subject, duplicate = p.duplicate, sequence = p.sequence, "incident published");
                 answer(
                     StatusCode::ACCEPTED,
-                    json!({"incident_id": incident.id, "subject": subject, "duplicate": p.duplicate}),
+                    json!({"incident_id": incident.id(), "occurrence": incident.occurrence(), "subject": subject, "duplicate": p.duplicate}),
                 )
             }
             Err(e) => {
-                tracing::warn!(incident = %incident.id, error = %e, "cannot publish the incident");
+                tracing::warn!(incident = %incident.id(), error = %e, "cannot publish the incident");
                 let reason = match e {
                     QueueError::Disconnected | QueueError::Timeout(_) => e.to_string(),
                     other => format!("the queue refused the incident: {other}"),
@@ -180,7 +183,17 @@ async fn post_incident(State(i): State<Arc<Intake>>, headers: HeaderMap, body: B
     }
     match Incident::parse(&body) {
         Ok(incident) => {
-            let subject = if incident.resolved_at.is_some() {
+            let late = incident.future_times(chrono::Utc::now() + i.clock_skew);
+            if !late.is_empty() {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the incident lies in the future (more than capture.clock_skew ahead): {}",
+                        late.join(", ")
+                    ),
+                );
+            }
+            let subject = if incident.resolved_at().is_some() {
                 RESOLVED
             } else {
                 DECLARED
@@ -293,6 +306,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    check_exposure(&settings.intake)?;
     let queue = Arc::new(Queue::connect(&settings.nats, settings.intake.publish_timeout).await?);
     if let Err(e) = queue.ensure_stream().await {
         // Not fatal: retried before the first publish.
@@ -300,6 +314,8 @@ pub async fn serve(
     }
     let intake = Arc::new(Intake {
         settings: settings.intake.clone(),
+        clock_skew: chrono::Duration::from_std(settings.capture.clock_skew)
+            .unwrap_or(chrono::Duration::zero()),
         queue,
         metrics: Metrics::default(),
         deliveries: Mutex::new(RecentIds::default()),
@@ -314,9 +330,63 @@ pub async fn serve(
         .context("the intake server stopped")
 }
 
+/// Refuses to accept unauthenticated incidents from the network: without a token, basic
+/// credentials or PagerDuty secrets, anyone who can reach the port can declare incidents (and
+/// fill the store). Listening on loopback only, or with `intake.allow_unauthenticated`, is
+/// allowed, with a warning in the latter case.
+fn check_exposure(s: &IntakeSettings) -> anyhow::Result<()> {
+    let open = s.bearer_token.is_empty() && s.basic_username.is_empty();
+    if !open {
+        return Ok(());
+    }
+    let loopback = listen_is_loopback(&s.listen);
+    if !loopback && !s.allow_unauthenticated {
+        anyhow::bail!(
+            "intake.listen {} is reachable from the network but no credentials are configured: set intake.bearer_token (or basic_username/basic_password), or intake.allow_unauthenticated = true to accept anyone's incidents",
+            s.listen
+        );
+    }
+    if !loopback {
+        tracing::warn!(
+            listen = %s.listen,
+            "the intake accepts incidents without credentials from the network (intake.allow_unauthenticated = true)"
+        );
+    } else if s.pagerduty_secrets.is_empty() {
+        tracing::info!("the intake accepts incidents without credentials (loopback only)");
+    }
+    Ok(())
+}
+
+/// True when `listen` names only loopback addresses (`127.0.0.1:8080`, `[::1]:8080`,
+/// `localhost:8080`).
+fn listen_is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn only_loopback_listeners_count_as_private() {
+        assert!(super::listen_is_loopback("127.0.0.1:8080"));
+        assert!(super::listen_is_loopback("[::1]:8080"));
+        assert!(super::listen_is_loopback("localhost:8080"));
+        assert!(!super::listen_is_loopback("0.0.0.0:8080"));
+        assert!(!super::listen_is_loopback("[::]:8080"));
+        assert!(!super::listen_is_loopback("10.1.2.3:8080"));
+    }
 
     #[test]
     fn sizes() {

@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 use super::alertmanager::{Outcome, PayloadError};
 use crate::config::IntakeSettings;
-use crate::model::{Incident, IncidentId};
+use crate::model::{Incident, IncidentId, IncidentParts};
 use crate::queue::{DECLARED, RESOLVED};
 
 /// Signature values looked at, at most: a rotation needs two or three; more is an attack on the
@@ -145,26 +145,19 @@ pub fn to_incident(
     if let Some(u) = d.html_url {
         links.insert("pagerduty".to_owned(), u);
     }
-    Ok(Outcome::Publish(
-        subject,
-        Box::new(Incident {
-            id,
-            title: d.title,
-            severity,
-            declared_at: if subject == DECLARED {
-                occurred
-            } else {
-                d.created_at.unwrap_or(occurred)
-            },
-            started_at: d.created_at,
-            window: None,
-            resolved_at: (subject == RESOLVED).then_some(occurred),
-            services,
-            source: Some("pagerduty".into()),
-            labels,
-            links,
-        }),
-    ))
+    // Declared at the PagerDuty incident's creation, on both events, so that the resolution
+    // names the same occurrence as the trigger.
+    let mut parts = IncidentParts::new(id, d.created_at.unwrap_or(occurred));
+    parts.title = d.title;
+    parts.severity = severity;
+    parts.started_at = d.created_at;
+    parts.resolved_at = (subject == RESOLVED).then_some(occurred);
+    parts.services = services;
+    parts.source = Some("pagerduty".into());
+    parts.labels = labels;
+    parts.links = links;
+    let incident = Incident::new(parts).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    Ok(Outcome::Publish(subject, Box::new(incident)))
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub enum IncidentError {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     },
-    #[error("incident window is {actual} long, more than the configured maximum of {max}")]
-    WindowTooLong { actual: String, max: String },
+    #[error("{what} {time} is outside the years 1990–2200 (a timestamp in the wrong unit?)")]
+    OutOfRange { what: String, time: String },
 }
 
 /// An incident id: non-empty, at most 128 characters, safe as one storage path segment.
@@ -64,7 +64,24 @@ impl std::fmt::Display for IncidentId {
     }
 }
 
-/// A time range `[start, end)` with `start < end`.
+/// The earliest time anything is accepted at: 1990-01-01 (an earlier one is a timestamp in the
+/// wrong unit, or a zero).
+pub const EARLIEST_NS: i64 = 631_152_000 * 1_000_000_000;
+/// The latest: 2200-01-01.
+pub const LATEST_NS: i64 = 7_258_118_400 * 1_000_000_000;
+
+/// Refuses a time outside 1990–2200.
+fn plausible(what: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, IncidentError> {
+    match t.timestamp_nanos_opt() {
+        Some(ns) if (EARLIEST_NS..LATEST_NS).contains(&ns) => Ok(t),
+        _ => Err(IncidentError::OutOfRange {
+            what: what.to_owned(),
+            time: t.to_rfc3339(),
+        }),
+    }
+}
+
+/// A time range `[start, end)` with `start < end`, both within 1990–2200.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TimeWindow {
     start: DateTime<Utc>,
@@ -72,20 +89,22 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    /// Builds a window, refusing one that ends before or when it starts.
+    /// Builds a window, refusing one that ends before or when it starts, or lies outside
+    /// 1990–2200.
     pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<Self, IncidentError> {
         if end <= start {
             return Err(IncidentError::WindowEndsBeforeStart { start, end });
         }
+        plausible("window start", start)?;
+        plausible("window end", end)?;
         Ok(Self { start, end })
     }
 
     /// From nanosecond timestamps; an empty range is widened to one microsecond.
-    pub fn from_ns(start_ns: i64, end_ns: i64) -> Self {
-        let start_ns = start_ns.min(i64::MAX - 1_000);
+    pub fn from_ns(start_ns: i64, end_ns: i64) -> Result<Self, IncidentError> {
         let start = DateTime::from_timestamp_nanos(start_ns);
-        let end = DateTime::from_timestamp_nanos(end_ns.max(start_ns + 1_000));
-        Self { start, end }
+        let end = DateTime::from_timestamp_nanos(end_ns.max(start_ns.saturating_add(1_000)));
+        Self::new(start, end)
     }
 
     pub fn start(&self) -> DateTime<Utc> {
@@ -115,6 +134,20 @@ impl TimeWindow {
     pub fn contains_ns(&self, t_ns: i64) -> bool {
         t_ns >= self.start_ns() && t_ns < self.end_ns()
     }
+
+    /// The most recent `max` of the window, or the window itself when it is no longer.
+    pub fn latest(&self, max: Duration) -> Self {
+        match chrono::Duration::from_std(max)
+            .ok()
+            .and_then(|m| self.end.checked_sub_signed(m))
+        {
+            Some(start) if start > self.start => Self {
+                start,
+                end: self.end,
+            },
+            _ => *self,
+        }
+    }
 }
 
 /// The configured defaults an incident's window is resolved with.
@@ -122,34 +155,79 @@ impl TimeWindow {
 pub struct WindowDefaults {
     /// Window start before `started_at` (or `declared_at`) when the incident gives no window.
     pub lookback: Duration,
-    /// The longest window accepted.
+    /// The longest window captured: a longer one is cut to its most recent part.
     pub max_window: Duration,
 }
 
-/// A declared incident (DESIGN.md). Only `id` and `declared_at` are required.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Incident {
+/// The window a capture covers, and the one asked for when that was longer than
+/// `capture.max_window` (then the capture covers its most recent part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedWindow {
+    pub window: TimeWindow,
+    pub requested: Option<TimeWindow>,
+}
+
+/// The fields of an incident, before [`Incident::new`] checks them.
+#[derive(Clone, Debug)]
+pub struct IncidentParts {
     pub id: IncidentId,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
     pub declared_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<TimeWindow>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub services: Vec<String>,
+    pub source: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub links: BTreeMap<String, String>,
+}
+
+impl IncidentParts {
+    /// An incident with only its id and declaration time.
+    pub fn new(id: IncidentId, declared_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            title: None,
+            severity: None,
+            declared_at,
+            started_at: None,
+            window: None,
+            resolved_at: None,
+            services: Vec::new(),
+            source: None,
+            labels: BTreeMap::new(),
+            links: BTreeMap::new(),
+        }
+    }
+}
+
+/// A declared incident (DESIGN.md). Only `id` and `declared_at` are required. Built only through
+/// [`Incident::new`] or [`Incident::parse`]: every time it holds lies within 1990–2200 and its
+/// services are non-empty names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Incident {
+    id: IncidentId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity: Option<String>,
+    declared_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<TimeWindow>,
     /// When the incident was resolved (on `incidents.resolved`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<DateTime<Utc>>,
+    resolved_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<String>,
+    services: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    source: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub links: BTreeMap<String, String>,
+    links: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +255,36 @@ struct RawIncident {
 }
 
 impl Incident {
+    /// Checks the parts: every time within 1990–2200; services trimmed, empty ones dropped.
+    pub fn new(parts: IncidentParts) -> Result<Self, IncidentError> {
+        plausible("declared_at", parts.declared_at)?;
+        if let Some(t) = parts.started_at {
+            plausible("started_at", t)?;
+        }
+        if let Some(t) = parts.resolved_at {
+            plausible("resolved_at", t)?;
+        }
+        let services = parts
+            .services
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Self {
+            id: parts.id,
+            title: parts.title,
+            severity: parts.severity,
+            declared_at: parts.declared_at,
+            started_at: parts.started_at,
+            window: parts.window,
+            resolved_at: parts.resolved_at,
+            services,
+            source: parts.source,
+            labels: parts.labels,
+            links: parts.links,
+        })
+    }
+
     /// Parses the incident JSON of DESIGN.md. Unknown fields are ignored, as a newer sender may
     /// add some; missing required fields, wrong types and an inverted window are refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, IncidentError> {
@@ -191,29 +299,11 @@ impl Incident {
             serde_json::from_value(value).map_err(|e| IncidentError::Shape(e.to_string()))?;
         let id = IncidentId::parse(raw.id.as_deref().ok_or(IncidentError::MissingId)?)?;
         let declared_at = raw.declared_at.ok_or(IncidentError::MissingDeclaredAt)?;
-        let dates = [Some(declared_at), raw.started_at, raw.resolved_at]
-            .into_iter()
-            .chain(raw.window.iter().flat_map(|w| [Some(w.start), Some(w.end)]))
-            .flatten();
-        for d in dates {
-            if d.timestamp_nanos_opt().is_none() || d.timestamp() < 0 {
-                return Err(IncidentError::Shape(format!(
-                    "{} is outside the years 1970–2262",
-                    d.to_rfc3339()
-                )));
-            }
-        }
         let window = raw
             .window
             .map(|w| TimeWindow::new(w.start, w.end))
             .transpose()?;
-        let services = raw
-            .services
-            .into_iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        Ok(Self {
+        Self::new(IncidentParts {
             id,
             title: raw.title,
             severity: raw.severity,
@@ -221,11 +311,63 @@ impl Incident {
             started_at: raw.started_at,
             window,
             resolved_at: raw.resolved_at,
-            services,
+            services: raw.services,
             source: raw.source,
             labels: raw.labels,
             links: raw.links,
         })
+    }
+
+    pub fn id(&self) -> &IncidentId {
+        &self.id
+    }
+    pub fn title(&self) -> Option<&str> {
+        self.title.as_deref()
+    }
+    pub fn severity(&self) -> Option<&str> {
+        self.severity.as_deref()
+    }
+    pub fn declared_at(&self) -> DateTime<Utc> {
+        self.declared_at
+    }
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.started_at
+    }
+    /// The window the incident gives, if any.
+    pub fn window(&self) -> Option<TimeWindow> {
+        self.window
+    }
+    pub fn resolved_at(&self) -> Option<DateTime<Utc>> {
+        self.resolved_at
+    }
+    /// Services in scope; empty means every service the backend knows.
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    pub fn links(&self) -> &BTreeMap<String, String> {
+        &self.links
+    }
+
+    /// The same incident with another window (already checked by [`TimeWindow`]).
+    pub fn with_window(&self, window: TimeWindow) -> Self {
+        Self {
+            window: Some(window),
+            ..self.clone()
+        }
+    }
+
+    /// Which occurrence of the incident this is: `declared_at` as `YYYYMMDDTHHMMSSZ`. A recurring
+    /// alert keeps its incident id; each firing episode is declared at its own time, so each gets
+    /// its own captures (and a resolved message, which repeats `declared_at`, finds its
+    /// occurrence's).
+    pub fn occurrence(&self) -> String {
+        self.declared_at.format("%Y%m%dT%H%M%SZ").to_string()
     }
 
     /// When the trouble began: `started_at`, else `declared_at`.
@@ -233,29 +375,54 @@ impl Incident {
         self.started_at.unwrap_or(self.declared_at)
     }
 
-    /// The window to capture: the incident's own, or from `began_at - lookback` to `now`;
-    /// refused when longer than the configured maximum.
+    /// The times in the incident that lie after `latest` (when it was received, plus a clock
+    /// skew allowance), named: such a message describes the future and is refused.
+    pub fn future_times(&self, latest: DateTime<Utc>) -> Vec<String> {
+        let mut named = vec![("declared_at", Some(self.declared_at))];
+        named.push(("started_at", self.started_at));
+        named.push(("resolved_at", self.resolved_at));
+        named.push(("window.start", self.window.map(|w| w.start())));
+        named.push(("window.end", self.window.map(|w| w.end())));
+        named
+            .into_iter()
+            .filter_map(|(name, t)| {
+                t.filter(|t| *t > latest)
+                    .map(|t| format!("{name} {}", t.to_rfc3339()))
+            })
+            .collect()
+    }
+
+    /// The window to capture: the incident's own, or from `began_at - lookback` to `now`. A
+    /// window longer than the configured maximum is cut to its most recent part (the traces
+    /// nearest the declaration matter most), and the one asked for is returned beside it.
     pub fn resolve_window(
         &self,
         defaults: &WindowDefaults,
         now: DateTime<Utc>,
-    ) -> Result<TimeWindow, IncidentError> {
+    ) -> Result<ResolvedWindow, IncidentError> {
         let window = match self.window {
             Some(w) => w,
             None => {
-                let lookback =
-                    chrono::Duration::from_std(defaults.lookback).unwrap_or(chrono::Duration::MAX);
-                let start = self.began_at() - lookback;
+                let start = chrono::Duration::from_std(defaults.lookback)
+                    .ok()
+                    .and_then(|l| self.began_at().checked_sub_signed(l))
+                    .ok_or_else(|| IncidentError::OutOfRange {
+                        what: "window start (capture.lookback before the incident began)".into(),
+                        time: "before the year 1990".into(),
+                    })?;
                 TimeWindow::new(start, now.max(start + chrono::Duration::seconds(1)))?
             }
         };
         if window.duration() > defaults.max_window {
-            return Err(IncidentError::WindowTooLong {
-                actual: humantime::format_duration(window.duration()).to_string(),
-                max: humantime::format_duration(defaults.max_window).to_string(),
+            return Ok(ResolvedWindow {
+                window: window.latest(defaults.max_window),
+                requested: Some(window),
             });
         }
-        Ok(window)
+        Ok(ResolvedWindow {
+            window,
+            requested: None,
+        })
     }
 }
 
@@ -282,9 +449,9 @@ mod tests {
     #[test]
     fn the_design_example_parses() {
         let inc = Incident::parse(FULL.as_bytes()).unwrap();
-        assert_eq!(inc.id.as_str(), "INC-2026-0142");
-        assert_eq!(inc.services, ["payment-service", "checkout-service"]);
-        let w = inc.resolve_window(&defaults(), Utc::now()).unwrap();
+        assert_eq!(inc.id().as_str(), "INC-2026-0142");
+        assert_eq!(inc.services(), ["payment-service", "checkout-service"]);
+        let w = inc.resolve_window(&defaults(), Utc::now()).unwrap().window;
         assert_eq!(w.start().to_rfc3339(), "2026-02-05T14:02:00+00:00");
     }
 
@@ -295,7 +462,7 @@ mod tests {
         )
         .unwrap();
         let now = "2026-02-05T14:50:00Z".parse().unwrap();
-        let w = inc.resolve_window(&defaults(), now).unwrap();
+        let w = inc.resolve_window(&defaults(), now).unwrap().window;
         assert_eq!(w.start().to_rfc3339(), "2026-02-05T14:02:00+00:00");
         assert_eq!(w.end(), now);
     }
@@ -325,12 +492,40 @@ mod tests {
     }
 
     #[test]
-    fn a_window_longer_than_the_maximum_is_refused() {
+    fn a_window_longer_than_the_maximum_is_cut_to_its_most_recent_part() {
         let inc = Incident::parse(
             br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-01T00:00:00Z","end":"2026-02-05T14:00:00Z"}}"#,
         )
         .unwrap();
-        let err = inc.resolve_window(&defaults(), Utc::now()).unwrap_err();
-        assert!(err.to_string().contains("maximum"), "{err}");
+        let r = inc.resolve_window(&defaults(), Utc::now()).unwrap();
+        assert_eq!(r.window.start().to_rfc3339(), "2026-02-04T14:00:00+00:00");
+        assert_eq!(r.window.end().to_rfc3339(), "2026-02-05T14:00:00+00:00");
+        assert_eq!(r.requested, inc.window());
+    }
+
+    #[test]
+    fn times_outside_1990_to_2200_are_refused_and_a_huge_lookback_does_not_panic() {
+        let err = Incident::parse(br#"{"id":"a","declared_at":"1970-01-01T00:00:00Z"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1990"), "{err}");
+        assert!(TimeWindow::from_ns(0, 1_000_000_000_000_000_000).is_err());
+        let inc = Incident::parse(br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z"}"#).unwrap();
+        let huge = WindowDefaults {
+            lookback: Duration::from_secs(u64::MAX / 4),
+            max_window: Duration::from_secs(86400),
+        };
+        assert!(inc.resolve_window(&huge, Utc::now()).is_err());
+    }
+
+    #[test]
+    fn future_times_are_named() {
+        let inc = Incident::parse(
+            br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z","resolved_at":"2099-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let late = inc.future_times("2026-02-05T15:00:00Z".parse().unwrap());
+        assert_eq!(late, ["resolved_at 2099-01-01T00:00:00+00:00"]);
+        assert_eq!(inc.occurrence(), "20260205T144000Z");
     }
 }

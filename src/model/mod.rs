@@ -6,7 +6,10 @@ mod incident;
 mod span;
 
 pub use ids::{IdError, SpanId, TraceId};
-pub use incident::{Incident, IncidentError, IncidentId, TimeWindow, WindowDefaults};
+pub use incident::{
+    EARLIEST_NS, Incident, IncidentError, IncidentId, IncidentParts, LATEST_NS, ResolvedWindow,
+    TimeWindow, WindowDefaults,
+};
 pub use span::{
     AttrValue, Attribute, Event, Link, Resource, Scope, Span, SpanKind, Status, StatusCode, Trace,
 };

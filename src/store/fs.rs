@@ -79,6 +79,26 @@ impl FsStore {
             .ok_or_else(|| FsError::Exists(dir.join(capture_id).display().to_string()))
     }
 
+    /// Claims exactly `capture_id` for a writer that holds the capture's claim (the worker): a
+    /// staging directory left by a crash is removed and claimed anew rather than blocking the
+    /// capture for ever. Fails with [`FsError::Exists`] when the capture is published.
+    pub fn stage_taking_over(
+        &self,
+        incident: &IncidentId,
+        capture_id: &str,
+    ) -> Result<Staged, FsError> {
+        let dir = self.incident_dir(incident)?;
+        let stale = dir.join(format!(".{capture_id}.staging"));
+        if stale.exists() && !dir.join(capture_id).exists() {
+            tracing::warn!(path = %stale.display(), "taking over a staging directory left by an interrupted write");
+            std::fs::remove_dir_all(&stale).map_err(|source| FsError::Create {
+                path: stale.display().to_string(),
+                source,
+            })?;
+        }
+        self.stage_exact(incident, capture_id)
+    }
+
     /// The incident's directory, created when missing.
     fn incident_dir(&self, incident: &IncidentId) -> Result<PathBuf, FsError> {
         let dir = self.root.join(incident.as_str());
@@ -179,5 +199,27 @@ mod tests {
             std::fs::read_to_string(a.target.join("manifest.json")).unwrap(),
             "a"
         );
+    }
+
+    #[test]
+    fn a_staging_directory_left_by_a_crash_is_taken_over_by_the_claim_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let id = IncidentId::parse("INC-1").unwrap();
+        let crashed = store.stage_exact(&id, "c").unwrap();
+        std::fs::write(crashed.staging.join("half.json"), "x").unwrap();
+        drop(crashed);
+        assert!(matches!(
+            store.stage_exact(&id, "c"),
+            Err(FsError::Exists(_))
+        ));
+        let again = store.stage_taking_over(&id, "c").unwrap();
+        assert!(!again.staging.join("half.json").exists());
+        std::fs::write(again.staging.join("manifest.json"), "m").unwrap();
+        store.publish(&again).unwrap();
+        assert!(matches!(
+            store.stage_taking_over(&id, "c"),
+            Err(FsError::Exists(_))
+        ));
     }
 }

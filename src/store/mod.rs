@@ -274,7 +274,8 @@ fn copy_bundle(
     incident: &IncidentId,
     capture: &str,
 ) -> Result<(), StoreError> {
-    let staged = store.stage_exact(incident, capture)?;
+    // The worker holds the capture's claim: a staging directory left by a crash is ours.
+    let staged = store.stage_taking_over(incident, capture)?;
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| StoreError::Io { path, source }

@@ -147,3 +147,66 @@ impl Claims {
         }))
     }
 }
+
+/// Which captures have been announced (`incidents.evidence.ready` and the webhook), kept in the
+/// key-value bucket `<consumer>-announced` for `worker.announced_ttl`: a repeat of an occurrence
+/// long after JetStream's duplicate window (Alertmanager repeats a firing group every
+/// `repeat_interval`) finds its capture stored and announced, and tells nobody again.
+#[derive(Clone)]
+pub struct Announced {
+    kv: kv::Store,
+}
+
+impl Announced {
+    /// Opens the bucket `name`, creating it when missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Self, ClaimError> {
+        let kv = match js.get_key_value(name).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: name.to_owned(),
+                    description: "evidence-locker: captures already announced".into(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClaimError::Bucket {
+                    bucket: name.to_owned(),
+                    message: e.to_string(),
+                })?,
+        };
+        Ok(Self { kv })
+    }
+
+    /// True when the capture's announcement is on record. A bucket that cannot be asked counts
+    /// as not announced: on-call may be told twice, never not at all.
+    pub async fn seen(&self, incident: &str, capture: &str) -> bool {
+        match self.kv.get(Claims::key(incident, capture)).await {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask whether this capture was announced; announcing");
+                false
+            }
+        }
+    }
+
+    /// Records that the capture was announced.
+    pub async fn record(&self, incident: &str, capture: &str) {
+        let value =
+            serde_json::json!({"incident": incident, "capture": capture, "at": chrono::Utc::now()})
+                .to_string();
+        if let Err(e) = self
+            .kv
+            .put(Claims::key(incident, capture), value.into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the announcement; a repeat may announce it again");
+        }
+    }
+}

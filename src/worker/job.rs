@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Incident, TimeWindow, WindowDefaults};
+use crate::model::{Incident, ResolvedWindow, TimeWindow, WindowDefaults};
 use crate::queue::{DECLARED, RESOLVED};
 
-/// Which capture of an incident a message asks for. The capture id is the kind's name, so a
-/// redelivery or a duplicate finds the capture it would make.
+/// Which capture of an incident a message asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CaptureKind {
     Declared,
@@ -26,8 +25,8 @@ impl CaptureKind {
         }
     }
 
-    /// The capture id: `declared` or `resolved`.
-    pub fn capture_id(self) -> &'static str {
+    /// `declared` or `resolved`.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Declared => "declared",
             Self::Resolved => "resolved",
@@ -41,6 +40,8 @@ pub struct JobRules {
     pub window: WindowDefaults,
     pub max_message: usize,
     pub resolved_tail: Duration,
+    /// How far an incident's times may lie ahead of our clock.
+    pub clock_skew: Duration,
 }
 
 /// A usable incident message.
@@ -56,7 +57,8 @@ pub struct Job {
 
 impl Job {
     /// Parses a message: its subject, size and incident JSON, and checks that its window can be
-    /// captured at `now`. `published` is when JetStream received it.
+    /// captured at `now` and that nothing in it lies in the future (beyond the clock skew
+    /// allowed). `published` is when JetStream received it.
     pub fn parse(
         subject: &str,
         payload: &[u8],
@@ -75,9 +77,18 @@ impl Job {
             ));
         }
         let incident = Incident::parse(payload).map_err(|e| e.to_string())?;
+        let skew = chrono::Duration::from_std(rules.clock_skew).unwrap_or_default();
+        let late = incident.future_times(now.max(published) + skew);
+        if !late.is_empty() {
+            return Err(format!(
+                "the incident lies in the future (more than capture.clock_skew = {} ahead of the worker's clock): {}",
+                humantime::format_duration(rules.clock_skew),
+                late.join(", ")
+            ));
+        }
         let resolved_at = match kind {
             CaptureKind::Declared => None,
-            CaptureKind::Resolved => Some(incident.resolved_at.unwrap_or(published)),
+            CaptureKind::Resolved => Some(incident.resolved_at().unwrap_or(published)),
         };
         let job = Self {
             incident,
@@ -89,42 +100,51 @@ impl Job {
         Ok(job)
     }
 
-    /// The capture id (`declared` or `resolved`).
-    pub fn capture_id(&self) -> &'static str {
-        self.kind.capture_id()
+    /// The first capture id of this job's occurrence and kind: `<occurrence>-<kind>`, e.g.
+    /// `20260205T144000Z-declared`. A redelivery or a duplicate finds the capture it would make;
+    /// the same alert firing again later is another occurrence. A capture that supersedes a
+    /// partial one adds `-2`, `-3`, ….
+    pub fn base_capture_id(&self) -> String {
+        format!("{}-{}", self.incident.occurrence(), self.kind.name())
     }
 
     /// The window to capture at `now`. Declared: the incident's window, else from `lookback`
     /// before it began until now. Resolved: from the same start until resolution plus
-    /// `worker.resolved_tail`.
-    pub fn window(&self, now: DateTime<Utc>) -> Result<TimeWindow, crate::model::IncidentError> {
+    /// `worker.resolved_tail`. Cut to `capture.max_window` when longer.
+    pub fn window(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<ResolvedWindow, crate::model::IncidentError> {
         match self.resolved_at {
             None => self.incident.resolve_window(&self.rules.window, now),
             Some(resolved) => {
-                let start = match self.incident.window {
+                let start = match self.incident.window() {
                     Some(w) => w.start(),
-                    None => {
-                        self.incident.began_at()
-                            - chrono::Duration::from_std(self.rules.window.lookback)
-                                .unwrap_or(chrono::Duration::MAX)
-                    }
+                    None => chrono::Duration::from_std(self.rules.window.lookback)
+                        .ok()
+                        .and_then(|l| self.incident.began_at().checked_sub_signed(l))
+                        .ok_or_else(|| crate::model::IncidentError::OutOfRange {
+                            what: "window start (capture.lookback before the incident began)"
+                                .into(),
+                            time: "before the year 1990".into(),
+                        })?,
                 };
                 let tail = chrono::Duration::from_std(self.rules.resolved_tail)
                     .unwrap_or(chrono::Duration::zero());
                 let window = TimeWindow::new(start, resolved + tail)?;
-                let mut incident = self.incident.clone();
-                incident.window = Some(window);
-                incident.resolve_window(&self.rules.window, now)
+                self.incident
+                    .with_window(window)
+                    .resolve_window(&self.rules.window, now)
             }
         }
     }
 
-    /// How long to wait before the window's traces can all exist: a resolved capture covers a
-    /// tail after resolution that may still be in the future.
-    pub fn wait_before_capture(&self, now: DateTime<Utc>) -> Duration {
+    /// How long until the window's traces can all exist: a resolved capture covers a tail after
+    /// resolution that may still be in the future. Zero when it can be captured now.
+    pub fn due_in(&self, now: DateTime<Utc>) -> Duration {
         match self.window(now) {
-            Ok(w) if self.resolved_at.is_some() && w.end() > now => {
-                (w.end() - now).to_std().unwrap_or_default()
+            Ok(w) if self.resolved_at.is_some() && w.window.end() > now => {
+                (w.window.end() - now).to_std().unwrap_or_default()
             }
             _ => Duration::ZERO,
         }
@@ -143,6 +163,7 @@ mod tests {
             },
             max_message: 1 << 20,
             resolved_tail: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(300),
         }
     }
 
@@ -160,12 +181,12 @@ mod tests {
             rules(),
         )
         .unwrap();
-        assert_eq!(job.capture_id(), "resolved");
+        assert_eq!(job.base_capture_id(), "20260205T144000Z-resolved");
         let now = t("2026-02-05T15:11:00Z");
-        let w = job.window(now).unwrap();
+        let w = job.window(now).unwrap().window;
         assert_eq!(w.start(), t("2026-02-05T14:02:00Z"));
         assert_eq!(w.end(), t("2026-02-05T15:15:00Z"));
-        assert_eq!(job.wait_before_capture(now), Duration::from_secs(240));
+        assert_eq!(job.due_in(now), Duration::from_secs(240));
     }
 
     #[test]
@@ -179,7 +200,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            job.window(t("2026-02-05T16:00:00Z")).unwrap().end(),
+            job.window(t("2026-02-05T16:00:00Z")).unwrap().window.end(),
             t("2026-02-05T15:05:00Z")
         );
     }
@@ -187,9 +208,10 @@ mod tests {
     #[test]
     fn unusable_messages_are_refused_with_a_reason() {
         let now = t("2026-02-05T15:00:00Z");
-        let cases: [(&str, &[u8], &str); 4] = [
+        let cases: [(&str, &[u8], &str); 5] = [
             ("incidents.other", br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z"}"#, "neither"),
-            (DECLARED, br#"{"id":"a","declared_at":"2026-02-01T14:40:00Z"}"#, "maximum"),
+            (RESOLVED, br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z","resolved_at":"2099-01-01T00:00:00Z"}"#, "resolved_at 2099"),
+            (DECLARED, br#"{"id":"a","declared_at":"2026-02-05T15:06:00Z"}"#, "in the future"),
             (RESOLVED, br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z","resolved_at":"2026-02-05T13:00:00Z"}"#, "ends"),
             (DECLARED, &[b' '; 2 << 20], "worker.max_message"),
         ];
@@ -197,5 +219,29 @@ mod tests {
             let err = Job::parse(subject, payload, now, now, rules()).unwrap_err();
             assert!(err.contains(want), "{subject}: {err}");
         }
+    }
+
+    #[test]
+    fn each_occurrence_of_an_incident_has_its_own_captures_and_long_windows_are_cut() {
+        let now = t("2026-02-05T15:00:00Z");
+        let job = |declared: &str| {
+            let body = format!(r#"{{"id":"am-1","declared_at":"{declared}"}}"#);
+            Job::parse(DECLARED, body.as_bytes(), now, now, rules()).unwrap()
+        };
+        assert_ne!(
+            job("2026-02-01T10:00:00Z").base_capture_id(),
+            job("2026-02-05T14:00:00Z").base_capture_id()
+        );
+        let long = Job::parse(
+            DECLARED,
+            br#"{"id":"a","declared_at":"2026-02-05T14:40:00Z","window":{"start":"2026-02-01T00:00:00Z","end":"2026-02-05T14:00:00Z"}}"#,
+            now,
+            now,
+            rules(),
+        )
+        .unwrap();
+        let w = long.window(now).unwrap();
+        assert_eq!(w.window.duration(), Duration::from_secs(86400));
+        assert!(w.requested.is_some());
     }
 }

@@ -14,6 +14,8 @@ pub enum Outcome {
     DeadLettered,
     Retried,
     HandedBack,
+    /// Not due yet: handed back until its window has passed.
+    Waiting,
 }
 
 impl Outcome {
@@ -24,6 +26,7 @@ impl Outcome {
             Self::DeadLettered => "dead_lettered",
             Self::Retried => "retried",
             Self::HandedBack => "handed_back",
+            Self::Waiting => "waiting",
         }
     }
 }
@@ -31,6 +34,10 @@ impl Outcome {
 #[derive(Default)]
 pub struct Metrics {
     outcomes: Mutex<BTreeMap<Outcome, u64>>,
+    /// Partial captures stored, by gap kind (a capture counts once under each kind it has).
+    partial: Mutex<BTreeMap<String, u64>>,
+    /// 1 while pulling from the consumer fails.
+    pub pull_failing: AtomicU64,
     pub webhook_failures: AtomicU64,
     pub upload_failures: AtomicU64,
     pub in_flight: AtomicU64,
@@ -49,6 +56,16 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Counts a partial capture under each of its gaps' kinds.
+    pub fn partial(&self, gaps: &[crate::capture::Gap]) {
+        let kinds: std::collections::BTreeSet<&str> =
+            gaps.iter().map(|g| g.kind.as_str()).collect();
+        let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
+        for k in kinds {
+            *partial.entry(k.to_owned()).or_default() += 1;
+        }
+    }
+
     pub fn render(&self, nats_connected: bool) -> String {
         let mut out = String::from(
             "# HELP evidence_locker_worker_messages_total Incident messages handled, by outcome.\n# TYPE evidence_locker_worker_messages_total counter\n",
@@ -65,7 +82,19 @@ impl Metrics {
                 o.name()
             );
         }
-        let gauges: [(&str, &str, &str, u64); 7] = [
+        out.push_str("# HELP evidence_locker_worker_partial_captures_total Partial captures stored, by the kind of gap they have.\n# TYPE evidence_locker_worker_partial_captures_total counter\n");
+        for (kind, n) in self
+            .partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "evidence_locker_worker_partial_captures_total{{gap=\"{kind}\"}} {n}"
+            );
+        }
+        let gauges: [(&str, &str, &str, u64); 8] = [
             (
                 "upload_failures_total",
                 "counter",
@@ -101,6 +130,12 @@ impl Metrics {
                 "gauge",
                 "The spool's bound (worker.spool_max).",
                 self.spool_max.load(Ordering::Relaxed),
+            ),
+            (
+                "pull_failing",
+                "gauge",
+                "1 while pulling incident messages from the consumer fails.",
+                self.pull_failing.load(Ordering::Relaxed),
             ),
             (
                 "nats_connected",

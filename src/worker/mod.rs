@@ -26,7 +26,7 @@ use crate::store::Store;
 
 pub use job::{CaptureKind, Job, JobRules};
 
-use claim::Claims;
+use claim::{Announced, Claims};
 use metrics::Metrics;
 use spool::Spool;
 
@@ -37,6 +37,7 @@ pub(crate) struct Worker {
     store: Store,
     spool: Spool,
     claims: Claims,
+    announced: Announced,
     metrics: Metrics,
     http: reqwest::Client,
     rules: JobRules,
@@ -77,6 +78,7 @@ pub async fn serve(
             }
         }
     }
+    queue.check_server_version()?;
     let mut consumer = ensure_consumer(&queue, settings).await?;
     let actual = consumer
         .info()
@@ -111,6 +113,12 @@ pub async fn serve(
         owner,
     )
     .await?;
+    let announced = Announced::open(
+        queue.jetstream(),
+        &format!("{}-announced", settings.nats.consumer),
+        w.announced_ttl,
+    )
+    .await?;
     let store = Store::from_settings(&settings.store).await?;
     if let Store::S3(s3) = &store {
         match s3.check().await {
@@ -127,6 +135,7 @@ pub async fn serve(
         store,
         spool,
         claims,
+        announced,
         metrics: Metrics::default(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -139,6 +148,7 @@ pub async fn serve(
             },
             max_message: parse_size(&w.max_message).unwrap_or(1 << 20),
             resolved_tail: w.resolved_tail,
+            clock_skew: settings.capture.clock_skew,
         },
         max_deliver,
         ack_wait: actual.ack_wait,
@@ -188,6 +198,9 @@ pub async fn serve(
             _ = stopped(&mut stop) => break,
         };
         while tasks.try_join_next().is_some() {}
+        if fetched.is_ok() && worker.metrics.pull_failing.swap(0, Ordering::Relaxed) == 1 {
+            tracing::info!("pulling incident messages again");
+        }
         match fetched {
             Ok(Some(msg)) => {
                 let worker = worker.clone();
@@ -201,10 +214,23 @@ pub async fn serve(
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "cannot pull incident messages; retrying");
+                worker.metrics.pull_failing.store(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot pull incident messages; making sure the stream and consumer exist, then retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stopped(&mut stop) => break,
+                }
+                // The stream or the consumer may have been deleted (or the server's storage
+                // lost): made again when missing, as at start-up.
+                queue.forget_stream();
+                match queue.ensure_stream().await {
+                    Ok(()) => match ensure_consumer(&queue, settings).await {
+                        Ok(c) => consumer = c,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "the consumer is not ready yet")
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "the stream is not ready yet"),
                 }
             }
         }
@@ -313,13 +339,18 @@ async fn serve_metrics(worker: Arc<Worker>) {
         .route(
             "/readyz",
             get(move || async move {
-                if ready.queue.is_connected() {
-                    (axum::http::StatusCode::OK, "ready")
-                } else {
+                if !ready.queue.is_connected() {
                     (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         "NATS not connected",
                     )
+                } else if ready.metrics.pull_failing.load(Ordering::Relaxed) == 1 {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot pull incident messages from the consumer",
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, "ready")
                 }
             }),
         );

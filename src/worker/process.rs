@@ -24,13 +24,19 @@ enum Done {
     AlreadyCaptured,
 }
 
-/// How a job ended badly.
+/// How a job ended badly (or not yet).
 enum Failure {
     /// Worth another delivery (backend, store or NATS trouble).
     Transient(String),
     /// Will not get better by retrying.
     Permanent(String),
+    /// Not due yet (a resolved capture's tail is still in the future): handed back to be
+    /// redelivered after this long, so that no capture slot is held while waiting.
+    NotDue(Duration),
 }
+
+/// How many captures of one occurrence and kind may supersede a partial one.
+const MAX_SUPERSEDING: usize = 5;
 
 fn transient(e: impl std::fmt::Display) -> Failure {
     Failure::Transient(e.to_string())
@@ -73,12 +79,12 @@ impl Worker {
         };
         let span = tracing::info_span!(
             "incident",
-            id = %job.incident.id,
-            capture = job.capture_id(),
+            id = %job.incident.id(),
+            capture = job.base_capture_id(),
             delivery = deliveries
         );
         let work = tracing::Instrument::instrument(
-            self.heartbeat(&msg, self.handle(&job, &mut slot)),
+            self.heartbeat(&msg, self.handle(&job, deliveries, &mut slot)),
             span.clone(),
         );
         let mut handing_back = self.handing_back.clone();
@@ -125,6 +131,11 @@ impl Worker {
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 self.metrics.outcome(Outcome::Retried);
             }
+            Err(Failure::NotDue(delay)) => {
+                tracing::info!(parent: &span, due_in = ?delay, "not due yet: handed back until the window has passed");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                self.metrics.outcome(Outcome::Waiting);
+            }
         }
     }
 
@@ -157,39 +168,62 @@ impl Worker {
     async fn handle(
         &self,
         job: &Job,
+        deliveries: i64,
         slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Done, Failure> {
-        let id = &job.incident.id;
-        let capture = job.capture_id();
-        // Another worker may be on the same capture (a duplicate message): wait for it to finish
-        // or to die, while our message stays ours.
+        let id = job.incident.id();
+        let base = job.base_capture_id();
+        // Another worker may be on the same occurrence (a duplicate message): wait for it to
+        // finish or to die, while our message stays ours.
         let _claim = loop {
             if let Some(c) = self
                 .claims
-                .try_claim(id.as_str(), capture)
+                .try_claim(id.as_str(), &base)
                 .await
                 .map_err(transient)?
             {
                 break c;
             }
-            if self.already_stored(job).await.is_some() {
+            if let Some((capture, stored)) = self.latest_stored(id, &base).await
+                && !supersedable(&stored)
+            {
+                self.announce(id, &capture, &stored).await?;
                 return Ok(Done::AlreadyCaptured);
             }
             tracing::debug!("another worker holds this capture; waiting");
             tokio::time::sleep(CLAIM_POLL).await;
         };
         // A spooled bundle goes to `store_spooled`, which also finds it already stored.
-        let dir = match self.spool.find(id, capture) {
-            Some(dir) => {
-                tracing::info!("found in the spool; storing it without querying the backend again");
-                dir
+        let (capture, dir) = match self.spool.find_occurrence(id, &base) {
+            Some(found) => {
+                tracing::info!(
+                    capture = found.0,
+                    "found in the spool; storing it without querying the backend again"
+                );
+                found
             }
             None => {
-                if let Some(stored) = self.already_stored(job).await {
-                    self.announce(id, capture, &stored).await?;
-                    return Ok(Done::AlreadyCaptured);
-                }
-                self.capture_into_spool(job).await?
+                let latest = self.latest_stored(id, &base).await;
+                let (capture, previous) = match &latest {
+                    None => (base.clone(), None),
+                    Some((capture, stored)) if !supersedable(stored) => {
+                        self.announce(id, capture, stored).await?;
+                        return Ok(Done::AlreadyCaptured);
+                    }
+                    Some((capture, stored)) => {
+                        let next = next_capture_id(&base, capture);
+                        tracing::info!(
+                            partial = capture,
+                            capture = next,
+                            "the stored capture is partial (its backend could not be asked); capturing again"
+                        );
+                        (next, Some(self.previous(id, capture, stored)))
+                    }
+                };
+                let dir = self
+                    .capture_into_spool(job, &capture, previous, deliveries)
+                    .await?;
+                (capture, dir)
             }
         };
         // The evidence is safe on disk: free the capture slot, and keep the message (and the
@@ -197,7 +231,7 @@ impl Worker {
         drop(slot.take());
         let mut attempt: i64 = 1;
         loop {
-            match self.store_spooled(id, capture, &dir).await {
+            match self.store_spooled(id, &capture, &dir).await {
                 Err(Failure::Transient(e)) if attempt < self.max_deliver.min(1000) => {
                     let delay = self.retry_delay(attempt);
                     tracing::warn!(error = e, retry_in = ?delay, attempt, "not stored yet; retrying");
@@ -216,20 +250,31 @@ impl Worker {
         }
     }
 
-    /// The stored manifest of the job's capture, if the store has it. A store that cannot be
-    /// asked must not delay the capture (the traces expire; the bundle can wait in the spool):
-    /// that counts as not stored, and a duplicate is found when storing.
-    async fn already_stored(&self, job: &Job) -> Option<Vec<u8>> {
-        match self
-            .store
-            .manifest(&job.incident.id, job.capture_id())
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot ask the store whether this capture exists; capturing anyway");
-                None
+    /// The newest stored capture of an occurrence (`base`, `base-2`, …) with its manifest. A
+    /// store that cannot be asked must not delay the capture (the traces expire; the bundle can
+    /// wait in the spool): that counts as not stored, and a duplicate is found when storing.
+    async fn latest_stored(&self, id: &IncidentId, base: &str) -> Option<(String, Vec<u8>)> {
+        let mut latest = None;
+        for n in 1..=MAX_SUPERSEDING + 1 {
+            let capture = numbered(base, n);
+            match self.store.manifest(id, &capture).await {
+                Ok(Some(m)) => latest = Some((capture, m)),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask the store whether this capture exists; capturing anyway");
+                    break;
+                }
             }
+        }
+        latest
+    }
+
+    /// A stored capture as the `previous_capture` of the next one.
+    fn previous(&self, id: &IncidentId, capture: &str, manifest: &[u8]) -> PreviousCapture {
+        PreviousCapture {
+            capture_id: capture.to_owned(),
+            bundle: self.store.bundle_url(id, capture),
+            manifest_sha256: hex::encode(sha2::Sha256::digest(manifest)),
         }
     }
 
@@ -282,15 +327,21 @@ impl Worker {
         Ok(Done::Stored)
     }
 
-    /// Publishes `incidents.evidence.ready` and, the first time (JetStream did not see the
-    /// announcement before), posts the webhook: a redelivery after a crash between storing and
-    /// announcing still tells on-call, and duplicates do not tell them twice.
+    /// Publishes `incidents.evidence.ready` and posts the webhook, once per capture: a capture
+    /// whose announcement is on record (`worker.announced_ttl`) is not announced again, so a
+    /// repeat of the same occurrence (Alertmanager's `repeat_interval`) never re-sends an old
+    /// link as news. The record is written after both, so a crash between storing and
+    /// announcing still tells on-call on the redelivery.
     async fn announce(
         &self,
         id: &IncidentId,
         capture: &str,
         manifest: &[u8],
     ) -> Result<(), Failure> {
+        if self.announced.seen(id.as_str(), capture).await {
+            tracing::info!(capture, "already announced");
+            return Ok(());
+        }
         let link = self
             .store
             .report_link(id, capture)
@@ -298,7 +349,7 @@ impl Worker {
             .map_err(transient)?;
         let ready = EvidenceReady::new(manifest, self.store.bundle_url(id, capture), link)
             .map_err(transient)?;
-        let first = ready
+        ready
             .publish(&self.queue, super::PUBLISH_TIMEOUT)
             .await
             .map_err(transient)?;
@@ -309,8 +360,7 @@ impl Worker {
             "evidence ready"
         );
         let url = &self.settings.notify.webhook_url;
-        if first
-            && !url.is_empty()
+        if !url.is_empty()
             && let Err(e) = post_webhook(&self.http, url, &ready.webhook_body()).await
         {
             self.metrics
@@ -322,6 +372,7 @@ impl Worker {
                 "the webhook notification failed (the bundle is stored and announced on NATS)"
             );
         }
+        self.announced.record(id.as_str(), capture).await;
         Ok(())
     }
 
@@ -343,20 +394,30 @@ impl Worker {
         self.report_spool();
     }
 
-    /// Captures from the backends and writes the bundle into the spool.
-    async fn capture_into_spool(&self, job: &Job) -> Result<PathBuf, Failure> {
+    /// Captures from the backends and writes the bundle into the spool as `capture`. A capture
+    /// in which a backend could not be asked is not kept while retries remain and the window's
+    /// traces are still within the backend's retention: the message is retried instead (the
+    /// backend is often overloaded by the very incident). Only then is it stored as partial.
+    async fn capture_into_spool(
+        &self,
+        job: &Job,
+        capture_id: &str,
+        previous: Option<PreviousCapture>,
+        deliveries: i64,
+    ) -> Result<PathBuf, Failure> {
         self.spool.check_room().map_err(transient)?;
-        let wait = job.wait_before_capture(Utc::now());
-        if !wait.is_zero() {
-            tracing::info!(wait = ?wait, "waiting for the end of the window (resolution + tail)");
-            tokio::time::sleep(wait).await;
+        let last_delivery = deliveries >= self.max_deliver;
+        let due_in = job.due_in(Utc::now());
+        if !due_in.is_zero() && !last_delivery {
+            return Err(Failure::NotDue(due_in + Duration::from_millis(200)));
         }
         let window = job
             .window(Utc::now())
             .map_err(|e| Failure::Permanent(e.to_string()))?;
-        let previous = match job.kind {
-            CaptureKind::Declared => None,
-            CaptureKind::Resolved => self.previous_capture(&job.incident.id).await?,
+        let previous = match (previous, job.kind) {
+            (Some(p), _) => Some(p),
+            (None, CaptureKind::Declared) => None,
+            (None, CaptureKind::Resolved) => self.declared_capture(job).await?,
         };
         let sources = crate::collect::configured_sources(&self.settings)
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
@@ -365,20 +426,42 @@ impl Worker {
             window.start = %plan.window.start(),
             window.end = %plan.window.end(),
             services = plan.services.len(),
+            capture = capture_id,
             "capturing"
         );
         let capture = crate::capture::run(&sources, &plan).await;
+        let unreachable: Vec<&crate::capture::Gap> = capture
+            .gaps
+            .iter()
+            .filter(|g| crate::capture::is_retryable(&g.kind))
+            .collect();
+        if !unreachable.is_empty() && !last_delivery {
+            let next = self.retry_delay(deliveries);
+            if self.within_retention(&plan.window, next) {
+                let first = unreachable[0];
+                return Err(Failure::Transient(format!(
+                    "{} gap(s) a later attempt may fill ({}: {}); capturing again in {}",
+                    unreachable.len(),
+                    first.kind,
+                    first.message,
+                    humantime::format_duration(next)
+                )));
+            }
+            tracing::warn!(
+                "the window's oldest traces leave the backend's retention before another attempt: keeping this partial capture"
+            );
+        }
         let retention = crate::store::retention(self.store.lock_for(capture.started));
         let staged = self
             .spool
-            .stage(&job.incident.id, job.capture_id())
+            .stage(job.incident.id(), capture_id)
             .map_err(transient)?;
         let opts = BundleOptions {
-            capture_id: job.capture_id().to_owned(),
+            capture_id: capture_id.to_owned(),
             error_rate_threshold: self.settings.analysis.error_rate_threshold,
             zstd_level: 3,
             retention,
-            kind: Some(job.capture_id().to_owned()),
+            kind: Some(job.kind.name().to_owned()),
             previous,
         };
         let summary =
@@ -390,6 +473,9 @@ impl Worker {
                 }
             };
         let dir = self.spool.publish(&staged).map_err(transient)?;
+        if !summary.gaps.is_empty() {
+            self.metrics.partial(&summary.gaps);
+        }
         tracing::info!(
             status = summary.status,
             traces = summary.counts.traces,
@@ -401,24 +487,47 @@ impl Worker {
         Ok(dir)
     }
 
-    /// The `declared` capture a `resolved` one follows: stored, or still in the spool.
-    async fn previous_capture(&self, id: &IncidentId) -> Result<Option<PreviousCapture>, Failure> {
-        let first = CaptureKind::Declared.capture_id();
-        let stored = self.store.manifest(id, first).await.map_err(|e| {
-            Failure::Transient(format!("cannot read the declared capture's manifest: {e}"))
-        })?;
-        let manifest = match stored {
-            Some(m) => Some(m),
-            None => self
-                .spool
-                .find(id, first)
-                .and_then(|d| std::fs::read(d.join("manifest.json")).ok()),
+    /// True when the whole window is still inside every configured backend's retention `after`
+    /// from now (with as much again to spare for the capture itself).
+    fn within_retention(&self, window: &crate::model::TimeWindow, after: Duration) -> bool {
+        let shortest = self
+            .settings
+            .backends
+            .values()
+            .filter(|b| b.enabled())
+            .map(|b| b.retention)
+            .min()
+            .unwrap_or_default();
+        let Ok(keep) = chrono::Duration::from_std(shortest) else {
+            return true;
         };
-        Ok(manifest.map(|m| PreviousCapture {
-            capture_id: first.to_owned(),
-            bundle: self.store.bundle_url(id, first),
-            manifest_sha256: hex::encode(sha2::Sha256::digest(&m)),
-        }))
+        let spare = chrono::Duration::from_std(after.saturating_mul(2)).unwrap_or_default();
+        window
+            .start()
+            .checked_add_signed(keep)
+            .is_some_and(|expires| expires > Utc::now() + spare)
+    }
+
+    /// The declared capture a resolved one follows (the newest of its occurrence): stored, or
+    /// still in the spool.
+    async fn declared_capture(&self, job: &Job) -> Result<Option<PreviousCapture>, Failure> {
+        let id = job.incident.id();
+        let base = format!(
+            "{}-{}",
+            job.incident.occurrence(),
+            CaptureKind::Declared.name()
+        );
+        if let Some((capture, m)) = self.latest_stored(id, &base).await {
+            return Ok(Some(self.previous(id, &capture, &m)));
+        }
+        Ok(self
+            .spool
+            .find_occurrence(id, &base)
+            .and_then(|(capture, d)| {
+                std::fs::read(d.join("manifest.json"))
+                    .ok()
+                    .map(|m| self.previous(id, &capture, &m))
+            }))
     }
 
     /// Publishes the message's payload and headers with the reason to `incidents.deadletter`,
@@ -545,7 +654,7 @@ impl Worker {
             let result = self.store_spooled(&b.incident, &b.capture, &b.dir).await;
             drop(claim);
             match result {
-                Ok(_) => {}
+                Ok(_) | Err(Failure::NotDue(_)) => {}
                 Err(Failure::Transient(e)) | Err(Failure::Permanent(e)) => {
                     tracing::warn!(incident = %b.incident, capture = b.capture, error = e, "a spooled bundle is not stored yet");
                 }
@@ -566,5 +675,70 @@ impl Worker {
             max_bytes = self.metrics.spool_max.load(Ordering::Relaxed),
             "spool"
         );
+    }
+}
+
+/// `base`, then `base-2`, `base-3`, ….
+fn numbered(base: &str, n: usize) -> String {
+    if n <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}-{n}")
+    }
+}
+
+/// The capture id after `latest` in its occurrence's sequence.
+fn next_capture_id(base: &str, latest: &str) -> String {
+    let n = latest
+        .strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1);
+    numbered(base, n + 1)
+}
+
+/// Whether a stored capture may be superseded by a new one: it is partial because a backend
+/// could not be asked (a later attempt may get the traces), and the occurrence has not been
+/// captured again too often already.
+fn supersedable(manifest: &[u8]) -> bool {
+    let Ok(m) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+        return false;
+    };
+    let id = m["capture"]["id"].as_str().unwrap_or_default();
+    let seq = id
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .unwrap_or(1);
+    seq <= MAX_SUPERSEDING
+        && m["completeness"]["gaps"].as_array().is_some_and(|gaps| {
+            gaps.iter()
+                .any(|g| crate::capture::is_retryable(g["kind"].as_str().unwrap_or_default()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superseding_captures_are_numbered_and_bounded() {
+        let base = "20260205T144000Z-declared";
+        assert_eq!(next_capture_id(base, base), format!("{base}-2"));
+        assert_eq!(
+            next_capture_id(base, &format!("{base}-2")),
+            format!("{base}-3")
+        );
+        let manifest = |id: &str, kind: &str| {
+            serde_json::json!({"capture": {"id": id}, "completeness": {"status": "partial", "gaps": [{"kind": kind}]}})
+                .to_string()
+                .into_bytes()
+        };
+        assert!(supersedable(&manifest(base, "backend_unavailable")));
+        assert!(!supersedable(&manifest(base, "expired")));
+        assert!(!supersedable(&manifest(
+            &format!("{base}-6"),
+            "query_failed"
+        )));
+        assert!(!supersedable(b"not json"));
     }
 }

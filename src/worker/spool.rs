@@ -114,6 +114,27 @@ impl Spool {
         dir.join("manifest.json").is_file().then_some(dir)
     }
 
+    /// The spooled bundle of an occurrence: the capture `base` or one that supersedes it
+    /// (`base-2`, …), with its capture id.
+    pub fn find_occurrence(&self, incident: &IncidentId, base: &str) -> Option<(String, PathBuf)> {
+        let dir = self.root().join(incident.as_str());
+        let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                let ours = name == base
+                    || name
+                        .strip_prefix(base)
+                        .and_then(|r| r.strip_prefix('-'))
+                        .is_some_and(|n| n.parse::<usize>().is_ok());
+                (ours && e.path().join("manifest.json").is_file()).then(|| (name, e.path()))
+            })
+            .collect();
+        found.sort();
+        found.pop()
+    }
+
     /// Every complete bundle in the spool, oldest incident id first.
     pub fn bundles(&self) -> Result<Vec<Spooled>, SpoolError> {
         let mut out = Vec::new();
@@ -163,9 +184,10 @@ impl Spool {
         Ok(())
     }
 
-    /// Claims the staging directory of a capture.
+    /// Claims the staging directory of a capture. The caller holds the capture's claim, so a
+    /// staging directory left by a crashed attempt is its own to take over.
     pub fn stage(&self, incident: &IncidentId, capture: &str) -> Result<Staged, SpoolError> {
-        Ok(self.store.stage_exact(incident, capture)?)
+        Ok(self.store.stage_taking_over(incident, capture)?)
     }
 
     /// Makes a staged bundle part of the spool.

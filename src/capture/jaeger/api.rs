@@ -157,6 +157,10 @@ impl Search<'_> {
             None
         };
         let collected = collector.finish();
+        self.source
+            .http
+            .tally
+            .absorb(&collected.skipped, &collected.notes);
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
         let traces: Vec<Trace> = collected
             .traces
@@ -166,10 +170,12 @@ impl Search<'_> {
         self.source
             .http
             .finish(answer, Some(returned.len()), server_errors.clone());
-        if let Some(e) = server_errors
-            && returned.is_empty()
-        {
-            return Err(format!("the backend reported errors: {e}"));
+        if let Some(e) = server_errors {
+            if returned.is_empty() {
+                return Err(format!("the backend reported errors: {e}"));
+            }
+            // Errors beside data: some traces of this answer could not be loaded.
+            self.source.http.tally.server_error(e);
         }
         Ok(Page::new(traces, returned))
     }

@@ -99,6 +99,7 @@ impl JaegerSource {
         let mut found: Vec<(Trace, Purposes)> = Vec::new();
         let mut api_name = None;
         let mut notes = std::collections::BTreeMap::new();
+        self.http.limit_bytes(plan.max_bytes);
         match self.discover().await {
             Err(message) => gaps.push(unavailable_gap(
                 &self.name,
@@ -110,7 +111,12 @@ impl JaegerSource {
                 api_name = Some(api.name().to_owned());
                 let known: BTreeSet<String> = known.into_iter().collect();
                 let services: Vec<String> = if plan.services.is_empty() {
-                    known.iter().cloned().collect()
+                    // Jaeger searches one service at a time: every service it lists is a scope,
+                    // bounded by capture.max_services.
+                    let (kept, over) =
+                        plan.bounded_services(&self.name, known.iter().cloned().collect());
+                    gaps.extend(over);
+                    kept
                 } else {
                     plan.services.clone()
                 };
@@ -146,6 +152,7 @@ impl JaegerSource {
                 found.extend(traces);
             }
         }
+        gaps.extend(self.http.tally.take(&self.name, &mut notes));
         SourceCapture {
             record: SourceRecord {
                 name: self.name.clone(),

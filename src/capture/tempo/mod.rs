@@ -140,7 +140,9 @@ impl TempoSource {
                 };
                 match parsed {
                     Ok(partial) => {
-                        let mut traces = c.finish().traces;
+                        let collected = c.finish();
+                        self.http.tally.absorb(&collected.skipped, &collected.notes);
+                        let mut traces = collected.traces;
                         self.http.finish(
                             answer,
                             Some(traces.len()),
@@ -210,6 +212,7 @@ impl TempoSource {
         let mut traces = Vec::new();
         let mut notes = BTreeMap::new();
         let mut known_services: Option<BTreeSet<String>> = None;
+        self.http.limit_bytes(plan.max_bytes);
         match self.probe().await {
             Err(message) => gaps.push(unavailable_gap(
                 &self.name,
@@ -286,6 +289,7 @@ impl TempoSource {
             gaps.extend(unknown_service_gaps(&self.name, plan, known, &traces));
         }
         let url = self.http.display_url();
+        gaps.extend(self.http.tally.take(&self.name, &mut notes));
         SourceCapture {
             record: SourceRecord {
                 name: self.name.clone(),

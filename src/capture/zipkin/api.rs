@@ -66,6 +66,7 @@ impl Search<'_> {
             return Err(self.http.reject(answer, format!("unreadable answer: {e}")));
         }
         let collected = c.finish();
+        self.http.tally.absorb(&collected.skipped, &collected.notes);
         let returned: Vec<_> = collected.traces.iter().map(|t| t.id).collect();
         // The server's own count is its number of lists, whatever could be read of them.
         let lists =

@@ -62,6 +62,7 @@ impl ZipkinSource {
         let mut gaps = Vec::new();
         let mut traces = Vec::new();
         let mut notes = BTreeMap::new();
+        self.http.limit_bytes(plan.max_bytes);
         match self.services().await {
             Err(message) => gaps.push(unavailable_gap(
                 &self.name,
@@ -95,6 +96,7 @@ impl ZipkinSource {
             }
         }
         let url = self.http.display_url();
+        gaps.extend(self.http.tally.take(&self.name, &mut notes));
         SourceCapture {
             record: SourceRecord {
                 name: self.name.clone(),
