@@ -62,6 +62,8 @@ fn capture_id(incident: &Value, kind: &str) -> String {
 struct Worker {
     child: Child,
     log: PathBuf,
+    /// Where its /metrics, /healthz and /readyz answer.
+    metrics: String,
 }
 
 impl Worker {
@@ -133,9 +135,12 @@ impl World {
 
     fn start_worker(&self, name: &str, extra: &[(&str, String)]) -> Worker {
         let log = self.dir.path().join(format!("{name}.log"));
+        let metrics = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_evidence-locker"));
         cmd.arg("worker")
             .env("RUST_LOG", "info,evidence_locker=debug")
+            // Plain text, so that the log can be searched for `delivery=2`.
+            .env("NO_COLOR", "1")
             .env("EVIDENCE_LOCKER__NATS__URL", self.nats.url())
             .env(
                 "EVIDENCE_LOCKER__BACKENDS__DEFAULT__URL",
@@ -149,10 +154,7 @@ impl World {
             .env("EVIDENCE_LOCKER__WORKER__RESOLVED_TAIL", "1s")
             .env("EVIDENCE_LOCKER__WORKER__UPLOAD_ATTEMPTS", "2")
             .env("EVIDENCE_LOCKER__WORKER__SHUTDOWN_GRACE", "2s")
-            .env(
-                "EVIDENCE_LOCKER__METRICS__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
+            .env("EVIDENCE_LOCKER__METRICS__LISTEN", &metrics)
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         for (k, _) in std::env::vars() {
@@ -166,6 +168,7 @@ impl World {
         Worker {
             child: cmd.spawn().expect("the worker starts"),
             log,
+            metrics,
         }
     }
 
@@ -821,4 +824,356 @@ async fn a_capture_longer_than_the_ack_wait_keeps_its_message() {
         "delivered once: {info:?}"
     );
     assert!(!worker.log().contains("delivery=2"), "{}", worker.log());
+}
+
+/// An Alertmanager group notification of one alert that started at `starts` (and ended at
+/// `ends` when resolved).
+fn alert_group(
+    status: &str,
+    starts: chrono::DateTime<Utc>,
+    ends: Option<chrono::DateTime<Utc>>,
+) -> Value {
+    json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"PaymentErrors\"}",
+        "status": status,
+        "receiver": "evidence-locker",
+        "groupLabels": {"alertname": "PaymentErrors"},
+        "commonLabels": {"alertname": "PaymentErrors", "service": "payment", "severity": "critical"},
+        "commonAnnotations": {"summary": "Payment errors"},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": [{
+            "status": status,
+            "labels": {"alertname": "PaymentErrors", "service": "payment"},
+            "annotations": {},
+            "startsAt": starts.to_rfc3339(),
+            "endsAt": ends.map_or("0001-01-01T00:00:00Z".to_owned(), |e| e.to_rfc3339()),
+            "generatorURL": "http://prometheus:9090/graph",
+            "fingerprint": "4c1a2b3d"
+        }]
+    })
+}
+
+/// The real intake on a free loopback port (no credentials: loopback only).
+struct IntakeProcess {
+    base: String,
+    child: Child,
+}
+
+impl Drop for IntakeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_intake(w: &World) -> IntakeProcess {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evidence-locker"));
+    cmd.arg("intake")
+        .env("RUST_LOG", "warn")
+        .env("EVIDENCE_LOCKER__NATS__URL", w.nats.url())
+        .env(
+            "EVIDENCE_LOCKER__INTAKE__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EVIDENCE_LOCKER__") {
+            cmd.env_remove(k);
+        }
+    }
+    let intake = IntakeProcess {
+        base: format!("http://127.0.0.1:{port}"),
+        child: cmd.spawn().expect("intake starts"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", intake.base)).await
+            && r.status() == 200
+        {
+            return intake;
+        }
+        assert!(Instant::now() < deadline, "intake not ready within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_alert(intake: &IntakeProcess, body: &Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/alertmanager", intake.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_alert_gets_evidence_per_firing_episode_and_old_links_are_not_resent() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let hooks = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = hooks.clone();
+    let hook = support::serve(axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    ));
+    let worker = w.start_worker(
+        "a",
+        &[
+            ("EVIDENCE_LOCKER__CAPTURE__LOOKBACK", "1m".into()),
+            (
+                "EVIDENCE_LOCKER__NOTIFY__WEBHOOK_URL",
+                format!("http://{hook}/hook"),
+            ),
+        ],
+    );
+    let intake = start_intake(&w).await;
+    let now = Utc::now();
+    let ago = |m: i64| now - chrono::Duration::minutes(m);
+    // The first episode fires 30 minutes ago (the backend's 40 error traces lie 25–5 minutes
+    // ago) and resolves; the same group fires again 8 minutes ago, for another outage.
+    let first = post_alert(&intake, &alert_group("firing", ago(30), None)).await;
+    w.ready(1, &worker).await;
+    post_alert(&intake, &alert_group("resolved", ago(30), Some(ago(20)))).await;
+    w.ready(2, &worker).await;
+    let second = post_alert(&intake, &alert_group("firing", ago(8), None)).await;
+    assert_eq!(
+        first["incident_id"], second["incident_id"],
+        "one alert group"
+    );
+    assert_ne!(first["occurrence"], second["occurrence"]);
+    let ready = w.ready(3, &worker).await;
+    let declared: Vec<Value> = ready
+        .iter()
+        .map(body)
+        .filter(|r| r["capture_id"].as_str().unwrap().ends_with("-declared"))
+        .collect();
+    assert_eq!(
+        declared.len(),
+        2,
+        "two declared captures: {ready:?}",
+        ready = ready.iter().map(body).collect::<Vec<_>>()
+    );
+    assert_ne!(declared[0]["capture_id"], declared[1]["capture_id"]);
+    assert_ne!(
+        declared[0]["manifest_sha256"],
+        declared[1]["manifest_sha256"]
+    );
+    let errors = |r: &Value| r["counts"]["error_traces"].as_u64().unwrap();
+    assert_eq!(
+        errors(&declared[0]),
+        40,
+        "the first episode's window holds every error"
+    );
+    assert!(
+        errors(&declared[1]) < 40 && errors(&declared[1]) > 0,
+        "the second episode's window holds only the later errors: {}",
+        declared[1]
+    );
+    let id = first["incident_id"].as_str().unwrap();
+    for r in &declared {
+        verify_stored(&w.s3, id, r["capture_id"].as_str().unwrap()).await;
+    }
+
+    // A repeat of the first episode long after JetStream's duplicate window (published here
+    // without a message id): already captured, and nobody is sent the old link as news.
+    let stream = w.js.get_stream("INCIDENTS").await.unwrap();
+    let original = stream.get_raw_message(1).await.unwrap();
+    w.publish("incidents.declared", original.payload.to_vec(), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.log().matches("AlreadyCaptured").count() < 1 {
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.on("incidents.evidence.ready").await.len(), 3);
+    assert_eq!(hooks.lock().unwrap().len(), 3, "one webhook per capture");
+    assert!(w.on("incidents.deadletter").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_for_two_deliveries_gives_a_complete_bundle_on_the_third() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    // Each delivery asks the backend once (no retries inside a delivery): the first two are
+    // refused with 503.
+    w.backend
+        .fail_first
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let worker = w.start_worker(
+        "a",
+        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "0".into())],
+    );
+    let inc = w.declare("INC-BACKEND-DOWN").await;
+    let ready = w.ready(1, &worker).await;
+    let r = body(&ready[0]);
+    assert_eq!(r["status"], "complete", "{r:#}\n{}", worker.log());
+    assert_eq!(r["capture_id"], capture_id(&inc, "declared").as_str());
+    assert_eq!(r["counts"]["error_traces"], 40);
+    let manifest = verify_stored(&w.s3, "INC-BACKEND-DOWN", &capture_id(&inc, "declared")).await;
+    assert_eq!(manifest["completeness"]["gaps"], json!([]));
+    assert_eq!(w.consumer().await.delivered.stream_sequence, 1);
+    assert!(worker.log().contains("delivery=3"), "{}", worker.log());
+    assert!(
+        w.s3.keys(BUCKET, "incidents/INC-BACKEND-DOWN/")
+            .await
+            .iter()
+            .all(|k| k.contains(&format!("/{}/", capture_id(&inc, "declared")))),
+        "one capture"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_capture_is_superseded_by_a_later_delivery_and_left_untouched() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    // Down for both deliveries the message gets: stored as partial on the last one.
+    w.backend
+        .fail_first
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let worker = w.start_worker(
+        "a",
+        &[
+            ("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES", "0".into()),
+            ("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "2".into()),
+        ],
+    );
+    let inc = w.declare("INC-PARTIAL").await;
+    let base = capture_id(&inc, "declared");
+    let ready = w.ready(1, &worker).await;
+    let partial = body(&ready[0]);
+    assert_eq!(partial["status"], "partial");
+    assert_eq!(partial["capture_id"], base.as_str());
+    let before =
+        w.s3.get(
+            BUCKET,
+            &format!("incidents/INC-PARTIAL/{base}/manifest.json"),
+        )
+        .await;
+
+    // The same occurrence again (a repeat notification), the backend back: a new capture.
+    w.publish("incidents.declared", inc.to_string().into_bytes(), None)
+        .await;
+    let ready = w.ready(2, &worker).await;
+    let again = body(&ready[1]);
+    assert_eq!(again["status"], "complete", "{again:#}");
+    assert_eq!(again["capture_id"], format!("{base}-2"));
+    let m = verify_stored(&w.s3, "INC-PARTIAL", &format!("{base}-2")).await;
+    assert_eq!(m["previous_capture"]["capture_id"], base.as_str());
+    assert_eq!(
+        m["previous_capture"]["manifest_sha256"],
+        hex::encode(sha2::Sha256::digest(&before))
+    );
+    assert_eq!(
+        w.s3.get(
+            BUCKET,
+            &format!("incidents/INC-PARTIAL/{base}/manifest.json")
+        )
+        .await,
+        before,
+        "the partial capture is left as it was"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", worker_metrics(&worker)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "evidence_locker_worker_partial_captures_total{gap=\"backend_unavailable\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The address a worker serves its metrics on.
+fn worker_metrics(worker: &Worker) -> String {
+    worker.metrics.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_the_future_and_messages_not_due_yet_never_delay_a_real_incident() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    // One capture slot: a message that held it while waiting would hold up everything.
+    let worker = w.start_worker(
+        "a",
+        &[("EVIDENCE_LOCKER__CAPTURE__CONCURRENCY", "1".into())],
+    );
+    let now = Utc::now();
+    for i in 0..4 {
+        let mut far = incident(&format!("INC-FAR-{i}"));
+        far["resolved_at"] = json!("2099-01-01T00:00:00Z");
+        w.publish("incidents.resolved", far.to_string().into_bytes(), None)
+            .await;
+        // Valid, but its resolution tail ends four minutes from now.
+        let mut soon = incident(&format!("INC-SOON-{i}"));
+        soon["resolved_at"] = json!((now + chrono::Duration::minutes(4)).to_rfc3339());
+        soon.as_object_mut().unwrap().remove("window");
+        w.publish("incidents.resolved", soon.to_string().into_bytes(), None)
+            .await;
+    }
+    let started = Instant::now();
+    w.declare("INC-REAL").await;
+    let ready = w.ready(1, &worker).await;
+    assert_eq!(body(&ready[0])["incident_id"], "INC-REAL");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the real incident waited {:?}",
+        started.elapsed()
+    );
+    let dead = w
+        .wait_on("incidents.deadletter", 4, Duration::from_secs(30), &worker)
+        .await;
+    for d in &dead {
+        let reason = d
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Evidence-Locker-Reason")
+            .unwrap()
+            .to_string();
+        assert!(
+            reason.contains("in the future") && reason.contains("2099"),
+            "{reason}"
+        );
+    }
+    assert!(
+        worker.log().contains("not due yet"),
+        "the waiting messages were handed back: {}",
+        worker.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_deleted_under_a_running_worker_is_made_again_and_the_next_incident_captured() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let worker = w.start_worker("a", &[]);
+    w.declare("INC-BEFORE").await;
+    w.ready(1, &worker).await;
+    w.js.delete_stream("INCIDENTS").await.unwrap();
+    // The test publishes as soon as the stream exists again (the worker makes it).
+    let inc = w.declare("INC-AFTER-DELETE").await;
+    let ready = w.ready(1, &worker).await;
+    let r = body(&ready[0]);
+    assert_eq!(r["incident_id"], "INC-AFTER-DELETE", "{}", worker.log());
+    verify_stored(&w.s3, "INC-AFTER-DELETE", &capture_id(&inc, "declared")).await;
+    assert!(
+        worker
+            .log()
+            .contains("making sure the stream and consumer exist"),
+        "{}",
+        worker.log()
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", worker_metrics(&worker)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
 }
