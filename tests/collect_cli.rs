@@ -394,3 +394,169 @@ fn a_backend_source_needs_an_incident() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--incident"), "{}", stderr(&out));
 }
+
+/// The first `n` lines of the demo's traces (Jaeger JSON Lines), uncompressed.
+fn demo_lines(n: usize) -> Vec<String> {
+    let bytes = std::fs::read(example("traces.jsonl.zst")).unwrap();
+    let plain = zstd::decode_all(&bytes[..]).unwrap();
+    String::from_utf8(plain)
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The format name `collect` gives a JSON Lines line like this one.
+fn first_format(line: &str) -> String {
+    let mut c = TraceCollector::default();
+    c.add_input(line.as_bytes()).unwrap();
+    c.finish().formats.into_keys().next().unwrap()
+}
+
+#[test]
+fn a_json_lines_file_whose_first_line_is_damaged_loses_that_line_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = demo_lines(200);
+    let good = lines.len() - 1;
+    let half = lines[0].len() / 2;
+    lines[0].truncate(half);
+    let file = dir.path().join("traces.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.path().join("evidence");
+    let o = run_cli(
+        &[
+            "collect",
+            "--traces-file",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let bundle = bundle_dir(&o);
+    let manifest = read_json(&bundle.join("manifest.json"));
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    assert!(
+        gaps.iter().any(|g| g["kind"] == "unreadable_spans"
+            && g["message"].as_str().unwrap().contains("line 1:")),
+        "{gaps:#?}"
+    );
+    assert_eq!(
+        manifest["sources"][0]["api"].as_str().unwrap(),
+        format!("{} ×{good}", first_format(&lines[1])),
+    );
+}
+
+#[test]
+fn a_span_without_a_time_does_not_stretch_the_window_back_to_1970() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trace: serde_json::Value = serde_json::from_str(&demo_lines(1)[0]).unwrap();
+    let spans = trace["spans"].as_array_mut().unwrap();
+    let mut untimed = spans[0].clone();
+    untimed["spanID"] = serde_json::json!("00000000deadbeef");
+    untimed["startTime"] = serde_json::json!(0);
+    untimed["duration"] = serde_json::json!(0);
+    spans.push(untimed);
+    let file = dir.path().join("one.json");
+    std::fs::write(&file, trace.to_string()).unwrap();
+    let out = dir.path().join("evidence");
+    let o = run_cli(
+        &[
+            "collect",
+            "--traces-file",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let manifest = read_json(&bundle_dir(&o).join("manifest.json"));
+    let start = manifest["window"]["start"].as_str().unwrap();
+    assert!(start.starts_with("2026-02-05"), "window start {start}");
+}
+
+#[test]
+fn a_window_longer_than_the_maximum_is_cut_to_its_latest_part_with_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut incident = read_json(Path::new(&example("incident.json")));
+    incident["window"]["start"] = serde_json::json!("2026-02-02T14:00:00Z");
+    let path = dir.path().join("incident.json");
+    std::fs::write(&path, incident.to_string()).unwrap();
+    let out = dir.path().join("evidence");
+    let o = run_cli(
+        &[
+            "collect",
+            "--incident",
+            path.to_str().unwrap(),
+            "--traces-file",
+            &example("traces.jsonl.zst"),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("EVIDENCE_LOCKER__CAPTURE__MAX_WINDOW", "1h".into())],
+    );
+    let manifest = read_json(&bundle_dir(&o).join("manifest.json"));
+    assert_eq!(manifest["window"]["start"], "2026-02-05T13:55:00Z");
+    assert_eq!(manifest["window"]["end"], "2026-02-05T14:55:00Z");
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    assert!(
+        gaps.iter().any(|g| g["kind"] == "truncated"
+            && g["start"] == "2026-02-02T14:00:00Z"
+            && g["message"]
+                .as_str()
+                .unwrap()
+                .contains("capture.max_window")),
+        "{gaps:#?}"
+    );
+}
+
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_naming_the_bundle_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("evidence");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_evidence-locker"))
+        .args([
+            "collect",
+            "--traces-file",
+            &example("traces.jsonl.zst"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("standard output cannot be written") && err.contains(out.to_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[test]
+fn huge_configuration_values_stop_at_start_up_naming_the_key() {
+    for (key, value) in [
+        ("EVIDENCE_LOCKER__CAPTURE__LOOKBACK", "1000000d"),
+        ("EVIDENCE_LOCKER__STORE__OBJECT_LOCK_DAYS", "4000000000"),
+    ] {
+        let o = run_cli(
+            &["collect", "--traces-file", &example("traces.jsonl.zst")],
+            &[(key, value.into())],
+        );
+        let err = stderr(&o);
+        let name = key
+            .trim_start_matches("EVIDENCE_LOCKER__")
+            .replace("__", ".")
+            .to_lowercase();
+        assert!(!o.status.success() && err.contains(&name), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

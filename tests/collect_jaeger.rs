@@ -237,3 +237,40 @@ fn a_misspelt_service_is_a_gap_not_a_complete_empty_bundle() {
     assert_eq!(gap["kind"], "unknown_service");
     assert_eq!(gap["service"], "paymnet");
 }
+
+#[test]
+fn spans_a_backend_returns_that_cannot_be_read_are_a_gap_not_a_silent_loss() {
+    let s = scenario();
+    let mut traces = synthetic_traces(
+        20,
+        us(Duration::minutes(25)),
+        us(Duration::minutes(5)),
+        true,
+        20_000,
+        0,
+    );
+    // One frontend span dated in nanoseconds instead of microseconds (far beyond 2200 to a
+    // reader); the trace's payment span still matches the search.
+    let ns = traces[0]["spans"][0]["startTime"].as_i64().unwrap() * 1000;
+    traces[0]["spans"][0]["startTime"] = json!(ns);
+    let (addr, _server) = jaeger::start(Server::new(Api::V1, 500, traces));
+    let out = collect_from(&s, "--jaeger", &format!("http://{addr}"), &[]);
+    let bundle = bundle_dir(&out);
+    assert!(stdout(&out).contains("status: partial"), "{}", stdout(&out));
+    let manifest = read_json(&bundle.join("manifest.json"));
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    let unreadable: Vec<_> = gaps
+        .iter()
+        .filter(|g| g["kind"] == "unreadable_spans")
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{gaps:#?}");
+    assert_eq!(unreadable[0]["source"], "jaeger");
+    assert!(
+        unreadable[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong unit"),
+        "{}",
+        unreadable[0]
+    );
+}
