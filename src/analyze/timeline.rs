@@ -46,15 +46,18 @@ fn ms(ns: i64) -> String {
 
 pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInput) -> Timeline {
     let mut entries = Vec::new();
-    // Built once: looked up for every failing service and every propagation edge.
-    let mut by_id: std::collections::HashMap<(TraceId, SpanId), &crate::model::Span> =
-        std::collections::HashMap::new();
-    for t in forest {
-        for s in &t.trace.spans {
-            by_id.entry((t.trace.id, s.span_id)).or_insert(s);
-        }
+    // Traces by id, built once: looked up for every failing service and every propagation edge
+    // (a scan of the forest each time made the timeline quadratic in the failing services).
+    let mut by_trace: std::collections::HashMap<TraceId, usize> =
+        std::collections::HashMap::with_capacity(forest.len());
+    for (i, t) in forest.iter().enumerate() {
+        by_trace.entry(t.trace.id).or_insert(i);
     }
-    let span_of = |trace_id: TraceId, span_id: SpanId| by_id.get(&(trace_id, span_id)).copied();
+    let span_of = |trace_id: TraceId, span_id: SpanId| {
+        by_trace
+            .get(&trace_id)
+            .and_then(|&i| forest[i].trace.spans.iter().find(|s| s.span_id == span_id))
+    };
 
     // The first failing request into each service in each minute, found in one pass.
     let mut first_error_by_minute: BTreeMap<(&str, i64), &crate::model::Span> = BTreeMap::new();
