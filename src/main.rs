@@ -191,8 +191,15 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
             st.bucket = bucket;
             st.prefix = prefix;
             s3 = Some(S3Store::connect(&st).await?);
-            let dir = tempfile::Builder::new()
-                .prefix("evidence-locker-collect-")
+            let mut builder = tempfile::Builder::new();
+            builder.prefix("evidence-locker-collect-");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                // Evidence may hold what the traces hold: readable by us only.
+                builder.permissions(std::fs::Permissions::from_mode(0o700));
+            }
+            let dir = builder
                 .tempdir()
                 .context("cannot create a temporary directory for the bundle")?;
             let path = dir.path().to_owned();

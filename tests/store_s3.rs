@@ -199,6 +199,23 @@ async fn collect_stores_a_bundle_at_an_s3_location_and_keeps_it_locally_when_s3_
         std::path::Path::new(kept).join("manifest.json").is_file(),
         "{err}"
     );
+    // The bundle was staged in a fresh private directory, and a later run, stored or not,
+    // leaves the kept one alone.
+    let staging = std::path::Path::new(kept)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(staging).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "{}",
+        staging.display()
+    );
+    let out = support::run_cli(&args, &env(SECRET_KEY));
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(std::path::Path::new(kept).join("manifest.json").is_file());
     let _ = std::fs::remove_dir_all(
         std::path::Path::new(kept)
             .parent()
