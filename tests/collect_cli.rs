@@ -24,6 +24,20 @@ fn example(rel: &str) -> String {
         .to_string()
 }
 
+/// `collect --traces-file FILE --out DIR`, without an incident.
+fn collect_file(file: &Path, out: &Path) -> std::process::Output {
+    run_cli(
+        &[
+            "collect",
+            "--traces-file",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
 fn files_under(dir: &Path) -> usize {
     if !dir.exists() {
         return 0;
@@ -97,16 +111,7 @@ fn an_unreadable_traces_file_is_refused_and_nothing_is_written() {
     let bad = dir.path().join("traces.json");
     std::fs::write(&bad, "{\"data\": [").unwrap();
     let out_dir = dir.path().join("evidence");
-    let out = run_cli(
-        &[
-            "collect",
-            "--traces-file",
-            bad.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = collect_file(&bad, &out_dir);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("traces.json"), "{}", stderr(&out));
     assert_eq!(files_under(&out_dir), 0);
@@ -424,16 +429,7 @@ fn a_json_lines_file_whose_first_line_is_damaged_loses_that_line_only() {
     let file = dir.path().join("traces.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
     let out = dir.path().join("evidence");
-    let o = run_cli(
-        &[
-            "collect",
-            "--traces-file",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = collect_file(&file, &out);
     let bundle = bundle_dir(&o);
     let manifest = read_json(&bundle.join("manifest.json"));
     let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
@@ -461,16 +457,7 @@ fn a_span_without_a_time_does_not_stretch_the_window_back_to_1970() {
     let file = dir.path().join("one.json");
     std::fs::write(&file, trace.to_string()).unwrap();
     let out = dir.path().join("evidence");
-    let o = run_cli(
-        &[
-            "collect",
-            "--traces-file",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = collect_file(&file, &out);
     let manifest = read_json(&bundle_dir(&o).join("manifest.json"));
     let start = manifest["window"]["start"].as_str().unwrap();
     assert!(start.starts_with("2026-02-05"), "window start {start}");

@@ -306,6 +306,23 @@ impl World {
     }
 }
 
+/// A loopback Slack-style webhook: its address and the bodies it received.
+fn webhook_sink() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let hooks = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = hooks.clone();
+    let hook = support::serve(axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    ));
+    (hook, hooks)
+}
+
 fn body(m: &jetstream::Message) -> Value {
     serde_json::from_slice(&m.payload).unwrap()
 }
@@ -339,18 +356,7 @@ async fn verify_stored(s3: &S3Server, incident: &str, capture: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolved_capture() {
     let w = world(NatsServer::start(), Kind::Moto, true).await;
-    let hooks = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let seen = hooks.clone();
-    let hook = support::serve(axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    ));
+    let (hook, hooks) = webhook_sink();
     let worker = w.start_worker(
         "a",
         &[
@@ -914,18 +920,7 @@ async fn post_alert(intake: &IntakeProcess, body: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_alert_gets_evidence_per_firing_episode_and_old_links_are_not_resent() {
     let w = world(NatsServer::start(), Kind::S3sFs, false).await;
-    let hooks = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let seen = hooks.clone();
-    let hook = support::serve(axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    ));
+    let (hook, hooks) = webhook_sink();
     let worker = w.start_worker(
         "a",
         &[

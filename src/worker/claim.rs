@@ -52,6 +52,33 @@ impl Drop for Claim {
     }
 }
 
+/// The key-value bucket `name`, created when missing with one value per key kept `ttl` (an
+/// existing bucket is used as it is).
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    ttl: Duration,
+) -> Result<kv::Store, ClaimError> {
+    match js.get_key_value(name).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                description: description.to_owned(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClaimError::Bucket {
+                bucket: name.to_owned(),
+                message: e.to_string(),
+            }),
+    }
+}
+
 impl Claims {
     /// Opens the bucket `name`, creating it when missing (its age limit is the claim TTL).
     pub async fn open(
@@ -60,24 +87,13 @@ impl Claims {
         ttl: Duration,
         owner: String,
     ) -> Result<Self, ClaimError> {
-        let fail = |e: &dyn std::fmt::Display| ClaimError::Bucket {
-            bucket: name.to_owned(),
-            message: e.to_string(),
-        };
-        let kv = match js.get_key_value(name).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.to_owned(),
-                    description: "evidence-locker: which worker is capturing which incident".into(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| fail(&e))?,
-        };
+        let kv = open_bucket(
+            js,
+            name,
+            "evidence-locker: which worker is capturing which incident",
+            ttl,
+        )
+        .await?;
         Ok(Self { kv, ttl, owner })
     }
 
@@ -164,23 +180,7 @@ impl Announced {
         name: &str,
         ttl: Duration,
     ) -> Result<Self, ClaimError> {
-        let kv = match js.get_key_value(name).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.to_owned(),
-                    description: "evidence-locker: captures already announced".into(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClaimError::Bucket {
-                    bucket: name.to_owned(),
-                    message: e.to_string(),
-                })?,
-        };
+        let kv = open_bucket(js, name, "evidence-locker: captures already announced", ttl).await?;
         Ok(Self { kv })
     }
 
