@@ -457,26 +457,32 @@ impl Settings {
         let c = &self.capture;
         let w = &self.worker;
         let mut durations = vec![
-            ("capture.lookback", c.lookback),
-            ("capture.slow_threshold", c.slow_threshold),
-            ("capture.baseline", c.baseline),
-            ("capture.max_window", c.max_window),
-            ("capture.clock_skew", c.clock_skew),
-            ("nats.duplicate_window", self.nats.duplicate_window),
-            ("nats.stream_max_age", self.nats.stream_max_age),
-            ("worker.ack_wait", w.ack_wait),
-            ("worker.retry_delay", w.retry_delay),
-            ("worker.retry_delay_max", w.retry_delay_max),
-            ("worker.resolved_tail", w.resolved_tail),
-            ("worker.shutdown_grace", w.shutdown_grace),
-            ("worker.claim_ttl", w.claim_ttl),
-            ("worker.announced_ttl", w.announced_ttl),
-            ("intake.publish_timeout", self.intake.publish_timeout),
+            ("capture.lookback".to_owned(), c.lookback),
+            ("capture.slow_threshold".to_owned(), c.slow_threshold),
+            ("capture.baseline".to_owned(), c.baseline),
+            ("capture.max_window".to_owned(), c.max_window),
+            ("capture.clock_skew".to_owned(), c.clock_skew),
+            (
+                "nats.duplicate_window".to_owned(),
+                self.nats.duplicate_window,
+            ),
+            ("nats.stream_max_age".to_owned(), self.nats.stream_max_age),
+            ("worker.ack_wait".to_owned(), w.ack_wait),
+            ("worker.retry_delay".to_owned(), w.retry_delay),
+            ("worker.retry_delay_max".to_owned(), w.retry_delay_max),
+            ("worker.resolved_tail".to_owned(), w.resolved_tail),
+            ("worker.shutdown_grace".to_owned(), w.shutdown_grace),
+            ("worker.claim_ttl".to_owned(), w.claim_ttl),
+            ("worker.announced_ttl".to_owned(), w.announced_ttl),
+            (
+                "intake.publish_timeout".to_owned(),
+                self.intake.publish_timeout,
+            ),
         ];
         for (name, b) in &self.backends {
-            durations.push((leak(format!("backends.{name}.retention")), b.retention));
-            durations.push((leak(format!("backends.{name}.timeout")), b.timeout));
-            durations.push((leak(format!("backends.{name}.min_slice")), b.min_slice));
+            durations.push((format!("backends.{name}.retention"), b.retention));
+            durations.push((format!("backends.{name}.timeout"), b.timeout));
+            durations.push((format!("backends.{name}.min_slice"), b.min_slice));
         }
         for (key, d) in durations {
             if d > CENTURY {
@@ -605,11 +611,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-/// A key name built at run time, for an error message that lives as long as the program.
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// Parses a size: `256KiB`, `1MiB`, `10GiB`, `64KB`, `65536`.

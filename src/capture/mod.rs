@@ -48,6 +48,16 @@ pub struct CapturePlan {
 /// The gap kind of a limit of ours that was reached (`capture.max_*`): not worth retrying.
 pub const LIMIT_REACHED: &str = "limit_reached";
 
+/// The gap kind of a query that failed with `message`: [`LIMIT_REACHED`] when it was not sent
+/// because `capture.max_bytes` was reached (not worth retrying), else `otherwise`.
+pub fn failure_kind(message: &str, otherwise: &'static str) -> &'static str {
+    if message.contains(http::BUDGET_REACHED) {
+        LIMIT_REACHED
+    } else {
+        otherwise
+    }
+}
+
 /// Gap kinds that another attempt may fill: the backend did not answer, or failed a query.
 pub fn is_retryable(kind: &str) -> bool {
     matches!(kind, "backend_unavailable" | "query_failed")

@@ -223,11 +223,7 @@ async fn sweep_scope<B: Searches>(
                     .map(|t| (t, Purposes::default().with(purpose))),
             );
             gaps.extend(found.shortfalls.into_iter().map(|s| {
-                let kind = if s.message.contains(super::http::BUDGET_REACHED) {
-                    super::LIMIT_REACHED
-                } else {
-                    s.kind.gap_kind()
-                };
+                let kind = super::failure_kind(&s.message, s.kind.gap_kind());
                 gap(
                     limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
                 )
@@ -256,11 +252,7 @@ async fn sweep_scope<B: Searches>(
                         .map(|t| (t, Purposes::default().with(Purpose::Baseline))),
                 ),
                 Err(message) => {
-                    let kind = if message.contains(super::http::BUDGET_REACHED) {
-                        super::LIMIT_REACHED
-                    } else {
-                        "query_failed"
-                    };
+                    let kind = super::failure_kind(&message, "query_failed");
                     gaps.push(gap(limits, service, Purpose::Baseline, s, e, message, kind))
                 }
             }

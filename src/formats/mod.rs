@@ -146,7 +146,7 @@ impl TraceCollector {
     }
 
     /// Counts a JSON Lines line that could not be read, remembering the first.
-    fn bad_line(&mut self, line_no: usize, e: FormatError) {
+    fn bad_line(&mut self, line_no: usize, e: impl std::fmt::Display) {
         self.bad_lines.0 += 1;
         if self.bad_lines.1.as_ref().is_none_or(|(n, _)| line_no < *n) {
             self.bad_lines.1 = Some((line_no, e.to_string()));
@@ -229,8 +229,7 @@ impl TraceCollector {
         if rest.formats.is_empty() {
             return Err(error.into());
         }
-        self.bad_lines.0 += 1;
-        self.bad_lines.1 = Some((line_no, first_message));
+        self.bad_line(line_no, first_message);
         self.absorb(rest);
         Ok(())
     }

@@ -370,6 +370,18 @@ impl Incident {
         self.declared_at.format("%Y%m%dT%H%M%SZ").to_string()
     }
 
+    /// Where a window the incident does not give starts: `lookback` before it began. Refused
+    /// when that lies before any representable time (a huge lookback).
+    pub fn lookback_start(&self, lookback: Duration) -> Result<DateTime<Utc>, IncidentError> {
+        chrono::Duration::from_std(lookback)
+            .ok()
+            .and_then(|l| self.began_at().checked_sub_signed(l))
+            .ok_or_else(|| IncidentError::OutOfRange {
+                what: "window start (capture.lookback before the incident began)".into(),
+                time: "before the year 1990".into(),
+            })
+    }
+
     /// When the trouble began: `started_at`, else `declared_at`.
     pub fn began_at(&self) -> DateTime<Utc> {
         self.started_at.unwrap_or(self.declared_at)
@@ -403,13 +415,7 @@ impl Incident {
         let window = match self.window {
             Some(w) => w,
             None => {
-                let start = chrono::Duration::from_std(defaults.lookback)
-                    .ok()
-                    .and_then(|l| self.began_at().checked_sub_signed(l))
-                    .ok_or_else(|| IncidentError::OutOfRange {
-                        what: "window start (capture.lookback before the incident began)".into(),
-                        time: "before the year 1990".into(),
-                    })?;
+                let start = self.lookback_start(defaults.lookback)?;
                 TimeWindow::new(start, now.max(start + chrono::Duration::seconds(1)))?
             }
         };

@@ -34,6 +34,35 @@ impl CaptureKind {
     }
 }
 
+/// The first capture id of an incident's occurrence and kind: `<occurrence>-<kind>`, e.g.
+/// `20260205T144000Z-declared`.
+pub fn capture_base(incident: &Incident, kind: CaptureKind) -> String {
+    format!("{}-{}", incident.occurrence(), kind.name())
+}
+
+/// The `n`th capture of an occurrence and kind: `base`, then `base-2`, `base-3`, … (a capture
+/// that supersedes a partial one).
+pub fn numbered(base: &str, n: usize) -> String {
+    if n <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}-{n}")
+    }
+}
+
+/// Where `capture` stands among the captures [`numbered`] from `base` (1 for `base` itself), or
+/// `None` when it is not one of them.
+pub fn position_in(base: &str, capture: &str) -> Option<usize> {
+    let rest = capture.strip_prefix(base)?;
+    if rest.is_empty() {
+        return Some(1);
+    }
+    rest.strip_prefix('-')?
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 2)
+}
+
 /// The settings a job is parsed with.
 #[derive(Clone, Copy, Debug)]
 pub struct JobRules {
@@ -105,7 +134,7 @@ impl Job {
     /// the same alert firing again later is another occurrence. A capture that supersedes a
     /// partial one adds `-2`, `-3`, ….
     pub fn base_capture_id(&self) -> String {
-        format!("{}-{}", self.incident.occurrence(), self.kind.name())
+        capture_base(&self.incident, self.kind)
     }
 
     /// The window to capture at `now`. Declared: the incident's window, else from `lookback`
@@ -120,14 +149,7 @@ impl Job {
             Some(resolved) => {
                 let start = match self.incident.window() {
                     Some(w) => w.start(),
-                    None => chrono::Duration::from_std(self.rules.window.lookback)
-                        .ok()
-                        .and_then(|l| self.incident.began_at().checked_sub_signed(l))
-                        .ok_or_else(|| crate::model::IncidentError::OutOfRange {
-                            what: "window start (capture.lookback before the incident began)"
-                                .into(),
-                            time: "before the year 1990".into(),
-                        })?,
+                    None => self.incident.lookback_start(self.rules.window.lookback)?,
                 };
                 let tail = chrono::Duration::from_std(self.rules.resolved_tail)
                     .unwrap_or(chrono::Duration::zero());

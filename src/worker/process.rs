@@ -11,7 +11,7 @@ use chrono::Utc;
 use sha2::Digest;
 
 use super::Worker;
-use super::job::{CaptureKind, Job};
+use super::job::{CaptureKind, Job, capture_base, numbered, position_in};
 use super::metrics::Outcome;
 use crate::bundle::{BundleOptions, PreviousCapture};
 use crate::model::IncidentId;
@@ -185,7 +185,7 @@ impl Worker {
                 break c;
             }
             if let Some((capture, stored)) = self.latest_stored(id, &base).await
-                && !supersedable(&stored)
+                && !supersedable(&base, &stored)
             {
                 self.announce(id, &capture, &stored).await?;
                 return Ok(Done::AlreadyCaptured);
@@ -206,7 +206,7 @@ impl Worker {
                 let latest = self.latest_stored(id, &base).await;
                 let (capture, previous) = match &latest {
                     None => (base.clone(), None),
-                    Some((capture, stored)) if !supersedable(stored) => {
+                    Some((capture, stored)) if !supersedable(&base, stored) => {
                         self.announce(id, capture, stored).await?;
                         return Ok(Done::AlreadyCaptured);
                     }
@@ -417,7 +417,7 @@ impl Worker {
         let previous = match (previous, job.kind) {
             (Some(p), _) => Some(p),
             (None, CaptureKind::Declared) => None,
-            (None, CaptureKind::Resolved) => self.declared_capture(job).await?,
+            (None, CaptureKind::Resolved) => self.declared_capture(job).await,
         };
         let sources = crate::collect::configured_sources(&self.settings)
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
@@ -510,24 +510,15 @@ impl Worker {
 
     /// The declared capture a resolved one follows (the newest of its occurrence): stored, or
     /// still in the spool.
-    async fn declared_capture(&self, job: &Job) -> Result<Option<PreviousCapture>, Failure> {
+    async fn declared_capture(&self, job: &Job) -> Option<PreviousCapture> {
         let id = job.incident.id();
-        let base = format!(
-            "{}-{}",
-            job.incident.occurrence(),
-            CaptureKind::Declared.name()
-        );
+        let base = capture_base(&job.incident, CaptureKind::Declared);
         if let Some((capture, m)) = self.latest_stored(id, &base).await {
-            return Ok(Some(self.previous(id, &capture, &m)));
+            return Some(self.previous(id, &capture, &m));
         }
-        Ok(self
-            .spool
-            .find_occurrence(id, &base)
-            .and_then(|(capture, d)| {
-                std::fs::read(d.join("manifest.json"))
-                    .ok()
-                    .map(|m| self.previous(id, &capture, &m))
-            }))
+        let (capture, dir) = self.spool.find_occurrence(id, &base)?;
+        let m = std::fs::read(dir.join("manifest.json")).ok()?;
+        Some(self.previous(id, &capture, &m))
     }
 
     /// Publishes the message's payload and headers with the reason to `incidents.deadletter`,
@@ -678,38 +669,20 @@ impl Worker {
     }
 }
 
-/// `base`, then `base-2`, `base-3`, ….
-fn numbered(base: &str, n: usize) -> String {
-    if n <= 1 {
-        base.to_owned()
-    } else {
-        format!("{base}-{n}")
-    }
-}
-
 /// The capture id after `latest` in its occurrence's sequence.
 fn next_capture_id(base: &str, latest: &str) -> String {
-    let n = latest
-        .strip_prefix(base)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1);
-    numbered(base, n + 1)
+    numbered(base, position_in(base, latest).unwrap_or(1) + 1)
 }
 
-/// Whether a stored capture may be superseded by a new one: it is partial because a backend
-/// could not be asked (a later attempt may get the traces), and the occurrence has not been
-/// captured again too often already.
-fn supersedable(manifest: &[u8]) -> bool {
+/// Whether the stored capture `manifest` of the occurrence `base` may be superseded by a new
+/// one: it is partial because a backend could not be asked (a later attempt may get the
+/// traces), and the occurrence has not been captured again too often already.
+fn supersedable(base: &str, manifest: &[u8]) -> bool {
     let Ok(m) = serde_json::from_slice::<serde_json::Value>(manifest) else {
         return false;
     };
     let id = m["capture"]["id"].as_str().unwrap_or_default();
-    let seq = id
-        .rsplit_once('-')
-        .and_then(|(_, n)| n.parse::<usize>().ok())
-        .unwrap_or(1);
-    seq <= MAX_SUPERSEDING
+    position_in(base, id).unwrap_or(1) <= MAX_SUPERSEDING
         && m["completeness"]["gaps"].as_array().is_some_and(|gaps| {
             gaps.iter()
                 .any(|g| crate::capture::is_retryable(g["kind"].as_str().unwrap_or_default()))
@@ -733,12 +706,12 @@ mod tests {
                 .to_string()
                 .into_bytes()
         };
-        assert!(supersedable(&manifest(base, "backend_unavailable")));
-        assert!(!supersedable(&manifest(base, "expired")));
-        assert!(!supersedable(&manifest(
-            &format!("{base}-6"),
-            "query_failed"
-        )));
-        assert!(!supersedable(b"not json"));
+        assert!(supersedable(base, &manifest(base, "backend_unavailable")));
+        assert!(!supersedable(base, &manifest(base, "expired")));
+        assert!(!supersedable(
+            base,
+            &manifest(&format!("{base}-6"), "query_failed")
+        ));
+        assert!(!supersedable(base, b"not json"));
     }
 }

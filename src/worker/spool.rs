@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::job::position_in;
 use crate::model::IncidentId;
 use crate::store::fs::{FsError, FsStore, Staged};
 
@@ -108,31 +109,23 @@ impl Spool {
         Ok(out)
     }
 
-    /// The spooled bundle of a capture, if there is one.
-    pub fn find(&self, incident: &IncidentId, capture: &str) -> Option<PathBuf> {
-        let dir = self.root().join(incident.as_str()).join(capture);
-        dir.join("manifest.json").is_file().then_some(dir)
-    }
-
     /// The spooled bundle of an occurrence: the capture `base` or one that supersedes it
-    /// (`base-2`, …), with its capture id.
+    /// (`base-2`, …), the latest if there were several, with its capture id.
     pub fn find_occurrence(&self, incident: &IncidentId, base: &str) -> Option<(String, PathBuf)> {
         let dir = self.root().join(incident.as_str());
-        let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        std::fs::read_dir(&dir)
             .ok()?
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_str()?.to_owned();
-                let ours = name == base
-                    || name
-                        .strip_prefix(base)
-                        .and_then(|r| r.strip_prefix('-'))
-                        .is_some_and(|n| n.parse::<usize>().is_ok());
-                (ours && e.path().join("manifest.json").is_file()).then(|| (name, e.path()))
+                let n = position_in(base, &name)?;
+                e.path()
+                    .join("manifest.json")
+                    .is_file()
+                    .then(|| (n, name, e.path()))
             })
-            .collect();
-        found.sort();
-        found.pop()
+            .max_by_key(|(n, _, _)| *n)
+            .map(|(_, name, path)| (name, path))
     }
 
     /// Every complete bundle in the spool, oldest incident id first.
@@ -268,7 +261,11 @@ mod tests {
         let found = spool.bundles().unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].capture, "declared");
-        assert!(spool.find(&found[0].incident, "declared").is_some());
+        assert!(
+            spool
+                .find_occurrence(&found[0].incident, "declared")
+                .is_some()
+        );
         spool.check_room().unwrap();
         spool.remove(&found[0].incident, "declared").unwrap();
         assert!(spool.bundles().unwrap().is_empty());

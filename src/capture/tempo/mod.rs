@@ -278,12 +278,7 @@ impl TempoSource {
                         )),
                         Fetched::Failed(e) => gaps.push(self.trace_gap(
                             id,
-                            // Not sent because capture.max_bytes was reached: not retryable.
-                            if e.contains(crate::capture::http::BUDGET_REACHED) {
-                                crate::capture::LIMIT_REACHED
-                            } else {
-                                "query_failed"
-                            },
+                            crate::capture::failure_kind(&e, "query_failed"),
                             &format!("fetching the trace failed: {e}"),
                         )),
                     }
