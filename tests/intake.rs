@@ -6,10 +6,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::intake::Intake;
 use support::nats::{NatsServer, free_port};
 
 const SECRET: &str = "lDQHScfUeXUKaQRNF+8XIiDKZ7XX3itBAYzwU0TARw8lJqRnkKl2iB1anSb0Z+IK";
@@ -22,55 +23,19 @@ fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&copied).unwrap_or_else(|e| panic!("{}: {e}", copied.display()))
 }
 
-struct Intake {
-    base: String,
-    child: Child,
-}
-
-impl Drop for Intake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the real binary's intake against `nats`, waiting until it is healthy.
+/// Starts the real binary's intake against `nats` with the test's token and PagerDuty secrets.
 async fn start_intake(nats: &NatsServer, extra: &[(&str, &str)]) -> Intake {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evidence-locker"));
-    cmd.arg("intake")
-        .env("RUST_LOG", "warn")
-        .env("EVIDENCE_LOCKER__NATS__URL", nats.url())
-        .env(
-            "EVIDENCE_LOCKER__INTAKE__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env("EVIDENCE_LOCKER__INTAKE__BEARER_TOKEN", TOKEN)
-        .env(
+    let secrets = format!("[\"old-secret\", \"{SECRET}\"]");
+    let mut env = vec![
+        ("EVIDENCE_LOCKER__INTAKE__BEARER_TOKEN", TOKEN),
+        (
             "EVIDENCE_LOCKER__INTAKE__PAGERDUTY_SECRETS",
-            format!("[\"old-secret\", \"{SECRET}\"]"),
-        )
-        .env("EVIDENCE_LOCKER__INTAKE__PUBLISH_TIMEOUT", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("intake starts");
-    let intake = Intake {
-        base: format!("http://127.0.0.1:{port}"),
-        child,
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", intake.base)).await
-            && r.status() == 200
-        {
-            return intake;
-        }
-        assert!(Instant::now() < deadline, "intake not ready within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            secrets.as_str(),
+        ),
+        ("EVIDENCE_LOCKER__INTAKE__PUBLISH_TIMEOUT", "1s"),
+    ];
+    env.extend_from_slice(extra);
+    support::intake::start(&nats.url(), &env).await
 }
 
 async fn post(url: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {

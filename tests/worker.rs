@@ -860,53 +860,7 @@ fn alert_group(
     })
 }
 
-/// The real intake on a free loopback port (no credentials: loopback only).
-struct IntakeProcess {
-    base: String,
-    child: Child,
-}
-
-impl Drop for IntakeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_intake(w: &World) -> IntakeProcess {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evidence-locker"));
-    cmd.arg("intake")
-        .env("RUST_LOG", "warn")
-        .env("EVIDENCE_LOCKER__NATS__URL", w.nats.url())
-        .env(
-            "EVIDENCE_LOCKER__INTAKE__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("EVIDENCE_LOCKER__") {
-            cmd.env_remove(k);
-        }
-    }
-    let intake = IntakeProcess {
-        base: format!("http://127.0.0.1:{port}"),
-        child: cmd.spawn().expect("intake starts"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", intake.base)).await
-            && r.status() == 200
-        {
-            return intake;
-        }
-        assert!(Instant::now() < deadline, "intake not ready within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn post_alert(intake: &IntakeProcess, body: &Value) -> Value {
+async fn post_alert(intake: &support::intake::Intake, body: &Value) -> Value {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/alertmanager", intake.base))
         .json(body)
@@ -931,7 +885,8 @@ async fn a_recurring_alert_gets_evidence_per_firing_episode_and_old_links_are_no
             ),
         ],
     );
-    let intake = start_intake(&w).await;
+    // No credentials: the intake listens on loopback only.
+    let intake = support::intake::start(&w.nats.url(), &[]).await;
     let now = Utc::now();
     let ago = |m: i64| now - chrono::Duration::minutes(m);
     // The first episode fires 30 minutes ago (the backend's 40 error traces lie 25–5 minutes
