@@ -29,6 +29,9 @@ pub struct Page {
     /// Traces in the answer as the server counted them (at least `returned.len()`; more when
     /// some could not be read): what is compared with the limit.
     pub count: usize,
+    /// Traces the server returned for a filtered search that do not match the filter: the server
+    /// ignored it or reads it differently, so its answers to that filter cannot be trusted.
+    pub mismatched: usize,
 }
 
 impl Page {
@@ -39,6 +42,7 @@ impl Page {
             traces,
             returned,
             count,
+            mismatched: 0,
         }
     }
 }
@@ -109,6 +113,9 @@ pub enum ShortfallKind {
     Truncated,
     /// The query failed.
     Failed,
+    /// The backend dropped traces of the range while the capture ran: traces it had returned
+    /// were missing when the range was asked again.
+    Evicted,
 }
 
 impl ShortfallKind {
@@ -117,6 +124,7 @@ impl ShortfallKind {
         match self {
             Self::Truncated => "truncated",
             Self::Failed => "query_failed",
+            Self::Evicted => "evicted",
         }
     }
 }
@@ -229,22 +237,47 @@ fn judge<'a, Q: RangeQuery>(
         let (max_seen, proven) = ctx.caps.observe(n);
         let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
         if n >= limit {
-            split(ctx, start_ns, end_ns, n, false).await;
+            split(ctx, start_ns, end_ns, (n, &page.returned), false).await;
         } else if ctx.verify_hidden_caps
             && n >= MIN_PLAUSIBLE_CAP
             && proven.is_none()
             && n >= max_seen
         {
-            split(ctx, start_ns, end_ns, n, true).await;
+            split(ctx, start_ns, end_ns, (n, &page.returned), true).await;
         }
     })
+}
+
+/// Checks that two complete answers for the halves of a range hold every trace the answer for
+/// the whole range held: one that vanished was dropped by the backend meanwhile (a memory store
+/// over its `max_traces` evicts the oldest arrivals), and more of the range may be gone.
+fn check_kept<Q: RangeQuery>(
+    ctx: &Ctx<'_, Q>,
+    start_ns: i64,
+    end_ns: i64,
+    whole: &[TraceId],
+    halves: (&Page, &Page),
+) {
+    let union: HashSet<&TraceId> = halves.0.returned.iter().chain(&halves.1.returned).collect();
+    let vanished = whole.iter().filter(|id| !union.contains(id)).count();
+    if vanished > 0 {
+        ctx.short(
+            ShortfallKind::Evicted,
+            start_ns,
+            end_ns,
+            format!(
+                "the backend dropped traces of this range while the capture ran: {vanished} of the {} it had returned were missing when the range was asked again (a memory store over its max_traces evicts the oldest traces; retention may also delete them); those are in the bundle, others of this range may be gone",
+                whole.len()
+            ),
+        );
+    }
 }
 
 fn split<'a, Q: RangeQuery>(
     ctx: &'a Ctx<'a, Q>,
     start_ns: i64,
     end_ns: i64,
-    whole: usize,
+    (whole, whole_ids): (usize, &'a [TraceId]),
     verify: bool,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
@@ -303,7 +336,8 @@ fn split<'a, Q: RangeQuery>(
             } else if pa.count < whole && pb.count < whole {
                 // Neither half can be capped (the cap is at least `whole`) and together
                 // they hold no more than the whole: the whole was complete, and so is
-                // every part of it.
+                // every part of it (unless the backend dropped some meanwhile).
+                check_kept(ctx, start_ns, end_ns, whole_ids, (pa, pb));
                 if let (Ok(pa), Ok(pb)) = (a, b) {
                     ctx.keep(pa.traces);
                     ctx.keep(pb.traces);
@@ -312,6 +346,19 @@ fn split<'a, Q: RangeQuery>(
             }
             // Otherwise one half holds everything and may itself be capped: judging it
             // verifies it in turn.
+        }
+        let limit = ctx
+            .caps
+            .observe(0)
+            .1
+            .map_or(ctx.limit, |c| c.min(ctx.limit));
+        if !verify
+            && let (Ok(pa), Ok(pb)) = (&a, &b)
+            && pa.count < limit
+            && pb.count < limit
+        {
+            // Both halves are complete answers: together they hold everything the whole did.
+            check_kept(ctx, start_ns, end_ns, whole_ids, (pa, pb));
         }
         let left = async {
             match a {
@@ -340,15 +387,18 @@ mod tests {
         cap: usize,
         limit: usize,
         asked: std::sync::atomic::AtomicUsize,
+        /// After the first answer, the traces of these indexes are gone (evicted).
+        evicted_after_first: std::ops::Range<usize>,
     }
 
     impl RangeQuery for Fake {
         fn query(&self, s: i64, e: i64, _: Reason) -> BoxFuture<'_, Result<Page, String>> {
-            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let earlier = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut hits: Vec<(i64, usize)> = self
                 .starts
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| earlier == 0 || !self.evicted_after_first.contains(i))
                 .filter(|(_, t)| **t >= s && **t < e)
                 .map(|(i, t)| (*t, i))
                 .collect();
@@ -384,6 +434,7 @@ mod tests {
             cap,
             limit,
             asked: Default::default(),
+            evicted_after_first: 0..0,
         };
         let caps = CapKnowledge::default();
         let found = futures::executor::block_on(exhaustive(
@@ -394,6 +445,38 @@ mod tests {
             &caps,
         ));
         (found, fake.asked.into_inner())
+    }
+
+    #[test]
+    fn traces_the_backend_drops_between_two_answers_are_an_evicted_shortfall_not_silence() {
+        // 1,000 traces; the first answer returns the newest 500; then the oldest 600 are gone.
+        let fake = Fake {
+            starts: (0..1000).map(|i| i * 1000).collect(),
+            cap: usize::MAX,
+            limit: 500,
+            asked: Default::default(),
+            evicted_after_first: 0..600,
+        };
+        let found = futures::executor::block_on(exhaustive(
+            &fake,
+            0,
+            1_000_000,
+            bounds(500, 1),
+            &CapKnowledge::default(),
+        ));
+        // The 500 of the first answer are kept; the 100 the halves missed are reported.
+        assert_eq!(found.traces.len(), 500);
+        let evicted: Vec<_> = found
+            .shortfalls
+            .iter()
+            .filter(|s| s.kind == ShortfallKind::Evicted)
+            .collect();
+        assert_eq!(evicted.len(), 1, "{:?}", found.shortfalls);
+        assert!(
+            evicted[0].message.contains("100 of the 500"),
+            "{}",
+            evicted[0].message
+        );
     }
 
     #[test]

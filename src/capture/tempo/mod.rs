@@ -249,7 +249,7 @@ impl TempoSource {
                     verify_hidden_caps: false,
                 };
                 // The searches find ids; each trace is then fetched once, whatever found it.
-                let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
+                let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits, &mut notes).await;
                 gaps.extend(sweep_gaps);
                 let mut wanted: BTreeMap<TraceId, Purposes> = BTreeMap::new();
                 for (stub, p) in found {
@@ -334,6 +334,9 @@ impl Searches for TempoSource {
         service: Option<&'a str>,
         purpose: Purpose,
         limit: usize,
+        // Tempo's answers hold ids, not spans: they cannot be checked against the filter here,
+        // so TraceQL is always asked (and the fetched traces are filtered again).
+        _server_filter: bool,
     ) -> Search<'a> {
         Search {
             http: &self.http,

@@ -15,6 +15,8 @@ pub struct Search<'a> {
     pub(super) service: Option<&'a str>,
     pub(super) purpose: Purpose,
     pub(super) limit: usize,
+    /// Whether the server is asked to filter (`annotationQuery`, `minDuration`); we always do.
+    pub(super) server_filter: bool,
 }
 
 impl Search<'_> {
@@ -31,6 +33,7 @@ impl Search<'_> {
             p.push(("serviceName", s.to_owned()));
         }
         match self.purpose {
+            _ if !self.server_filter => {}
             Purpose::Errors => p.push(("annotationQuery", "error".to_owned())),
             Purpose::Slow => p.push((
                 "minDuration",
@@ -72,16 +75,22 @@ impl Search<'_> {
         let lists =
             serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body).map_or(0, |l| l.len());
         self.http.finish(answer, Some(returned.len()), None);
-        let traces = collected
+        let traces: Vec<_> = collected
             .traces
             .into_iter()
             .filter(|t| self.purpose.matches(t, self.plan))
             .collect();
         let count = lists.max(returned.len());
+        let mismatched = if self.server_filter {
+            returned.len() - traces.len()
+        } else {
+            0
+        };
         Ok(Page {
             traces,
             returned,
             count,
+            mismatched,
         })
     }
 }

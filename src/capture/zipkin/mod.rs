@@ -89,7 +89,7 @@ impl ZipkinSource {
                     baseline_quota: plan.baseline_traces.div_ceil(scopes.len()),
                     verify_hidden_caps: true,
                 };
-                let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits).await;
+                let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits, &mut notes).await;
                 gaps.extend(sweep_gaps);
                 gaps.extend(unknown_service_gaps(&self.name, plan, &known, &found));
                 traces = found;
@@ -125,6 +125,7 @@ impl Searches for ZipkinSource {
         service: Option<&'a str>,
         purpose: Purpose,
         limit: usize,
+        server_filter: bool,
     ) -> Search<'a> {
         Search {
             http: &self.http,
@@ -132,6 +133,7 @@ impl Searches for ZipkinSource {
             service,
             purpose,
             limit,
+            server_filter,
         }
     }
 }
