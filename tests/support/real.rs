@@ -273,7 +273,7 @@ receivers:
                 ("service", service.to_owned()),
                 ("start", start_us.to_string()),
                 ("end", end_us.to_string()),
-                ("limit", "100000".to_owned()),
+                ("limit", "50000".to_owned()),
                 ("raw", "true".to_owned()),
             ])
             .send()
@@ -283,7 +283,8 @@ receivers:
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|t| t["traceID"].as_str().map(str::to_owned))
+                    // v1 writes 64-bit-high-zero ids as 16 hex digits.
+                    .filter_map(|t| t["traceID"].as_str().map(|id| format!("{id:0>32}")))
                     .collect()
             })
             .unwrap_or_default()
