@@ -547,3 +547,97 @@ async fn a_network_listener_without_credentials_is_refused_and_future_incidents_
     );
     assert!(messages(&nats).await.is_empty());
 }
+
+/// Alerts as Prometheus posts them to Alertmanager: firing (no end) or resolved (ended now).
+fn prometheus_alert(starts_at: chrono::DateTime<chrono::Utc>, resolved: bool) -> Value {
+    let mut alert = json!({
+        "labels": {"alertname": "CheckoutErrors", "service": "checkout", "severity": "page"},
+        "annotations": {"summary": "checkout error rate above 5%"},
+        "startsAt": starts_at.to_rfc3339(),
+        "generatorURL": "http://prometheus.example:9090/graph",
+    });
+    if resolved {
+        alert["endsAt"] = json!(chrono::Utc::now().to_rfc3339());
+    }
+    json!([alert])
+}
+
+/// Waits until the stream holds `n` messages (or `within` passes), and returns them.
+async fn wait_for_messages(
+    nats: &NatsServer,
+    n: usize,
+    within: Duration,
+) -> Vec<(String, String, Value)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let msgs = messages(nats).await;
+        if msgs.len() >= n || Instant::now() > deadline {
+            return msgs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_alertmanager_declares_and_resolves_each_firing_episode_once() {
+    use support::real::{Alertmanager, Route};
+    let mut nats = NatsServer::start();
+    let intake = start_intake(&nats, &[]).await;
+    let am = tokio::task::block_in_place(|| {
+        Alertmanager::start(
+            &format!("{}/v1/alertmanager", intake.base),
+            TOKEN,
+            &Route {
+                group_wait: Duration::from_millis(200),
+                group_interval: Duration::from_secs(1),
+                repeat_interval: Duration::from_secs(2),
+            },
+        )
+    });
+    let post_alerts = |alerts: Value| tokio::task::block_in_place(|| am.post(&alerts));
+
+    // Episode 1 fires, and keeps firing past several repeat intervals.
+    let first_start = chrono::Utc::now() - chrono::Duration::minutes(3);
+    post_alerts(prometheus_alert(first_start, false));
+    let msgs = wait_for_messages(&nats, 1, Duration::from_secs(15)).await;
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(msgs[0].0, "incidents.declared");
+    let id = msgs[0].2["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    post_alerts(prometheus_alert(first_start, false));
+    let msgs = messages(&nats).await;
+    assert_eq!(msgs.len(), 1, "repeat notifications add nothing: {msgs:#?}");
+
+    // It resolves: one resolved incident, the same id.
+    post_alerts(prometheus_alert(first_start, true));
+    let msgs = wait_for_messages(&nats, 2, Duration::from_secs(15)).await;
+    assert_eq!(msgs.len(), 2, "{msgs:#?}");
+    assert_eq!(msgs[1].0, "incidents.resolved");
+    assert_eq!(msgs[1].2["id"], id.as_str());
+    assert_eq!(msgs[0].1.rsplit(':').next(), msgs[1].1.rsplit(':').next());
+
+    // Episode 2 of the same group, while NATS is down: the intake answers 503 and Alertmanager
+    // retries until NATS is back. It is a new occurrence of the same incident.
+    nats.stop();
+    let second_start = chrono::Utc::now();
+    post_alerts(prometheus_alert(second_start, false));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.restart();
+    let msgs = wait_for_messages(&nats, 3, Duration::from_secs(60)).await;
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert_eq!(msgs[2].0, "incidents.declared");
+    assert_eq!(msgs[2].2["id"], id.as_str());
+    assert_ne!(msgs[2].1, msgs[0].1, "a new occurrence: {}", msgs[2].1);
+    assert_eq!(
+        msgs[2].2["declared_at"].as_str().map(|t| &t[..19]),
+        Some(&second_start.to_rfc3339()[..19])
+    );
+    post_alerts(prometheus_alert(second_start, true));
+    let msgs = wait_for_messages(&nats, 4, Duration::from_secs(15)).await;
+    assert_eq!(msgs.len(), 4, "{msgs:#?}");
+    assert_eq!(msgs[3].0, "incidents.resolved");
+    assert_eq!(msgs[3].1.rsplit(':').next(), msgs[2].1.rsplit(':').next());
+    // Nothing more arrives over further repeat intervals.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(messages(&nats).await.len(), 4);
+}

@@ -1127,3 +1127,73 @@ async fn the_stream_deleted_under_a_running_worker_is_made_again_and_the_next_in
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// `n` one-span traces of payment as OTLP JSON, spread over `[from, to)`: failing (status
+/// ERROR) or healthy (OK); ids start after `first`.
+fn otlp_payment(
+    n: u64,
+    from: chrono::DateTime<Utc>,
+    to: chrono::DateTime<Utc>,
+    error: bool,
+    first: u64,
+) -> Vec<Value> {
+    let step = (to - from).num_milliseconds() / n as i64;
+    (0..n)
+        .map(|i| {
+            let start = (from + chrono::Duration::milliseconds(step * i as i64))
+                .timestamp_nanos_opt()
+                .unwrap();
+            let status = if error {
+                json!({"code": 2, "message": "card declined"})
+            } else {
+                json!({"code": 1})
+            };
+            json!({
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payment"}}]},
+                "scopeSpans": [{"spans": [{
+                    "traceId": format!("{:016x}{:016x}", 0x5eed_u64 * (first + i + 1), first + i + 1),
+                    "spanId": format!("{:016x}", first + i + 1),
+                    "name": "POST /charge", "kind": 2,
+                    "startTimeUnixNano": start.to_string(),
+                    "endTimeUnixNano": (start + 20_000_000).to_string(),
+                    "status": status,
+                }]}],
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_captures_every_error_trace_from_a_real_jaeger_2_13() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let real = tokio::task::block_in_place(|| {
+        let real = support::real::Jaeger::start(100_000, None);
+        let now = Utc::now();
+        let ago = |m: i64| now - chrono::Duration::minutes(m);
+        let mut spans = otlp_payment(1200, ago(29), ago(2), true, 0);
+        spans.extend(otlp_payment(400, ago(29), ago(2), false, 10_000));
+        spans.extend(otlp_payment(300, ago(59), ago(31), false, 20_000));
+        real.send(&spans, 500);
+        real
+    });
+    let worker = w.start_worker(
+        "a",
+        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__URL", real.url())],
+    );
+    let inc = w.declare("INC-REAL-JAEGER").await;
+    let ready = w.ready(1, &worker).await;
+    let r = body(&ready[0]);
+    assert_eq!(r["status"], "complete", "{r:#}");
+    assert_eq!(r["counts"]["error_traces"], 1200);
+    let manifest = verify_stored(&w.s3, "INC-REAL-JAEGER", &capture_id(&inc, "declared")).await;
+    assert_eq!(manifest["sources"][0]["api"], "jaeger-v3");
+    assert!(
+        manifest["sources"][0]["notes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("error filter returned traces that do not match it")),
+        "{:#}",
+        manifest["sources"][0]
+    );
+}

@@ -17,8 +17,11 @@ pub fn installed(name: &str, var: &str) -> PathBuf {
     if let Ok(p) = std::env::var(var) {
         return PathBuf::from(p);
     }
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    static FOUND: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = found.iter().find(|(v, _)| v == var) {
+        return p.clone();
+    }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/servers/install");
     let out = Command::new(&script)
         .arg(name)
@@ -34,6 +37,7 @@ pub fn installed(name: &str, var: &str) -> PathBuf {
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{var}=")))
         .unwrap_or_else(|| panic!("scripts/servers/install {name} printed no {var}"));
+    found.push((var.to_owned(), PathBuf::from(path)));
     PathBuf::from(path)
 }
 
@@ -370,7 +374,8 @@ pub struct Route {
 }
 
 impl Alertmanager {
-    pub fn start(webhook_url: &str, route: &Route) -> Self {
+    /// Alertmanager notifying `webhook_url` with `bearer_token`.
+    pub fn start(webhook_url: &str, bearer_token: &str, route: &Route) -> Self {
         let bin = installed("alertmanager", "ALERTMANAGER_BIN");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -387,6 +392,9 @@ receivers:
     webhook_configs:
       - url: {webhook_url}
         send_resolved: true
+        http_config:
+          authorization:
+            credentials: {bearer_token}
 ",
             ms(route.group_wait),
             ms(route.group_interval),
