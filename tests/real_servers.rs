@@ -427,15 +427,33 @@ fn jaeger_2_13_v1_error_search_matches_only_healthy_spans_and_the_capture_does_n
         404
     );
 
+    // Through the v1 API (v3 hidden, as on Jaeger 1.x), the capture sees healthy traces come
+    // back for its error search, stops trusting the filter, and still gets every error trace.
     let dir = tempfile::tempdir().unwrap();
+    let jaeger = std::sync::Arc::new(jaeger);
+    let proxy = support::serve(v1_only_proxy(jaeger.clone()));
     let out = collect(
         dir.path(),
         &traffic.incident(dir.path()),
         "--jaeger",
-        &jaeger.url(),
+        &format!("http://{proxy}"),
     );
     let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["sources"][0]["api"], "jaeger-v1");
+    assert_eq!(manifest["completeness"]["status"], "complete");
     assert_eq!(bundle_ids(&bundle, "errors", false), errors);
+    let notes = manifest["sources"][0]["notes"].as_object().unwrap();
+    assert!(
+        notes
+            .keys()
+            .any(|k| k.contains("error filter returned traces that do not match it")),
+        "{notes:#?}"
+    );
+    let queries = manifest["sources"][0]["queries"].as_array().unwrap();
+    assert!(queries.iter().any(|q| q["purpose"] == "errors"
+        && q["params"]["tags"].is_null()
+        && q["url"].as_str().unwrap().contains("/api/traces")));
 }
 
 #[test]
@@ -573,6 +591,15 @@ fn jaeger_evicting_traces_while_a_capture_runs_is_an_evicted_gap_not_a_silent_ho
 /// window, then its two halves, have been answered) it sends `flood` to the server's OTLP
 /// receiver, once.
 fn evicting_proxy(jaeger: std::sync::Arc<Jaeger>, flood: Vec<Value>) -> axum::Router {
+    proxy(jaeger, flood, false)
+}
+
+/// Forwards GETs to the real Jaeger, with its v3 API hidden (404), as a Jaeger 1.x has it.
+fn v1_only_proxy(jaeger: std::sync::Arc<Jaeger>) -> axum::Router {
+    proxy(jaeger, Vec::new(), true)
+}
+
+fn proxy(jaeger: std::sync::Arc<Jaeger>, flood: Vec<Value>, hide_v3: bool) -> axum::Router {
     use axum::extract::State;
     use axum::http::Uri;
     use axum::response::IntoResponse;
@@ -580,6 +607,7 @@ fn evicting_proxy(jaeger: std::sync::Arc<Jaeger>, flood: Vec<Value>) -> axum::Ro
     struct Proxy {
         jaeger: std::sync::Arc<Jaeger>,
         flood: Vec<Value>,
+        hide_v3: bool,
         searches: AtomicUsize,
         client: reqwest::Client,
         /// One request at a time, so that every request after the flood sees its effect.
@@ -587,7 +615,13 @@ fn evicting_proxy(jaeger: std::sync::Arc<Jaeger>, flood: Vec<Value>) -> axum::Ro
     }
     async fn forward(State(p): State<std::sync::Arc<Proxy>>, uri: Uri) -> axum::response::Response {
         let _turn = p.one_at_a_time.lock().await;
-        if uri.path().ends_with("/traces") && p.searches.fetch_add(1, Ordering::SeqCst) == 3 {
+        if p.hide_v3 && uri.path().starts_with("/api/v3/") {
+            return (axum::http::StatusCode::NOT_FOUND, "404 page not found").into_response();
+        }
+        if uri.path().ends_with("/traces")
+            && p.searches.fetch_add(1, Ordering::SeqCst) == 3
+            && !p.flood.is_empty()
+        {
             let otlp = format!("http://127.0.0.1:{}/v1/traces", p.jaeger.otlp_port);
             for chunk in p.flood.chunks(800) {
                 let r = p
@@ -609,6 +643,7 @@ fn evicting_proxy(jaeger: std::sync::Arc<Jaeger>, flood: Vec<Value>) -> axum::Ro
     let state = std::sync::Arc::new(Proxy {
         jaeger,
         flood,
+        hide_v3,
         searches: AtomicUsize::new(0),
         client: reqwest::Client::new(),
         one_at_a_time: tokio::sync::Mutex::new(()),
