@@ -362,15 +362,17 @@ fn jaeger_2_13_every_error_and_slow_trace_of_5000_reaches_the_bundle_despite_its
 #[test]
 fn jaeger_2_13_v1_error_search_matches_only_healthy_spans_and_the_capture_does_not_trust_it() {
     // The server's defect itself, asked directly: `error=true` finds no error trace at all.
+    // 1,500 failing and 1,500 healthy traces: the v1 capture below pages through v1's `limit`.
+    const N: u64 = 1500;
     let jaeger = Jaeger::start(10_000, None);
     let traffic = Traffic::new();
-    let few: Vec<Value> = (0..50)
+    let few: Vec<Value> = (0..N)
         .flat_map(|i| {
-            let mut t = otlp(Kind::Error, i, traffic.start(Kind::Error, i, 50, false));
+            let mut t = otlp(Kind::Error, i, traffic.start(Kind::Error, i, N, false));
             t.extend(otlp(
                 Kind::Normal,
                 i,
-                traffic.start(Kind::Normal, i, 50, false),
+                traffic.start(Kind::Normal, i, N, false),
             ));
             t
         })
@@ -383,7 +385,7 @@ fn jaeger_2_13_v1_error_search_matches_only_healthy_spans_and_the_capture_does_n
             ("service", "payment".to_owned()),
             ("start", ws.timestamp_micros().to_string()),
             ("end", we.timestamp_micros().to_string()),
-            ("limit", "1000".to_owned()),
+            ("limit", "5000".to_owned()),
             ("tags", r#"{"error":"true"}"#.to_owned()),
         ])
         .send()
@@ -396,12 +398,12 @@ fn jaeger_2_13_v1_error_search_matches_only_healthy_spans_and_the_capture_does_n
         .iter()
         .map(|t| t["traceID"].as_str().unwrap())
         .collect();
-    let errors = ids(Kind::Error, 50, false);
+    let errors = ids(Kind::Error, N, false);
     assert!(
         returned.iter().all(|id| !errors.contains(*id)),
         "Jaeger 2.13 is expected to read error=true as 'status OK'; it returned error traces, so the defect is fixed: {returned:?}"
     );
-    assert_eq!(returned.len(), 50, "the healthy traces instead");
+    assert_eq!(returned.len(), N as usize, "the healthy traces instead");
     // v3 answers 500 without query.num_traces and 404 when nothing matches.
     let v3 = |extra: &[(&str, &str)]| {
         let mut q = vec![
@@ -451,6 +453,14 @@ fn jaeger_2_13_v1_error_search_matches_only_healthy_spans_and_the_capture_does_n
         "{notes:#?}"
     );
     let queries = manifest["sources"][0]["queries"].as_array().unwrap();
+    let v1_error_searches = queries
+        .iter()
+        .filter(|q| q["purpose"] == "errors" && q["url"].as_str().unwrap().contains("/api/traces"))
+        .count();
+    assert!(
+        v1_error_searches >= 2 * 3000 / 500,
+        "paged through v1's limit: {v1_error_searches}"
+    );
     assert!(queries.iter().any(|q| q["purpose"] == "errors"
         && q["params"]["tags"].is_null()
         && q["url"].as_str().unwrap().contains("/api/traces")));
@@ -701,6 +711,19 @@ fn zipkin_3_every_error_and_slow_trace_of_5000_reaches_the_bundle_with_64_bit_id
     let queries = manifest["sources"][0]["queries"].as_array().unwrap();
     let slow = queries.iter().find(|q| q["purpose"] == "slow").unwrap();
     assert_eq!(slow["params"]["minDuration"], "1000000", "µs");
+    // endTs and lookback in ms (the window's ends rounded outwards to whole ms).
+    let (ws, we) = traffic.window();
+    let ms = |k: &str| slow["params"][k].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(
+        (ms("endTs") - we.timestamp_millis()).abs() <= 1,
+        "{}",
+        ms("endTs")
+    );
+    assert!(
+        (ms("lookback") - (we - ws).num_milliseconds()).abs() <= 2,
+        "{}",
+        ms("lookback")
+    );
     eprintln!(
         "Zipkin 3.6.1, 5,000 errors + 400 slow + 1,000 normal in 30 min over 4 services: {}",
         // Zipkin searches every service at once: 5,000 errors, 400 slow.
