@@ -1,6 +1,7 @@
 //! Completeness: backends cap how many traces one search returns, so a search that comes back
-//! full is split in two halves and asked again, recursively, down to a minimum slice; traces are
-//! deduplicated by id.
+//! full is cut into parts and asked again, recursively, down to a minimum slice; traces are
+//! deduplicated by id. How many parts: as many as the density of the full answer's traces
+//! suggests (servers answer newest first), at least two.
 //!
 //! A server may also cap answers *below* the limit we asked for, silently. So an answer smaller
 //! than the limit but as large as any answer seen so far is ambiguous: it is verified by asking
@@ -233,32 +234,132 @@ fn judge<'a, Q: RangeQuery>(
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let n = page.count;
+        // The span of starts (inside the range) of the traces returned: servers answer newest
+        // first, so a full answer shows how densely the end of the range is populated.
+        let covered = page
+            .traces
+            .iter()
+            .map(Trace::start_ns)
+            .filter(|t| *t >= start_ns && *t < end_ns)
+            .fold(None, |acc: Option<(i64, i64)>, t| match acc {
+                None => Some((t, t)),
+                Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+            });
         ctx.keep(page.traces);
         let (max_seen, proven) = ctx.caps.observe(n);
         let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
         if n >= limit {
-            split(ctx, start_ns, end_ns, (n, &page.returned), false).await;
+            let parts = parts_for(start_ns, end_ns, n, covered, limit, ctx.min_slice_ns);
+            split_full(ctx, start_ns, end_ns, (n, &page.returned), parts).await;
         } else if ctx.verify_hidden_caps
             && n >= MIN_PLAUSIBLE_CAP
             && proven.is_none()
             && n >= max_seen
         {
-            split(ctx, start_ns, end_ns, (n, &page.returned), true).await;
+            verify(ctx, start_ns, end_ns, (n, &page.returned)).await;
         }
     })
 }
 
-/// Checks that two complete answers for the halves of a range hold every trace the answer for
-/// the whole range held: one that vanished was dropped by the backend meanwhile (a memory store
+/// Into how many parts a full answer's range is cut: as many as the whole range would need at
+/// the density of the traces returned (`covered`: their oldest and newest start; newest first,
+/// they cover the end of the range), aiming at 80% of the limit per part, between 2 and 16 and
+/// none shorter than the minimum slice. An answer spread over the whole range gives 2, a plain
+/// bisection. The estimate only saves queries: every part is judged on its own answer.
+fn parts_for(
+    start_ns: i64,
+    end_ns: i64,
+    returned: usize,
+    covered: Option<(i64, i64)>,
+    limit: usize,
+    min_slice_ns: i64,
+) -> usize {
+    let span = end_ns.saturating_sub(start_ns).max(1);
+    let estimate = match covered {
+        Some((oldest, newest)) if newest > oldest && returned > 1 => {
+            (returned - 1) as f64 * span as f64 / (newest - oldest) as f64
+        }
+        _ => returned as f64,
+    };
+    let wanted = (estimate / (0.8 * limit.max(1) as f64)).ceil().min(16.0) as i64;
+    let most = (span / min_slice_ns.max(1)).max(2);
+    wanted.clamp(2, 16).min(most) as usize
+}
+
+/// `[start_ns, end_ns)` cut into `parts` ranges of (nearly) equal length.
+fn cut(start_ns: i64, end_ns: i64, parts: usize) -> Vec<(i64, i64)> {
+    let span = i128::from(end_ns) - i128::from(start_ns);
+    let at = |i: usize| (i128::from(start_ns) + span * i as i128 / parts as i128) as i64;
+    (0..parts).map(|i| (at(i), at(i + 1))).collect()
+}
+
+/// Asks again for the parts of a range whose answer was full, and judges each.
+fn split_full<'a, Q: RangeQuery>(
+    ctx: &'a Ctx<'a, Q>,
+    start_ns: i64,
+    end_ns: i64,
+    (whole, whole_ids): (usize, &'a [TraceId]),
+    parts: usize,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if end_ns.saturating_sub(start_ns) <= ctx.min_slice_ns {
+            ctx.short(
+                ShortfallKind::Truncated,
+                start_ns,
+                end_ns,
+                format!(
+                    "the backend returned its maximum of {whole} traces for a range that cannot be split further; more may exist"
+                ),
+            );
+            return;
+        }
+        let ranges = cut(start_ns, end_ns, parts);
+        let pages = futures::future::join_all(
+            ranges
+                .iter()
+                .map(|(s, e)| ctx.query.query(*s, *e, Reason::Split)),
+        )
+        .await;
+        let limit = ctx
+            .caps
+            .observe(0)
+            .1
+            .map_or(ctx.limit, |c| c.min(ctx.limit));
+        let complete: Vec<&Page> = pages
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|p| p.count < limit)
+            .collect();
+        if complete.len() == parts {
+            // Every part is a complete answer: together they hold everything the whole did.
+            check_kept(ctx, start_ns, end_ns, whole_ids, &complete);
+        }
+        futures::future::join_all(
+            ranges
+                .into_iter()
+                .zip(pages)
+                .map(|((s, e), page)| async move {
+                    match page {
+                        Ok(p) => judge(ctx, s, e, p).await,
+                        Err(err) => ctx.short(ShortfallKind::Failed, s, e, err),
+                    }
+                }),
+        )
+        .await;
+    })
+}
+
+/// Checks that complete answers for the parts of a range hold every trace the answer for the
+/// whole range held: one that vanished was dropped by the backend meanwhile (a memory store
 /// over its `max_traces` evicts the oldest arrivals), and more of the range may be gone.
 fn check_kept<Q: RangeQuery>(
     ctx: &Ctx<'_, Q>,
     start_ns: i64,
     end_ns: i64,
     whole: &[TraceId],
-    halves: (&Page, &Page),
+    parts: &[&Page],
 ) {
-    let union: HashSet<&TraceId> = halves.0.returned.iter().chain(&halves.1.returned).collect();
+    let union: HashSet<&TraceId> = parts.iter().flat_map(|p| &p.returned).collect();
     let vanished = whole.iter().filter(|id| !union.contains(id)).count();
     if vanished > 0 {
         ctx.short(
@@ -273,47 +374,31 @@ fn check_kept<Q: RangeQuery>(
     }
 }
 
-fn split<'a, Q: RangeQuery>(
+/// Verifies an answer below the limit that may be a hidden cap, by asking for its halves.
+fn verify<'a, Q: RangeQuery>(
     ctx: &'a Ctx<'a, Q>,
     start_ns: i64,
     end_ns: i64,
     (whole, whole_ids): (usize, &'a [TraceId]),
-    verify: bool,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         if end_ns.saturating_sub(start_ns) <= ctx.min_slice_ns {
-            if !verify {
-                ctx.short(
-                    ShortfallKind::Truncated,
-                    start_ns,
-                    end_ns,
-                    format!(
-                        "the backend returned its maximum of {whole} traces for a range that cannot be split further; more may exist"
-                    ),
-                );
-            } else {
-                ctx.short(
-                    ShortfallKind::Truncated,
-                    start_ns,
-                    end_ns,
-                    format!(
-                        "{whole} traces in a range that cannot be split further could not be verified complete: the backend may cap answers at {whole}"
-                    ),
-                );
-            }
+            ctx.short(
+                ShortfallKind::Truncated,
+                start_ns,
+                end_ns,
+                format!(
+                    "{whole} traces in a range that cannot be split further could not be verified complete: the backend may cap answers at {whole}"
+                ),
+            );
             return;
         }
         let mid = start_ns + end_ns.saturating_sub(start_ns) / 2;
-        let reason = if verify {
-            Reason::Verify
-        } else {
-            Reason::Split
-        };
         let (a, b) = futures::join!(
-            ctx.query.query(start_ns, mid, reason),
-            ctx.query.query(mid, end_ns, reason)
+            ctx.query.query(start_ns, mid, Reason::Verify),
+            ctx.query.query(mid, end_ns, Reason::Verify)
         );
-        if verify && let (Ok(pa), Ok(pb)) = (&a, &b) {
+        if let (Ok(pa), Ok(pb)) = (&a, &b) {
             let union: HashSet<&TraceId> = pa.returned.iter().chain(&pb.returned).collect();
             let union = union.len();
             if union > whole {
@@ -337,7 +422,7 @@ fn split<'a, Q: RangeQuery>(
                 // Neither half can be capped (the cap is at least `whole`) and together
                 // they hold no more than the whole: the whole was complete, and so is
                 // every part of it (unless the backend dropped some meanwhile).
-                check_kept(ctx, start_ns, end_ns, whole_ids, (pa, pb));
+                check_kept(ctx, start_ns, end_ns, whole_ids, &[pa, pb]);
                 if let (Ok(pa), Ok(pb)) = (a, b) {
                     ctx.keep(pa.traces);
                     ctx.keep(pb.traces);
@@ -346,19 +431,6 @@ fn split<'a, Q: RangeQuery>(
             }
             // Otherwise one half holds everything and may itself be capped: judging it
             // verifies it in turn.
-        }
-        let limit = ctx
-            .caps
-            .observe(0)
-            .1
-            .map_or(ctx.limit, |c| c.min(ctx.limit));
-        if !verify
-            && let (Ok(pa), Ok(pb)) = (&a, &b)
-            && pa.count < limit
-            && pb.count < limit
-        {
-            // Both halves are complete answers: together they hold everything the whole did.
-            check_kept(ctx, start_ns, end_ns, whole_ids, (pa, pb));
         }
         let left = async {
             match a {
@@ -411,7 +483,21 @@ mod tests {
                     id[8..].copy_from_slice(&(*i as u64 + 1).to_be_bytes());
                     Trace {
                         id: TraceId(id),
-                        spans: Vec::new(),
+                        spans: vec![crate::model::Span {
+                            trace_id: TraceId(id),
+                            span_id: crate::model::SpanId([1; 8]),
+                            parent: None,
+                            operation: "op".into(),
+                            start_ns: self.starts[*i],
+                            end_ns: self.starts[*i] + 1,
+                            kind: Default::default(),
+                            status: Default::default(),
+                            attributes: Vec::new(),
+                            resource: Default::default(),
+                            scope: None,
+                            events: Vec::new(),
+                            links: Vec::new(),
+                        }],
                     }
                 })
                 .collect();
@@ -477,6 +563,31 @@ mod tests {
             "{}",
             evicted[0].message
         );
+    }
+
+    #[test]
+    fn a_full_answer_is_cut_into_as_many_parts_as_its_density_suggests() {
+        // The newest 500 cover the last quarter: about 2,000 in all, 5 parts of ~400.
+        assert_eq!(parts_for(0, 1000, 500, Some((750, 1000)), 500, 1), 5);
+        // Spread over the whole range (not newest first), or no times known: a bisection.
+        assert_eq!(parts_for(0, 1000, 500, Some((0, 999)), 500, 1), 2);
+        assert_eq!(parts_for(0, 1000, 500, None, 500, 1), 2);
+        assert_eq!(parts_for(0, 1000, 500, Some((900, 900)), 500, 1), 2);
+        // Never more than 16, nor parts shorter than the minimum slice.
+        assert_eq!(parts_for(0, 1000, 500, Some((998, 999)), 500, 1), 16);
+        assert_eq!(parts_for(0, 1000, 500, Some((998, 999)), 500, 250), 4);
+        assert_eq!(cut(0, 10, 3), vec![(0, 3), (3, 6), (6, 10)]);
+    }
+
+    #[test]
+    fn six_thousand_traces_under_a_limit_of_500_take_close_to_the_minimum_of_queries() {
+        // 6,400 traces evenly spread, newest first: ⌈6,400 ÷ 500⌉ = 13 queries at the least;
+        // bisection took 31.
+        let starts: Vec<i64> = (0..6400).map(|i| i * 150).collect();
+        let (found, asked) = run(starts, usize::MAX, 500, 1);
+        assert_eq!(found.traces.len(), 6400);
+        assert!(found.shortfalls.is_empty());
+        assert!(asked <= 18, "{asked} queries");
     }
 
     #[test]
