@@ -111,7 +111,7 @@ fn main() {
             } else if failing {
                 Purpose::Errors
             } else {
-                Purpose::Other
+                Purpose::Sample
             };
             (
                 Trace {

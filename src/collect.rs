@@ -124,6 +124,7 @@ pub fn plan(settings: &Settings, incident: Incident, resolved: ResolvedWindow) -
         baseline,
         slow_threshold: settings.capture.slow_threshold,
         baseline_traces: settings.capture.baseline_traces,
+        sample_per_minute: settings.capture.sample_per_minute,
         gaps,
         max_services: settings.capture.max_services,
         max_traces: settings.capture.max_traces,

@@ -240,6 +240,8 @@ pub struct CaptureSettings {
     #[serde(with = "dur")]
     pub baseline: Duration,
     pub baseline_traces: usize,
+    /// Traces of all traffic asked per scope and minute of the window (the sample).
+    pub sample_per_minute: usize,
     #[serde(with = "dur")]
     pub max_window: Duration,
     pub concurrency: usize,
@@ -498,6 +500,9 @@ impl Settings {
         }
         if c.max_window.is_zero() {
             return bad("capture.max_window must be more than 0".into());
+        }
+        if c.sample_per_minute > 10_000 {
+            return bad("capture.sample_per_minute must be at most 10000".into());
         }
         if c.max_services == 0 || c.max_traces == 0 {
             return bad("capture.max_services and capture.max_traces must be at least 1".into());

@@ -282,6 +282,7 @@ fn report(outcome: &CollectOutcome, demo: bool) -> Result<()> {
         error_traces = s.counts.error_traces,
         slow_traces = s.counts.slow_traces,
         baseline_traces = s.counts.baseline_traces,
+        sample_traces = s.counts.sample_traces,
         gaps = s.gaps.len(),
         "bundle written"
     );

@@ -126,7 +126,7 @@ impl Builder {
                 let p = if t.start_ns() < BEGAN {
                     Purpose::Baseline
                 } else {
-                    Purpose::Other
+                    Purpose::Sample
                 };
                 (t.clone(), Purposes::default().with(p))
             })

@@ -254,9 +254,10 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
         .count();
     assert_eq!(ui_errors, otlp_errors);
     // Every trace the timeline and the analysis cite is in the bundle (the recovery, for one, is
-    // normal traffic and sits in traces/context.jsonl.zst).
+    // normal traffic: every trace of the file's window that is neither failing nor slow is kept
+    // in traces/sample.jsonl.zst).
     let mut in_bundle = std::collections::BTreeSet::new();
-    for name in ["errors", "slow", "baseline", "context"] {
+    for name in ["errors", "slow", "baseline", "sample", "context"] {
         in_bundle.extend(bundle_trace_ids(bundle, name));
     }
     let timeline = read_json(&bundle.join("timeline.json"));
@@ -279,7 +280,13 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
             "cited trace {id} is not in the bundle"
         );
     }
-    assert!(!bundle_trace_ids(bundle, "context").is_empty());
+    let sample = bundle_trace_ids(bundle, "sample");
+    assert!(
+        sample.contains(&cited[cited.len() - 2]),
+        "the recovery is in the sample"
+    );
+    let manifest = read_json(&bundle.join("manifest.json"));
+    assert_eq!(manifest["counts"]["sample_traces"], sample.len());
     let html = std::fs::read_to_string(report).unwrap();
     // Self-contained: inline SVG, no scripts, nothing fetched from the network.
     assert!(html.contains("<svg"));
@@ -546,4 +553,34 @@ fn huge_configuration_values_stop_at_start_up_naming_the_key() {
         assert!(!o.status.success() && err.contains(&name), "{key}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[test]
+fn a_file_of_one_normal_trace_without_an_incident_keeps_it_in_the_sample() {
+    // Reported: this wrote a bundle with counts.traces 0 and status complete.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.json");
+    let t0: i64 = 1_764_590_000_000_000_000;
+    let trace = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+            "name": "GET /cart", "kind": 2,
+            "startTimeUnixNano": t0.to_string(), "endTimeUnixNano": (t0 + 20_000_000).to_string(),
+            "status": {"code": 1},
+        }]}],
+    }]});
+    std::fs::write(&file, trace.to_string()).unwrap();
+    let out = collect_file(&file, &dir.path().join("evidence"));
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["counts"]["traces"], 1, "{:#}", manifest["counts"]);
+    assert_eq!(manifest["counts"]["sample_traces"], 1);
+    assert_eq!(
+        bundle_trace_ids(&bundle, "sample"),
+        vec!["5b8efff798038103d269b633813fc60c".to_owned()]
+    );
+    let notes = &manifest["sources"][0]["notes"];
+    assert_eq!(notes["spans read"], 1);
+    assert_eq!(notes["spans kept"], 1);
 }

@@ -284,11 +284,12 @@ fn query_figures(manifest: &Value, per_search: &[usize]) -> String {
     let searches = |purpose: &str| queries.iter().filter(|q| q["purpose"] == purpose).count();
     let minimum: usize = per_search.iter().map(|n| n.div_ceil(500).max(1)).sum();
     format!(
-        "{} queries ({} errors, {} slow, {} baseline); minimum for the error and slow searches at limit 500: {minimum}",
+        "{} queries ({} errors, {} slow, {} baseline, {} sample); minimum for the error and slow searches at limit 500: {minimum}",
         queries.len(),
         searches("errors"),
         searches("slow"),
         searches("baseline"),
+        searches("sample"),
     )
 }
 
@@ -331,6 +332,34 @@ fn jaeger_2_13_every_error_and_slow_trace_of_5000_reaches_the_bundle_despite_its
         .collect();
     assert!(!baseline.is_empty() && baseline.is_subset(&before));
 
+    // The sample of all traffic during the window: 20 traces per service and minute, from
+    // searches with no filter; those not already stored as errors or slow are in sample.jsonl.
+    let queries = manifest["sources"][0]["queries"].as_array().unwrap();
+    let sampling: Vec<&Value> = queries
+        .iter()
+        .filter(|q| q["purpose"] == "sample")
+        .collect();
+    assert_eq!(sampling.len(), 4 * 30, "4 services × 30 minutes");
+    assert!(
+        sampling
+            .iter()
+            .all(|q| q["params"]["query.num_traces"] == "20"
+                && q["params"].get("query.attributes").is_none()
+                && q["params"].get("query.duration_min").is_none())
+    );
+    let notes = manifest["sources"][0]["notes"].as_object().unwrap();
+    let got = notes["sample of all traffic: traces the backend returned"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        got >= 4 * 29 * 20,
+        "every minute with traffic gave its 20: {got}"
+    );
+    let sample = bundle_ids(&bundle, "sample", false);
+    let normal_in_window = ids(Kind::Normal, NORMAL, false);
+    assert!(!sample.is_empty() && sample.is_subset(&normal_in_window));
+    assert_eq!(manifest["counts"]["sample_traces"], sample.len());
+
     // Jaeger 2.13's v3 API drops query.attributes: the error search came back with healthy
     // traces, so the manifest says the filter was not trusted and errors were asked without it.
     let notes = &manifest["sources"][0]["notes"];
@@ -344,7 +373,6 @@ fn jaeger_2_13_every_error_and_slow_trace_of_5000_reaches_the_bundle_despite_its
         note.contains("errors searches were asked without it"),
         "{note}"
     );
-    let queries = manifest["sources"][0]["queries"].as_array().unwrap();
     assert!(
         queries.iter().any(|q| q["purpose"] == "errors"
             && q["params"].get("query.attributes").is_none()

@@ -137,7 +137,7 @@ pub(crate) fn time(ns: i64) -> DateTime<Utc> {
 
 /// Traces whose spans belong to the incident (not only to the baseline sample).
 fn is_incident_trace(p: Purposes) -> bool {
-    p.has(Purpose::Errors) || p.has(Purpose::Slow) || p.has(Purpose::Other)
+    p.has(Purpose::Errors) || p.has(Purpose::Slow) || p.has(Purpose::Sample)
 }
 
 /// Analyses the captured traces.

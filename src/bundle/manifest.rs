@@ -13,12 +13,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
 pub struct Counts {
-    /// All traces in the bundle: the three below plus those in `traces/context.jsonl.zst`.
+    /// All distinct traces in the bundle: the sum of the file counts below.
     pub traces: usize,
     pub spans: usize,
     pub error_traces: usize,
     pub slow_traces: usize,
     pub baseline_traces: usize,
+    /// Traces of the sample of all traffic not in the files above.
+    pub sample_traces: usize,
+    pub context_traces: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -51,15 +51,17 @@ struct Selection {
     errors: Vec<usize>,
     slow: Vec<usize>,
     baseline: Vec<usize>,
+    sample: Vec<usize>,
 }
 
-/// Each trace goes to one file: errors first, then slow, then baseline; the baseline is thinned
-/// evenly over time to at most `limit` traces.
+/// Each trace goes to one file: errors first, then slow, then baseline, then the sample; the
+/// baseline is thinned evenly over time to at most `limit` traces.
 fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selection {
     let mut s = Selection {
         errors: Vec::new(),
         slow: Vec::new(),
         baseline: Vec::new(),
+        sample: Vec::new(),
     };
     for (i, (_, p)) in traces.iter().enumerate() {
         if p.has(Purpose::Errors) {
@@ -68,12 +70,15 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
             s.slow.push(i);
         } else if p.has(Purpose::Baseline) {
             s.baseline.push(i);
+        } else if p.has(Purpose::Sample) {
+            s.sample.push(i);
         }
     }
     let key = |&i: &usize| (traces[i].0.start_ns(), traces[i].0.id);
     s.errors.sort_by_key(key);
     s.slow.sort_by_key(key);
     s.baseline.sort_by_key(key);
+    s.sample.sort_by_key(key);
     if s.baseline.len() > limit {
         let n = s.baseline.len();
         s.baseline = (0..limit).map(|k| s.baseline[k * n / limit]).collect();
@@ -124,6 +129,7 @@ fn referenced_elsewhere(
         .iter()
         .chain(&picks.slow)
         .chain(&picks.baseline)
+        .chain(&picks.sample)
         .map(|&i| traces[i].0.id)
         .collect();
     let mut out: Vec<usize> = traces
@@ -170,6 +176,7 @@ pub fn write_bundle(
             ("traces/errors.jsonl.zst", &picks.errors),
             ("traces/slow.jsonl.zst", &picks.slow),
             ("traces/baseline.jsonl.zst", &picks.baseline),
+            ("traces/sample.jsonl.zst", &picks.sample),
         ]
         .map(|(rel, p)| scope.spawn(move || write_traces(dir, rel, traces, p, level)));
         let ui = scope.spawn(|| {
@@ -229,18 +236,25 @@ pub fn write_bundle(
         .iter()
         .find_map(|s| s.trace_url.clone());
     let counts = Counts {
-        traces: picks.errors.len() + picks.slow.len() + picks.baseline.len() + context.len(),
+        traces: picks.errors.len()
+            + picks.slow.len()
+            + picks.baseline.len()
+            + picks.sample.len()
+            + context.len(),
         spans: picks
             .errors
             .iter()
             .chain(&picks.slow)
             .chain(&picks.baseline)
+            .chain(&picks.sample)
             .chain(&context)
             .map(|&i| traces[i].0.spans.len())
             .sum(),
         error_traces: picks.errors.len(),
         slow_traces: picks.slow.len(),
         baseline_traces: picks.baseline.len(),
+        sample_traces: picks.sample.len(),
+        context_traces: context.len(),
     };
     let gaps = input.capture.gaps.clone();
     let status = if gaps.is_empty() {

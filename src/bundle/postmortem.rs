@@ -132,7 +132,7 @@ impl Draft<'_> {
             i.title().unwrap_or("(untitled)")
         ));
         md.push_str(&format!(
-            "- Severity: {}\n- Declared: {}\n- Started: {}\n- Window: {} → {}\n- Evidence: {} ({} error traces, {} slow traces, {} baseline traces)\n\n",
+            "- Severity: {}\n- Declared: {}\n- Started: {}\n- Window: {} → {}\n- Evidence: {} ({} error traces, {} slow traces, {} baseline traces, {} more sampled traces)\n\n",
             i.severity().unwrap_or("—"),
             i.declared_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             i.started_at().map_or("—".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -142,6 +142,7 @@ impl Draft<'_> {
             self.counts.error_traces,
             self.counts.slow_traces,
             self.counts.baseline_traces,
+            self.counts.sample_traces,
         ));
         md.push_str("## Timeline\n\n| time (UTC) | event | trace |\n|---|---|---|\n");
         for e in &self.timeline.entries {

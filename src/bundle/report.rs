@@ -70,8 +70,8 @@ pub fn render(r: &ReportInput<'_>) -> String {
     let c = r.counts;
     let _ = write!(
         h,
-        "<p>{} traces ({} spans): <b>{}</b> with errors, <b>{}</b> slow, <b>{}</b> baseline.</p>",
-        c.traces, c.spans, c.error_traces, c.slow_traces, c.baseline_traces
+        "<p>{} traces ({} spans): <b>{}</b> with errors, <b>{}</b> slow, <b>{}</b> baseline, <b>{}</b> more sampled from all traffic during the window.</p>",
+        c.traces, c.spans, c.error_traces, c.slow_traces, c.baseline_traces, c.sample_traces
     );
     if !r.gaps.is_empty() {
         h.push_str("<h2>Gaps: what could not be captured</h2><ul>");

@@ -98,7 +98,10 @@ impl FileSource {
         let mut notes = collected.notes;
         let mut traces = Vec::with_capacity(collected.traces.len());
         let mut outside = 0usize;
+        let mut spans_read = 0usize;
+        let mut spans_left_out = 0usize;
         for trace in collected.traces {
+            spans_read += trace.spans.len();
             let start = trace.start_ns();
             let mut p = Purposes::default();
             if plan.window.contains_ns(start) {
@@ -114,18 +117,26 @@ impl FileSource {
             }
             if p == Purposes::default() {
                 if plan.window.contains_ns(start) {
-                    p = p.with(Purpose::Other);
+                    p = p.with(Purpose::Sample);
                 } else {
                     outside += 1;
+                    spans_left_out += trace.spans.len();
                     continue;
                 }
             }
             traces.push((trace, p));
         }
+        // What was handed over and what of it is kept: nothing is dropped without a word.
+        notes.insert("spans read".into(), spans_read);
+        notes.insert("spans kept".into(), spans_read - spans_left_out);
         if outside > 0 {
             notes.insert(
                 "traces outside the incident window and the baseline period, not captured".into(),
                 outside,
+            );
+            notes.insert(
+                "spans outside the incident window and the baseline period, not captured".into(),
+                spans_left_out,
             );
         }
         let in_window = traces

@@ -34,6 +34,8 @@ pub struct CapturePlan {
     pub services: Vec<String>,
     pub slow_threshold: Duration,
     pub baseline_traces: usize,
+    /// Traces of all traffic asked per scope and minute of the window (0: no sample).
+    pub sample_per_minute: usize,
     /// What is already known to be missing before any query (a window cut to
     /// `capture.max_window`, services over `capture.max_services`).
     pub gaps: Vec<Gap>,
@@ -99,9 +101,10 @@ pub enum Purpose {
     Errors,
     Slow,
     Baseline,
-    /// Read from a file but neither erroring, slow nor in the baseline period: analysed, not
-    /// written to the bundle.
-    Other,
+    /// All traffic during the window, whatever its outcome: from a backend, up to
+    /// `capture.sample_per_minute` traces per scope and minute from unfiltered searches; from a
+    /// file, every trace of the window that is neither erroring nor slow.
+    Sample,
 }
 
 impl Purpose {
@@ -111,7 +114,7 @@ impl Purpose {
             Self::Errors => "errors",
             Self::Slow => "slow",
             Self::Baseline => "baseline",
-            Self::Other => "other",
+            Self::Sample => "sample",
         }
     }
 
@@ -327,10 +330,15 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
     if traces.len() > plan.max_traces {
         // Keep what matters most: errors, then slow, then baseline, then the rest.
         let rank = |p: &Purposes| {
-            [Purpose::Errors, Purpose::Slow, Purpose::Baseline]
-                .iter()
-                .position(|x| p.has(*x))
-                .unwrap_or(3)
+            [
+                Purpose::Errors,
+                Purpose::Slow,
+                Purpose::Baseline,
+                Purpose::Sample,
+            ]
+            .iter()
+            .position(|x| p.has(*x))
+            .unwrap_or(4)
         };
         traces.sort_by_key(|(_, p)| rank(p));
         let dropped = traces.len() - plan.max_traces;
@@ -343,7 +351,7 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
             start: Some(plan.window.start()),
             end: Some(plan.window.end()),
             message: format!(
-                "{dropped} trace(s) found were not kept: capture.max_traces is {} (errors kept first, then slow, then baseline)",
+                "{dropped} trace(s) found were not kept: capture.max_traces is {} (errors kept first, then slow, then baseline, then the sample)",
                 plan.max_traces
             ),
         });

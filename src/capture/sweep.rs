@@ -111,6 +111,51 @@ impl<Q: RangeQuery> RangeQuery for Watched<'_, Q> {
     }
 }
 
+/// How many sample traces were asked for and how many came back, over every scope and slice.
+#[derive(Default)]
+struct SampleTally {
+    asked: AtomicUsize,
+    got: AtomicUsize,
+    slices: AtomicUsize,
+}
+
+impl SampleTally {
+    fn notes(&self, notes: &mut BTreeMap<String, usize>) {
+        let slices = self.slices.load(Ordering::Relaxed);
+        if slices > 0 {
+            notes.insert(
+                format!(
+                    "sample of all traffic: traces asked for, over {slices} searches (scope × slice of the window)"
+                ),
+                self.asked.load(Ordering::Relaxed),
+            );
+            notes.insert(
+                "sample of all traffic: traces the backend returned".into(),
+                self.got.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// The slices of the window the sample is asked for: one per minute, or, for windows of more
+/// than an hour, 60 equal slices (each asking for the minutes it spans, up to `query_limit`).
+fn sample_slices(
+    (start, end): (i64, i64),
+    per_minute: usize,
+    query_limit: usize,
+) -> (Vec<(i64, i64)>, usize) {
+    const MINUTE_NS: i64 = 60_000_000_000;
+    let span = end.saturating_sub(start);
+    let minutes = (span + MINUTE_NS - 1) / MINUTE_NS;
+    if minutes <= 60 {
+        return (chunks(start, end, Some(MINUTE_NS)), per_minute);
+    }
+    let per_slice = per_minute
+        .saturating_mul(((minutes + 59) / 60) as usize)
+        .min(query_limit.max(per_minute));
+    (chunks(start, end, Some((span + 59) / 60)), per_slice)
+}
+
 /// How a sweep is bounded.
 #[derive(Clone, Debug)]
 pub struct SweepLimits {
@@ -252,13 +297,21 @@ pub async fn sweep<B: Searches>(
 ) -> Swept {
     let caps = CapKnowledge::default();
     let distrust = Distrust::default();
-    let per_scope = futures::future::join_all(
-        scopes
-            .iter()
-            .map(|scope| sweep_scope(backend, scope.as_deref(), plan, limits, &caps, &distrust)),
-    )
+    let sampled = SampleTally::default();
+    let per_scope = futures::future::join_all(scopes.iter().map(|scope| {
+        sweep_scope(
+            backend,
+            scope.as_deref(),
+            plan,
+            limits,
+            &caps,
+            &distrust,
+            &sampled,
+        )
+    }))
     .await;
     distrust.notes(notes);
+    sampled.notes(notes);
     let mut traces = Vec::new();
     let mut gaps = Vec::new();
     for (t, g) in per_scope {
@@ -328,6 +381,7 @@ async fn sweep_scope<B: Searches>(
     limits: &SweepLimits,
     caps: &CapKnowledge,
     distrust: &Distrust,
+    sampled: &SampleTally,
 ) -> Swept {
     let mut out = Vec::new();
     let mut gaps = Vec::new();
@@ -355,6 +409,39 @@ async fn sweep_scope<B: Searches>(
                 limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
             )
         }));
+    }
+    if plan.sample_per_minute > 0 {
+        // A bounded sample of all traffic in each slice: never split (a sample may be partial;
+        // how many were asked for and got is noted).
+        let (slices, per_slice) = sample_slices(
+            (plan.window.start_ns(), plan.window.end_ns()),
+            plan.sample_per_minute,
+            limits.query_limit,
+        );
+        let q = backend.search(plan, service, Purpose::Sample, per_slice, false);
+        let pages = futures::future::join_all(slices.iter().map(|&(s, e)| {
+            let q = &q;
+            async move { (s, e, q.query(s, e, Reason::Sample).await) }
+        }))
+        .await;
+        for (s, e, page) in pages {
+            sampled.slices.fetch_add(1, Ordering::Relaxed);
+            sampled.asked.fetch_add(per_slice, Ordering::Relaxed);
+            match page {
+                Ok(p) => {
+                    sampled.got.fetch_add(p.traces.len(), Ordering::Relaxed);
+                    out.extend(
+                        p.traces
+                            .into_iter()
+                            .map(|t| (t, Purposes::default().with(Purpose::Sample))),
+                    );
+                }
+                Err(message) => {
+                    let kind = super::failure_kind(&message, "query_failed");
+                    gaps.push(gap(limits, service, Purpose::Sample, s, e, message, kind))
+                }
+            }
+        }
     }
     if let Some(baseline) = plan.baseline {
         let quota = limits.baseline_quota.max(1);
@@ -389,7 +476,21 @@ async fn sweep_scope<B: Searches>(
 
 #[cfg(test)]
 mod tests {
-    use super::chunks;
+    use super::{chunks, sample_slices};
+
+    #[test]
+    fn the_sample_is_asked_per_minute_and_long_windows_in_60_slices() {
+        const MIN: i64 = 60_000_000_000;
+        let (slices, per) = sample_slices((0, 30 * MIN), 20, 500);
+        assert_eq!((slices.len(), per), (30, 20));
+        assert_eq!(slices[29], (29 * MIN, 30 * MIN));
+        // 24 h: 60 slices of 24 minutes, each asking for 24 × 20 = 480.
+        let (slices, per) = sample_slices((0, 1440 * MIN), 20, 500);
+        assert_eq!((slices.len(), per), (60, 480));
+        // Never more than the query limit per search.
+        let (_, per) = sample_slices((0, 1440 * MIN), 100, 500);
+        assert_eq!(per, 500);
+    }
 
     #[test]
     fn long_windows_are_cut_into_pieces_no_longer_than_the_maximum() {
