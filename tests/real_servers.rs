@@ -359,6 +359,14 @@ fn jaeger_2_13_every_error_and_slow_trace_of_5000_reaches_the_bundle_despite_its
     let normal_in_window = ids(Kind::Normal, NORMAL, false);
     assert!(!sample.is_empty() && sample.is_subset(&normal_in_window));
     assert_eq!(manifest["counts"]["sample_traces"], sample.len());
+    // The incident's error rate rests on the sample, not on every failure beside a few
+    // successes: payment failed in 5,000 of the window's 6,400 requests (78%); counting all
+    // error and slow traces beside the sample gave about 90%.
+    let analysis = read_json(&bundle.join("analysis.json"));
+    let payment = &analysis["services"]["payment"]["incident"];
+    let rate = payment["error_rate"].as_f64().unwrap();
+    assert!((0.72..=0.84).contains(&rate), "{payment:#}");
+    assert!(payment["requests"].as_u64().unwrap() < 1000, "{payment:#}");
 
     // Jaeger 2.13's v3 API drops query.attributes: the error search came back with healthy
     // traces, so the manifest says the filter was not trusted and errors were asked without it.

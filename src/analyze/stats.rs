@@ -92,8 +92,16 @@ pub fn service_stats(
     input: &AnalysisInput,
 ) -> BTreeMap<String, ServiceStats> {
     let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
+    // The incident's rates and percentiles rest on the sample of all traffic when there is one:
+    // every error and slow trace is captured, so counting them beside a bounded sample of the
+    // rest would give rates among failures.
+    let sampled = forest.iter().any(|t| t.purposes.has(Purpose::Sample));
     for t in forest {
-        let incident_trace = is_incident_trace(t.purposes);
+        let incident_trace = if sampled {
+            t.purposes.has(Purpose::Sample)
+        } else {
+            is_incident_trace(t.purposes)
+        };
         for (i, s) in t.trace.spans.iter().enumerate() {
             let a = acc.entry(s.service()).or_default();
             a.spans += 1;
@@ -125,8 +133,10 @@ pub fn service_stats(
             } else if incident_trace {
                 a.incident.push(item);
             }
-            let minute = s.start_ns.div_euclid(60_000_000_000);
-            a.minutes.entry(minute).or_default().push(item);
+            if incident_trace || t.purposes.has(Purpose::Baseline) {
+                let minute = s.start_ns.div_euclid(60_000_000_000);
+                a.minutes.entry(minute).or_default().push(item);
+            }
         }
     }
     acc.into_iter()

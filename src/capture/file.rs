@@ -105,6 +105,9 @@ impl FileSource {
             let start = trace.start_ns();
             let mut p = Purposes::default();
             if plan.window.contains_ns(start) {
+                // A file is all the traffic the user had: every trace of the window is in the
+                // sample the rates rest on (and is stored once, errors first).
+                p = p.with(Purpose::Sample);
                 if trace.has_error() {
                     p = p.with(Purpose::Errors);
                 }
@@ -116,13 +119,9 @@ impl FileSource {
                 p = p.with(Purpose::Baseline);
             }
             if p == Purposes::default() {
-                if plan.window.contains_ns(start) {
-                    p = p.with(Purpose::Sample);
-                } else {
-                    outside += 1;
-                    spans_left_out += trace.spans.len();
-                    continue;
-                }
+                outside += 1;
+                spans_left_out += trace.spans.len();
+                continue;
             }
             traces.push((trace, p));
         }
