@@ -134,6 +134,7 @@ fn main() {
         window_end_ns: T0 + 3_600_000 * MS,
         slow_threshold: std::time::Duration::from_secs(1),
         error_rate_threshold: 0.05,
+        kept_normal_share: 1.0,
     };
     let mut best = f64::MAX;
     let mut origin = String::new();

@@ -112,6 +112,7 @@ fn run(n: usize) -> (f64, usize) {
         window_end_ns: T0 + 3_600_000 * MS,
         slow_threshold: std::time::Duration::from_secs(1),
         error_rate_threshold: 0.05,
+        kept_normal_share: 1.0,
     };
     let t = Instant::now();
     let (a, _) = analyze(&traces, &input);

@@ -125,6 +125,12 @@ pub fn plan(settings: &Settings, incident: Incident, resolved: ResolvedWindow) -
         slow_threshold: settings.capture.slow_threshold,
         baseline_traces: settings.capture.baseline_traces,
         sample_per_minute: settings.capture.sample_per_minute,
+        kept_normal_share: settings
+            .backends
+            .values()
+            .filter(|b| b.enabled())
+            .map(|b| b.kept_normal_share)
+            .fold(1.0, f64::min),
         gaps,
         max_services: settings.capture.max_services,
         max_traces: settings.capture.max_traces,

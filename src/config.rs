@@ -96,6 +96,9 @@ pub struct BackendSettings {
     #[serde(with = "dur")]
     pub min_slice: Duration,
     pub retries: usize,
+    /// The share of normal traces the backend keeps (1.0 without sampling, 0.1 behind 10% tail
+    /// sampling that keeps every failing and slow trace).
+    pub kept_normal_share: f64,
     #[serde(deserialize_with = "any_scalar")]
     pub username: String,
     #[serde(deserialize_with = "any_scalar")]
@@ -151,6 +154,7 @@ impl Default for BackendSettings {
             query_limit: 500,
             min_slice: Duration::from_secs(1),
             retries: 4,
+            kept_normal_share: 1.0,
             username: String::new(),
             password: String::new(),
             bearer_token: String::new(),
@@ -408,6 +412,12 @@ impl Settings {
             if b.concurrency == 0 || b.query_limit == 0 {
                 return bad(format!(
                     "backends.{name}: concurrency and query_limit must be at least 1"
+                ));
+            }
+            if !(b.kept_normal_share > 0.0 && b.kept_normal_share <= 1.0) {
+                return bad(format!(
+                    "backends.{name}.kept_normal_share must be above 0 and at most 1, not {}",
+                    b.kept_normal_share
                 ));
             }
         }

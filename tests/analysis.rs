@@ -139,6 +139,7 @@ impl Builder {
                 window_end_ns: T0 + 60 * MIN,
                 slow_threshold: std::time::Duration::from_secs(1),
                 error_rate_threshold: 0.05,
+                kept_normal_share: 1.0,
             },
         )
     }

@@ -263,6 +263,16 @@ fn first_trace(bundle: &Path, name: &str) -> Value {
 }
 
 fn collect(dir: &Path, incident: &Path, flag: &str, url: &str) -> std::process::Output {
+    collect_with(dir, incident, flag, url, &[])
+}
+
+fn collect_with(
+    dir: &Path,
+    incident: &Path,
+    flag: &str,
+    url: &str,
+    env: &[(&str, String)],
+) -> std::process::Output {
     run_cli(
         &[
             "collect",
@@ -273,7 +283,7 @@ fn collect(dir: &Path, incident: &Path, flag: &str, url: &str) -> std::process::
             "--out",
             dir.join("evidence").to_str().unwrap(),
         ],
-        &[],
+        env,
     )
 }
 
@@ -575,6 +585,45 @@ fn jaeger_tail_sampling_every_kept_error_and_slow_trace_is_captured_and_the_base
     assert!(
         !baseline.is_empty() && baseline.is_subset(&before),
         "the baseline comes from the sampled normal traces before the window"
+    );
+
+    // Rates behind tail sampling: payment failed in 5,000 of the window's 6,400 requests
+    // (78.1%). The backend keeps every failing and slow trace but 10% of the rest, so the sample
+    // it answers is mostly failures; weighted by kept_normal_share = 0.1 the estimate's interval
+    // holds the true rate, unweighted it does not.
+    let truth = 5000.0 / 6400.0;
+    let rate_with = |share: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = collect_with(
+            dir.path(),
+            &traffic.incident(dir.path()),
+            "--jaeger",
+            &jaeger.url(),
+            &[(
+                "EVIDENCE_LOCKER__BACKENDS__DEFAULT__KEPT_NORMAL_SHARE",
+                share.to_owned(),
+            )],
+        );
+        let analysis = read_json(&bundle_dir(&out).join("analysis.json"));
+        analysis["services"]["payment"]["incident"].clone()
+    };
+    let weighted = rate_with("0.1");
+    let ci = weighted["error_rate_ci"].as_array().unwrap();
+    let (low, high) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    assert!(low <= truth && truth <= high, "weighted: {weighted:#}");
+    assert_eq!(weighted["requests_sampled"], weighted["requests"]);
+    let unweighted = rate_with("1.0");
+    let ci = unweighted["error_rate_ci"].as_array().unwrap();
+    assert!(
+        ci[0].as_f64().unwrap() > truth,
+        "unweighted, the failures' over-representation shows: {unweighted:#}"
+    );
+    eprintln!(
+        "behind 10% tail sampling, payment's error rate (true {truth:.3}): weighted {} {:?}, unweighted {} {:?}",
+        weighted["error_rate"],
+        weighted["error_rate_ci"],
+        unweighted["error_rate"],
+        unweighted["error_rate_ci"]
     );
 }
 

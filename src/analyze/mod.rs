@@ -31,6 +31,15 @@ pub struct AnalysisInput {
     pub window_end_ns: i64,
     pub slow_threshold: Duration,
     pub error_rate_threshold: f64,
+    /// The share of normal traces the backend keeps (1.0 without sampling): a sampled normal
+    /// request stands for 1 ÷ this many.
+    pub kept_normal_share: f64,
+}
+
+impl AnalysisInput {
+    pub(crate) fn slow_threshold_ns(&self) -> i64 {
+        self.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
+    }
 }
 
 /// A pointer at the span that shows something.

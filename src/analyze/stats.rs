@@ -10,12 +10,20 @@ use super::tree::TraceTree;
 use super::{AnalysisInput, Evidence, LatencyEntry, is_incident_trace, round4, time};
 use crate::capture::Purpose;
 
-/// Requests into a service over a period.
+/// Requests into a service over a period, as sampled, and the estimates they support.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct LatencyStats {
+    /// Requests sampled (the basis of every figure below).
     pub requests: usize,
+    pub requests_sampled: usize,
+    /// Failing requests among them.
     pub errors: usize,
+    /// The estimated error rate of all traffic: sampled requests weighted by the share of
+    /// normal traces the backend keeps (`kept_normal_share`).
     pub error_rate: f64,
+    /// Its 95% interval (Wilson, on the effective sample size of the weights); `None` without
+    /// requests.
+    pub error_rate_ci: Option<[f64; 2]>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -26,10 +34,32 @@ pub struct LatencyStats {
 pub struct MinuteStats {
     pub minute: DateTime<Utc>,
     pub requests: usize,
+    pub requests_sampled: usize,
     pub errors: usize,
+    pub error_rate: f64,
+    pub error_rate_ci: Option<[f64; 2]>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+}
+
+/// Fewer sampled requests than this give no rate worth a timeline entry.
+pub const MIN_SAMPLED: usize = 10;
+
+/// The 95% Wilson interval of a proportion `p` over an (effective) sample of `n`.
+pub fn wilson(p: f64, n: f64) -> [f64; 2] {
+    if n <= 0.0 {
+        return [0.0, 1.0];
+    }
+    let z = 1.959_964_f64;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let d = 1.0 + z2 / n;
+    [
+        round4(((centre - half) / d).max(0.0)),
+        round4(((centre + half) / d).min(1.0)),
+    ]
 }
 
 /// What one service did, baseline against incident.
@@ -55,30 +85,41 @@ struct Acc {
         crate::model::SpanId,
         Option<String>,
     )>,
-    baseline: Vec<(i64, bool)>,
-    incident: Vec<(i64, bool)>,
-    minutes: BTreeMap<i64, Vec<(i64, bool)>>,
+    baseline: Vec<Call>,
+    incident: Vec<Call>,
+    minutes: BTreeMap<i64, Vec<Call>>,
 }
 
-fn summarize(mut v: Vec<(i64, bool)>) -> LatencyStats {
+/// One sampled request: its duration, whether it failed, and how many requests of all traffic
+/// it stands for (1, or 1 ÷ `kept_normal_share` for a normal trace behind sampling).
+type Call = (i64, bool, f64);
+
+fn summarize(mut v: Vec<Call>) -> LatencyStats {
     let requests = v.len();
-    let errors = v.iter().filter(|(_, e)| *e).count();
-    v.sort_unstable();
+    let errors = v.iter().filter(|c| c.1).count();
+    v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let total: f64 = v.iter().map(|c| c.2).sum();
+    let squares: f64 = v.iter().map(|c| c.2 * c.2).sum();
+    let failing: f64 = v.iter().filter(|c| c.1).map(|c| c.2).sum();
+    // Weighted percentiles: the first duration whose cumulative weight reaches p of the total.
     let pct = |p: f64| -> Option<f64> {
-        if v.is_empty() {
-            return None;
+        let mut seen = 0.0;
+        for c in &v {
+            seen += c.2;
+            if seen >= p * total - 1e-9 {
+                return Some(round4(c.0 as f64 / 1e6));
+            }
         }
-        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-        Some(round4(v[rank].0 as f64 / 1e6))
+        v.last().map(|c| round4(c.0 as f64 / 1e6))
     };
+    let rate = if total > 0.0 { failing / total } else { 0.0 };
     LatencyStats {
         requests,
+        requests_sampled: requests,
         errors,
-        error_rate: if requests == 0 {
-            0.0
-        } else {
-            round4(errors as f64 / requests as f64)
-        },
+        error_rate: round4(rate),
+        // Kish's effective sample size: unequal weights carry less information.
+        error_rate_ci: (requests > 0).then(|| wilson(rate, total * total / squares)),
         p50_ms: pct(0.50),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
@@ -101,6 +142,14 @@ pub fn service_stats(
             t.purposes.has(Purpose::Sample)
         } else {
             is_incident_trace(t.purposes)
+        };
+        // Tail sampling keeps every failing and every slow trace, and a share of the rest.
+        let kept_whole =
+            t.trace.has_error() || t.trace.max_span_duration_ns() >= input.slow_threshold_ns();
+        let weight = if kept_whole {
+            1.0
+        } else {
+            1.0 / input.kept_normal_share
         };
         for (i, s) in t.trace.spans.iter().enumerate() {
             let a = acc.entry(s.service()).or_default();
@@ -125,7 +174,7 @@ pub fn service_stats(
             if !t.is_entry(i) {
                 continue;
             }
-            let item = (s.duration_ns(), s.is_error());
+            let item = (s.duration_ns(), s.is_error(), weight);
             if s.start_ns < input.began_ns {
                 if t.purposes.has(Purpose::Baseline) || incident_trace {
                     a.baseline.push(item);
@@ -169,7 +218,10 @@ pub fn service_stats(
                             MinuteStats {
                                 minute: time(m * 60_000_000_000),
                                 requests: l.requests,
+                                requests_sampled: l.requests_sampled,
                                 errors: l.errors,
+                                error_rate: l.error_rate,
+                                error_rate_ci: l.error_rate_ci,
                                 p50_ms: l.p50_ms,
                                 p95_ms: l.p95_ms,
                                 p99_ms: l.p99_ms,
@@ -250,4 +302,34 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
             .then(ea.operation.cmp(&eb.operation))
     });
     out.into_iter().map(|(_, e)| e).take(50).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wilson_interval_matches_the_textbook_values() {
+        assert_eq!(wilson(0.5, 100.0), [0.4038, 0.5962]);
+        assert_eq!(wilson(0.0, 10.0), [0.0, 0.2775]);
+        assert_eq!(wilson(1.0, 10.0), [0.7225, 1.0]);
+    }
+
+    #[test]
+    fn sampled_normal_requests_stand_for_the_normal_traffic_the_backend_dropped() {
+        // 10 failures (all kept) and 10 normal requests behind 10% sampling (each standing for
+        // 10): 10 failing of about 110.
+        let mut calls: Vec<Call> = (0..10).map(|i| (1_000_000 * (i + 1), true, 1.0)).collect();
+        calls.extend((0..10).map(|i| (500_000 * (i + 1), false, 10.0)));
+        let s = summarize(calls);
+        assert_eq!((s.requests_sampled, s.errors), (20, 10));
+        assert_eq!(s.error_rate, 0.0909);
+        let ci = s.error_rate_ci.unwrap();
+        assert!(ci[0] < 0.0909 && 0.0909 < ci[1] && ci[1] < 0.5, "{ci:?}");
+        // The weighted median is a normal request's duration.
+        assert!(s.p50_ms.unwrap() <= 5.0, "{:?}", s.p50_ms);
+        // Unweighted, the same sample says half the requests fail.
+        let s = summarize((0..20).map(|i| (i, i < 10, 1.0)).collect());
+        assert_eq!(s.error_rate, 0.5);
+    }
 }

@@ -88,10 +88,14 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
                 evidence: format!("first error in {service}: {operation} failed ({message})"),
             });
         }
-        // The first minute whose error rate reaches the threshold; the example is the first
-        // error of that minute.
+        // The first minute whose error rate is at or above the threshold beyond sampling noise:
+        // the lower end of its 95% interval reaches it, on enough sampled requests. The example
+        // is the first error of that minute.
         if let Some(m) = stats.per_minute.iter().find(|m| {
-            m.errors > 0 && m.errors as f64 / m.requests.max(1) as f64 >= input.error_rate_threshold
+            m.errors > 0
+                && m.requests_sampled >= super::stats::MIN_SAMPLED
+                && m.error_rate_ci
+                    .is_some_and(|ci| ci[0] >= input.error_rate_threshold)
         }) {
             let minute = m
                 .minute
@@ -112,10 +116,12 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
                     trace_id: s.trace_id,
                     span_id: s.span_id,
                     evidence: format!(
-                        "{service} error rate {:.1}% ({} of {} requests) in the minute from {}, at or above {:.1}%",
-                        m.errors as f64 * 100.0 / m.requests.max(1) as f64,
+                        "{service} error rate ≈ {:.0}% (95% CI {:.0}–{:.0}%, {} sampled requests, {} failing) in the minute from {}, at or above {:.1}%",
+                        m.error_rate * 100.0,
+                        m.error_rate_ci.map_or(0.0, |c| c[0] * 100.0),
+                        m.error_rate_ci.map_or(100.0, |c| c[1] * 100.0),
+                        m.requests_sampled,
                         m.errors,
-                        m.requests,
                         m.minute.format("%H:%M"),
                         input.error_rate_threshold * 100.0
                     ),

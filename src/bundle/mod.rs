@@ -167,6 +167,7 @@ pub fn write_bundle(
         window_end_ns: plan.window.end_ns(),
         slow_threshold: plan.slow_threshold,
         error_rate_threshold: opts.error_rate_threshold,
+        kept_normal_share: plan.kept_normal_share,
     };
     let mut w = BundleWriter::new(dir);
     // The analysis and the four trace files only read the traces: one thread each.

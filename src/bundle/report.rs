@@ -230,14 +230,15 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
             if !(0.0..w).contains(&x) {
                 continue;
             }
-            let rate = m.errors as f64 / m.requests.max(1) as f64;
+            let rate = m.error_rate;
             let bh = rate * (ht - 10.0);
             let _ = write!(
                 h,
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#d33\"><title>{} {}/{} errors</title></rect>",
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#d33\"><title>{} ≈{:.0}% errors ({} of {} sampled requests)</title></rect>",
                 ht - bh,
                 (bar - 0.5).max(0.5),
                 m.minute.format("%H:%M"),
+                rate * 100.0,
                 m.errors,
                 m.requests
             );

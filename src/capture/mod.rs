@@ -36,6 +36,9 @@ pub struct CapturePlan {
     pub baseline_traces: usize,
     /// Traces of all traffic asked per scope and minute of the window (0: no sample).
     pub sample_per_minute: usize,
+    /// The share of normal traces the backends keep (the smallest configured): rates and
+    /// percentiles weight each sampled normal request by its inverse.
+    pub kept_normal_share: f64,
     /// What is already known to be missing before any query (a window cut to
     /// `capture.max_window`, services over `capture.max_services`).
     pub gaps: Vec<Gap>,
