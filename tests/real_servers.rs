@@ -812,3 +812,72 @@ fn zipkin_3_every_error_and_slow_trace_of_5000_reaches_the_bundle_with_64_bit_id
         query_figures(&manifest, &[5000, 400])
     );
 }
+
+#[test]
+fn jaeger_recovery_is_found_in_the_sample_of_all_traffic() {
+    // Payment fails every 2 s for the window's first 20 minutes; healthy traffic runs every
+    // second throughout. Error traces alone hold no success: the recovery comes from the sample.
+    let jaeger = Jaeger::start(100_000, None);
+    let traffic = Traffic::new();
+    let (ws, we) = traffic.window();
+    let failing_until = ws + Duration::minutes(20);
+    let mut sent = Vec::new();
+    let mut last_error_end = ws;
+    for i in 0..(20 * 30) {
+        let t = ws + Duration::seconds(2 * i as i64) + Duration::milliseconds(300);
+        sent.extend(otlp(Kind::Error, i, t));
+        last_error_end = t + Duration::milliseconds(40);
+    }
+    assert!(last_error_end < failing_until);
+    let healthy = (we - ws).num_seconds() as u64 - 10;
+    for i in 0..healthy {
+        sent.extend(otlp(Kind::Normal, i, ws + Duration::seconds(i as i64 + 1)));
+    }
+    jaeger.send(&sent, 800);
+    // The truth: the first healthy payment call that starts after the last failure ended.
+    let truth = (0..healthy)
+        .map(|i| ws + Duration::seconds(i as i64 + 1) + Duration::milliseconds(3))
+        .find(|t| *t > last_error_end)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = collect(
+        dir.path(),
+        &traffic.incident(dir.path()),
+        "--jaeger",
+        &jaeger.url(),
+    );
+    let bundle = bundle_dir(&out);
+    let analysis = read_json(&bundle.join("analysis.json"));
+    assert_eq!(
+        analysis["origin"]["service"], "payment",
+        "{:#}",
+        analysis["origin"]
+    );
+    let found: DateTime<Utc> = analysis["recovery"]["time"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no recovery: {}", analysis["recovery_note"]))
+        .parse()
+        .unwrap();
+    // The sample holds 20 traces per service and minute, so the first success it shows lies
+    // within the minute after the truth.
+    assert!(
+        found >= truth && found <= truth + Duration::seconds(61),
+        "recovery at {found}, truth {truth}"
+    );
+    assert!(analysis["services"]["payment"]["recovery"]["time"].is_string());
+    // The recovery's trace opens from the bundle.
+    let id = analysis["recovery"]["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stored = BTreeSet::new();
+    for name in ["errors", "slow", "baseline", "sample", "context"] {
+        stored.extend(bundle_trace_ids(&bundle, name));
+    }
+    assert!(stored.contains(&id));
+    eprintln!(
+        "recovery from the sample: {} after the truth",
+        (found - truth).num_milliseconds() as f64 / 1000.0
+    );
+}

@@ -128,7 +128,11 @@ pub struct Analysis {
     pub failure_order: Vec<FailureStep>,
     pub suspects: Vec<Suspect>,
     pub latency: Vec<LatencyEntry>,
+    /// The first successful call of the origin operation after its last failure.
     pub recovery: Option<Evidence>,
+    /// Why there is no recovery, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_note: Option<String>,
 }
 
 /// Rounds to 4 decimals so floats print the same everywhere.
@@ -199,9 +203,24 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     let ranking: Vec<Candidate> = ranked.into_iter().map(|(c, _)| c).collect();
     let propagation = tree::propagation(&forest);
     let latency = stats::latency(&forest, input);
-    let recovery = origin
-        .as_ref()
-        .and_then(|o| recovery(&forest, &o.service, &o.operation));
+    let recovery = origin.as_ref().and_then(|o| {
+        recovery_by(&forest, |_, _, s| {
+            **s.service() == *o.service && *s.operation == *o.operation
+        })
+    });
+    let recovery_note = match (&origin, &recovery) {
+        (_, Some(_)) => None,
+        (None, None) => Some("no origin of a failure was found, so no recovery either".to_owned()),
+        (Some(o), None) => Some(format!(
+            "not recovered at capture time: no successful {} of {} after its last failure among the captured traces",
+            o.operation, o.service
+        )),
+    };
+    let mut services = services;
+    for (name, stats) in services.iter_mut() {
+        // Per service: its first successful request after its last failing one.
+        stats.recovery = recovery_by(&forest, |t, i, s| **s.service() == **name && t.is_entry(i));
+    }
     let suspects = origin
         .as_ref()
         .map(|o| suspects::suspects(&forest, o, input))
@@ -216,6 +235,7 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         suspects,
         latency,
         recovery,
+        recovery_note,
     };
     let timeline = timeline::build(&forest, &analysis, input);
     (analysis, timeline)
@@ -326,12 +346,21 @@ fn break_cycle<'a>(
 }
 
 /// The first successful call of `service operation` that started after its last error ended.
-fn recovery(forest: &[tree::TraceTree<'_>], service: &str, operation: &str) -> Option<Evidence> {
+/// The first success among the spans `pick` selects that starts after the last failure among
+/// them (`None` without a failure, or without a success after it).
+fn recovery_by(
+    forest: &[tree::TraceTree<'_>],
+    pick: impl Fn(&tree::TraceTree<'_>, usize, &Span) -> bool,
+) -> Option<Evidence> {
     let matching = || {
-        forest
-            .iter()
-            .flat_map(|t| t.trace.spans.iter())
-            .filter(|s| &**s.service() == service && &*s.operation == operation)
+        forest.iter().flat_map(|t| {
+            t.trace
+                .spans
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| pick(t, *i, s))
+                .map(|(_, s)| s)
+        })
     };
     let last_error = matching()
         .filter(|s| s.is_error())

@@ -73,6 +73,8 @@ pub struct ServiceStats {
     pub baseline: LatencyStats,
     pub incident: LatencyStats,
     pub per_minute: Vec<MinuteStats>,
+    /// Its first successful request after its last failing one.
+    pub recovery: Option<Evidence>,
 }
 
 #[derive(Default)]
@@ -228,6 +230,7 @@ pub fn service_stats(
                             }
                         })
                         .collect(),
+                    recovery: None,
                 },
             )
         })

@@ -117,6 +117,12 @@ fn referenced_elsewhere(
         timeline.entries.iter().map(|e| e.trace_id).collect();
     cited.extend(analysis.origin.iter().map(|o| o.trace_id));
     cited.extend(analysis.recovery.iter().map(|r| r.trace_id));
+    cited.extend(
+        analysis
+            .services
+            .values()
+            .filter_map(|s| s.recovery.as_ref().map(|r| r.trace_id)),
+    );
     cited.extend(analysis.propagation.iter().map(|p| p.trace_id));
     cited.extend(
         analysis
