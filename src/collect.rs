@@ -187,6 +187,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         max_window: settings.capture.max_window,
     };
     let sources: Vec<Box<dyn TraceSource>>;
+    let mut from_files = false;
     let (incident, window) = match req.input {
         TraceInput::Files(files) => {
             let Some((first_ns, last_ns)) = files.span_range() else {
@@ -212,6 +213,7 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
                 }
             };
             sources = vec![Box::new(files)];
+            from_files = true;
             (incident, window)
         }
         other => {
@@ -223,7 +225,11 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
             (incident, window)
         }
     };
-    let plan = plan(settings, incident, window);
+    let mut plan = plan(settings, incident, window);
+    if from_files {
+        // A file is all the traffic the user had: no backend's sampling applies to it.
+        plan.kept_normal_share = 1.0;
+    }
     tracing::info!(
         incident = %plan.incident.id(),
         window.start = %plan.window.start(),

@@ -881,3 +881,58 @@ fn jaeger_recovery_is_found_in_the_sample_of_all_traffic() {
         (found - truth).num_milliseconds() as f64 / 1000.0
     );
 }
+
+#[test]
+fn jaeger_2_13_v1_error_search_that_returns_nothing_is_caught_by_the_sample() {
+    // No span says OK (instrumentation that leaves healthy spans Unset): Jaeger 2.13's v1
+    // `error=true`, read as "status OK", matches nothing at all, so no answer shows a
+    // non-matching trace. The sample of all traffic holds failing payment calls the error
+    // search did not return: the filter is distrusted and the errors asked again without it.
+    let jaeger = std::sync::Arc::new(Jaeger::start(10_000, None));
+    let traffic = Traffic::new();
+    let (ws, we) = traffic.window();
+    let span = |i: u64, error: bool| {
+        let t =
+            ws + Duration::milliseconds(((we - ws).num_milliseconds() - 10_000) * i as i64 / 600);
+        let id = trace_id(if error { Kind::Error } else { Kind::Normal }, i);
+        let start = t.timestamp_nanos_opt().unwrap();
+        let mut sp = json!({
+            "traceId": id, "spanId": span_id(&id, 0), "name": "POST /charge", "kind": 2,
+            "startTimeUnixNano": start.to_string(),
+            "endTimeUnixNano": (start + 20_000_000).to_string(),
+        });
+        if error {
+            sp["status"] = json!({"code": 2, "message": "card declined"});
+        }
+        json!({
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payment"}}]},
+            "scopeSpans": [{"spans": [sp]}],
+        })
+    };
+    let sent: Vec<Value> = (0..600).map(|i| span(i, i % 2 == 0)).collect();
+    jaeger.send(&sent, 600);
+    let errors: BTreeSet<String> = (0..600)
+        .filter(|i| i % 2 == 0)
+        .map(|i| trace_id(Kind::Error, i))
+        .collect();
+
+    let proxy = support::serve(v1_only_proxy(jaeger.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = collect(
+        dir.path(),
+        &traffic.incident(dir.path()),
+        "--jaeger",
+        &format!("http://{proxy}"),
+    );
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    assert_eq!(manifest["sources"][0]["api"], "jaeger-v1");
+    assert_eq!(bundle_ids(&bundle, "errors", false), errors);
+    let notes = manifest["sources"][0]["notes"].as_object().unwrap();
+    assert!(
+        notes
+            .keys()
+            .any(|k| k.contains("did not return sample traces that match it")),
+        "{notes:#?}"
+    );
+}

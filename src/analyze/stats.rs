@@ -138,13 +138,16 @@ pub fn service_stats(
     // The incident's rates and percentiles rest on the sample of all traffic when there is one:
     // every error and slow trace is captured, so counting them beside a bounded sample of the
     // rest would give rates among failures.
-    let sampled = forest.iter().any(|t| t.purposes.has(Purpose::Sample));
+    // Per service: one the sample never reached (its sample searches failed, say) keeps the
+    // figures of the traces that were captured.
+    let sampled: std::collections::HashSet<&str> = forest
+        .iter()
+        .filter(|t| t.purposes.has(Purpose::Sample))
+        .flat_map(|t| t.trace.spans.iter().map(|s| &**s.service()))
+        .collect();
     for t in forest {
-        let incident_trace = if sampled {
-            t.purposes.has(Purpose::Sample)
-        } else {
-            is_incident_trace(t.purposes)
-        };
+        let in_sample = t.purposes.has(Purpose::Sample);
+        let captured = is_incident_trace(t.purposes);
         // Tail sampling keeps every failing and every slow trace, and a share of the rest.
         let kept_whole =
             t.trace.has_error() || t.trace.max_span_duration_ns() >= input.slow_threshold_ns();
@@ -154,6 +157,11 @@ pub fn service_stats(
             1.0 / input.kept_normal_share
         };
         for (i, s) in t.trace.spans.iter().enumerate() {
+            let incident_trace = if sampled.contains(&**s.service()) {
+                in_sample
+            } else {
+                captured
+            };
             let a = acc.entry(s.service()).or_default();
             a.spans += 1;
             if s.is_error() {

@@ -43,6 +43,9 @@ pub trait Searches: Sync {
 struct Distrust {
     /// Non-matching traces seen, per purpose (errors, slow).
     mismatched: [AtomicUsize; 2],
+    /// Sample traces that match the purpose in the scope but that its filtered search did not
+    /// return, per purpose: a filter that matches the wrong traces may return none at all.
+    missed: [AtomicUsize; 2],
     /// Scope searches asked again without the filter, per purpose.
     redone: [AtomicUsize; 2],
 }
@@ -52,7 +55,8 @@ impl Distrust {
         usize::from(purpose != Purpose::Errors)
     }
     fn distrusted(&self, purpose: Purpose) -> bool {
-        self.mismatched[Self::slot(purpose)].load(Ordering::Relaxed) > 0
+        let i = Self::slot(purpose);
+        self.mismatched[i].load(Ordering::Relaxed) > 0 || self.missed[i].load(Ordering::Relaxed) > 0
     }
 
     /// What the manifest says about it.
@@ -60,12 +64,22 @@ impl Distrust {
         for purpose in [Purpose::Errors, Purpose::Slow] {
             let i = Self::slot(purpose);
             let n = self.mismatched[i].load(Ordering::Relaxed);
+            let missed = self.missed[i].load(Ordering::Relaxed);
+            let filter = if purpose == Purpose::Errors {
+                "error"
+            } else {
+                "duration"
+            };
+            if missed > 0 {
+                notes.insert(
+                    format!(
+                        "the server's {filter} filter did not return sample traces that match it (counted): {} searches were asked again without it",
+                        purpose.name()
+                    ),
+                    missed,
+                );
+            }
             if n > 0 {
-                let filter = if purpose == Purpose::Errors {
-                    "error"
-                } else {
-                    "duration"
-                };
                 notes.insert(
                     format!(
                         "the server's {filter} filter returned traces that do not match it (counted): {} searches were asked without it and filtered here, {} scope(s) asked again",
@@ -298,7 +312,7 @@ pub async fn sweep<B: Searches>(
     let caps = CapKnowledge::default();
     let distrust = Distrust::default();
     let sampled = SampleTally::default();
-    let per_scope = futures::future::join_all(scopes.iter().map(|scope| {
+    let mut per_scope = futures::future::join_all(scopes.iter().map(|scope| {
         sweep_scope(
             backend,
             scope.as_deref(),
@@ -310,15 +324,84 @@ pub async fn sweep<B: Searches>(
         )
     }))
     .await;
+    // Filters are judged on what every scope saw. Sample traces that match a purpose in their
+    // scope but that its filtered search did not return distrust the filter; and a scope whose
+    // filtered search finished before the filter was distrusted is asked again without it.
+    for (scope, ((traces, _), filtered)) in scopes.iter().zip(&per_scope) {
+        for purpose in [Purpose::Errors, Purpose::Slow] {
+            let slot = Distrust::slot(purpose);
+            if filtered[slot] {
+                let missed = missed_by_filter(traces, scope.as_deref(), purpose, plan);
+                distrust.missed[slot].fetch_add(missed, Ordering::Relaxed);
+            }
+        }
+    }
+    for (scope, ((traces, gaps), filtered)) in scopes.iter().zip(per_scope.iter_mut()) {
+        for purpose in [Purpose::Errors, Purpose::Slow] {
+            let slot = Distrust::slot(purpose);
+            if !(filtered[slot] && distrust.distrusted(purpose)) {
+                continue;
+            }
+            distrust.redone[slot].fetch_add(1, Ordering::Relaxed);
+            let service = scope.as_deref();
+            let (found, shortfalls) = exhaustive_window(
+                backend, service, purpose, plan, limits, &caps, &distrust, false,
+            )
+            .await;
+            gaps.retain(|g| !(g.purpose == Some(purpose) && g.service.as_deref() == service));
+            traces.extend(
+                found
+                    .into_iter()
+                    .map(|t| (t, Purposes::default().with(purpose))),
+            );
+            gaps.extend(shortfalls.into_iter().map(|s| {
+                let kind = super::failure_kind(&s.message, s.kind.gap_kind());
+                gap(
+                    limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
+                )
+            }));
+        }
+    }
     distrust.notes(notes);
     sampled.notes(notes);
     let mut traces = Vec::new();
     let mut gaps = Vec::new();
-    for (t, g) in per_scope {
+    for ((t, g), _) in per_scope {
         traces.extend(t);
         gaps.extend(g);
     }
     (traces, gaps)
+}
+
+/// Sample traces of `scope` that match `purpose` there (a span of the scope's service, starting
+/// inside the window, failing or as slow as the threshold, as the servers' filters match) but
+/// that the purpose's search did not return.
+fn missed_by_filter(
+    traces: &[(Trace, Purposes)],
+    scope: Option<&str>,
+    purpose: Purpose,
+    plan: &CapturePlan,
+) -> usize {
+    let found: std::collections::HashSet<crate::model::TraceId> = traces
+        .iter()
+        .filter(|(_, p)| p.has(purpose))
+        .map(|(t, _)| t.id)
+        .collect();
+    let slow_ns = plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64;
+    traces
+        .iter()
+        .filter(|(t, p)| p.has(Purpose::Sample) && !found.contains(&t.id))
+        .filter(|(t, _)| {
+            t.spans.iter().any(|s| {
+                scope.is_none_or(|sc| s.service().eq_ignore_ascii_case(sc))
+                    && plan.window.contains_ns(s.start_ns)
+                    && match purpose {
+                        Purpose::Errors => s.is_error(),
+                        _ => s.duration_ns() >= slow_ns,
+                    }
+            })
+        })
+        .count()
 }
 
 /// `[start, end)` cut into pieces of at most `max`.
@@ -382,9 +465,11 @@ async fn sweep_scope<B: Searches>(
     caps: &CapKnowledge,
     distrust: &Distrust,
     sampled: &SampleTally,
-) -> Swept {
+) -> (Swept, [bool; 2]) {
     let mut out = Vec::new();
     let mut gaps = Vec::new();
+    // Whether what was kept for each purpose (errors, slow) came from a filtered search.
+    let mut kept_filtered = [false; 2];
     for purpose in [Purpose::Errors, Purpose::Slow] {
         let filtered = !distrust.distrusted(purpose);
         let (mut traces, mut shortfalls) = exhaustive_window(
@@ -397,6 +482,8 @@ async fn sweep_scope<B: Searches>(
                 backend, service, purpose, plan, limits, caps, distrust, false,
             )
             .await;
+        } else {
+            kept_filtered[Distrust::slot(purpose)] = filtered;
         }
         out.extend(
             traces
@@ -471,7 +558,7 @@ async fn sweep_scope<B: Searches>(
             }
         }
     }
-    (out, gaps)
+    ((out, gaps), kept_filtered)
 }
 
 #[cfg(test)]
