@@ -256,10 +256,7 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
     // Every trace the timeline and the analysis cite is in the bundle (the recovery, for one, is
     // normal traffic: every trace of the file's window that is neither failing nor slow is kept
     // in traces/sample.jsonl.zst).
-    let mut in_bundle = std::collections::BTreeSet::new();
-    for name in ["errors", "slow", "baseline", "sample", "context"] {
-        in_bundle.extend(bundle_trace_ids(bundle, name));
-    }
+    let in_bundle = all_bundle_trace_ids(bundle);
     let timeline = read_json(&bundle.join("timeline.json"));
     let mut cited: Vec<String> = timeline["entries"]
         .as_array()

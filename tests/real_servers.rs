@@ -10,7 +10,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
-use support::real::{Jaeger, TailSampling, Zipkin};
+use support::real::{Jaeger, TailSampling, Zipkin, otlp_payment_call};
 use support::*;
 
 const ERRORS: u64 = 5000;
@@ -254,6 +254,28 @@ fn bundle_ids(bundle: &Path, name: &str, zipkin: bool) -> BTreeSet<String> {
         .collect()
 }
 
+/// The bundle of the 5,000-trace window is complete and holds every error and every slow trace
+/// sent, counted right; returns its verified manifest.
+fn assert_every_error_and_slow_trace(bundle: &Path, zipkin: bool) -> Value {
+    let manifest = verify_manifest(bundle);
+    assert_eq!(
+        manifest["completeness"]["status"], "complete",
+        "{:#}",
+        manifest["completeness"]
+    );
+    assert_eq!(
+        bundle_ids(bundle, "errors", zipkin),
+        ids(Kind::Error, ERRORS, zipkin)
+    );
+    assert_eq!(
+        bundle_ids(bundle, "slow", zipkin),
+        ids(Kind::Slow, SLOW, zipkin)
+    );
+    assert_eq!(manifest["counts"]["error_traces"], ERRORS);
+    assert_eq!(manifest["counts"]["slow_traces"], SLOW);
+    manifest
+}
+
 /// The first trace of a bundle file, as written.
 fn first_trace(bundle: &Path, name: &str) -> Value {
     let bytes = std::fs::read(bundle.join("traces").join(format!("{name}.jsonl.zst"))).unwrap();
@@ -318,23 +340,8 @@ fn jaeger_2_13_every_error_and_slow_trace_of_5000_reaches_the_bundle_despite_its
 
     let out = collect(dir.path(), &incident, "--jaeger", &jaeger.url());
     let bundle = bundle_dir(&out);
-    let manifest = verify_manifest(&bundle);
+    let manifest = assert_every_error_and_slow_trace(&bundle, false);
     assert_eq!(manifest["sources"][0]["api"], "jaeger-v3");
-    assert_eq!(
-        manifest["completeness"]["status"], "complete",
-        "{:#}",
-        manifest["completeness"]
-    );
-    assert_eq!(
-        bundle_ids(&bundle, "errors", false),
-        ids(Kind::Error, ERRORS, false)
-    );
-    assert_eq!(
-        bundle_ids(&bundle, "slow", false),
-        ids(Kind::Slow, SLOW, false)
-    );
-    assert_eq!(manifest["counts"]["error_traces"], ERRORS);
-    assert_eq!(manifest["counts"]["slow_traces"], SLOW);
     // The baseline is drawn from the normal traces before the window, and only from them.
     let baseline = bundle_ids(&bundle, "baseline", false);
     let before: BTreeSet<String> = (NORMAL..NORMAL + BASELINE)
@@ -761,22 +768,7 @@ fn zipkin_3_every_error_and_slow_trace_of_5000_reaches_the_bundle_with_64_bit_id
         &zipkin_server.url(),
     );
     let bundle = bundle_dir(&out);
-    let manifest = verify_manifest(&bundle);
-    assert_eq!(
-        manifest["completeness"]["status"], "complete",
-        "{:#}",
-        manifest["completeness"]
-    );
-    assert_eq!(
-        bundle_ids(&bundle, "errors", true),
-        ids(Kind::Error, ERRORS, true)
-    );
-    assert_eq!(
-        bundle_ids(&bundle, "slow", true),
-        ids(Kind::Slow, SLOW, true)
-    );
-    assert_eq!(manifest["counts"]["error_traces"], ERRORS);
-    assert_eq!(manifest["counts"]["slow_traces"], SLOW);
+    let manifest = assert_every_error_and_slow_trace(&bundle, true);
     // The client and server halves that share a span id are two spans, both kept.
     let first = first_trace(&bundle, "errors");
     let spans: usize = first["resourceSpans"]
@@ -871,11 +863,7 @@ fn jaeger_recovery_is_found_in_the_sample_of_all_traffic() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut stored = BTreeSet::new();
-    for name in ["errors", "slow", "baseline", "sample", "context"] {
-        stored.extend(bundle_trace_ids(&bundle, name));
-    }
-    assert!(stored.contains(&id));
+    assert!(all_bundle_trace_ids(&bundle).contains(&id));
     eprintln!(
         "recovery from the sample: {} after the truth",
         (found - truth).num_milliseconds() as f64 / 1000.0
@@ -895,19 +883,13 @@ fn jaeger_2_13_v1_error_search_that_returns_nothing_is_caught_by_the_sample() {
         let t =
             ws + Duration::milliseconds(((we - ws).num_milliseconds() - 10_000) * i as i64 / 600);
         let id = trace_id(if error { Kind::Error } else { Kind::Normal }, i);
-        let start = t.timestamp_nanos_opt().unwrap();
-        let mut sp = json!({
-            "traceId": id, "spanId": span_id(&id, 0), "name": "POST /charge", "kind": 2,
-            "startTimeUnixNano": start.to_string(),
-            "endTimeUnixNano": (start + 20_000_000).to_string(),
-        });
-        if error {
-            sp["status"] = json!({"code": 2, "message": "card declined"});
-        }
-        json!({
-            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payment"}}]},
-            "scopeSpans": [{"spans": [sp]}],
-        })
+        let status = error.then(|| json!({"code": 2, "message": "card declined"}));
+        otlp_payment_call(
+            &id,
+            &span_id(&id, 0),
+            t.timestamp_nanos_opt().unwrap(),
+            status,
+        )
     };
     let sent: Vec<Value> = (0..600).map(|i| span(i, i % 2 == 0)).collect();
     jaeger.send(&sent, 600);

@@ -1148,17 +1148,13 @@ fn otlp_payment(
             } else {
                 json!({"code": 1})
             };
-            json!({
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payment"}}]},
-                "scopeSpans": [{"spans": [{
-                    "traceId": format!("{:016x}{:016x}", 0x5eed_u64 * (first + i + 1), first + i + 1),
-                    "spanId": format!("{:016x}", first + i + 1),
-                    "name": "POST /charge", "kind": 2,
-                    "startTimeUnixNano": start.to_string(),
-                    "endTimeUnixNano": (start + 20_000_000).to_string(),
-                    "status": status,
-                }]}],
-            })
+            let n = first + i + 1;
+            support::real::otlp_payment_call(
+                &format!("{:016x}{n:016x}", 0x5eed_u64 * n),
+                &format!("{n:016x}"),
+                start,
+                Some(status),
+            )
         })
         .collect()
 }

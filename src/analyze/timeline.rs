@@ -148,7 +148,7 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
         });
     }
 
-    let slow_ns = input.slow_threshold.as_nanos().min(i64::MAX as u128) as i64;
+    let slow_ns = input.slow_threshold_ns();
     let mut first_slow: BTreeMap<&str, &crate::model::Span> = BTreeMap::new();
     for t in forest {
         for s in &t.trace.spans {

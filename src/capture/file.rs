@@ -94,7 +94,7 @@ impl FileSource {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default();
-        let slow_ns = plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64;
+        let slow_ns = plan.slow_threshold_ns();
         let mut notes = collected.notes;
         let mut traces = Vec::with_capacity(collected.traces.len());
         let mut outside = 0usize;

@@ -69,6 +69,11 @@ pub fn is_retryable(kind: &str) -> bool {
 }
 
 impl CapturePlan {
+    /// `slow_threshold` in ns, as span durations are.
+    pub fn slow_threshold_ns(&self) -> i64 {
+        self.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
+    }
+
     /// At most `max_services` of `services` (the first ones), with a gap naming how many were
     /// left out.
     pub fn bounded_services(
@@ -126,10 +131,7 @@ impl Purpose {
     pub fn matches(self, t: &Trace, plan: &CapturePlan) -> bool {
         match self {
             Self::Errors => t.has_error(),
-            Self::Slow => {
-                t.max_span_duration_ns()
-                    >= plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64
-            }
+            Self::Slow => t.max_span_duration_ns() >= plan.slow_threshold_ns(),
             _ => true,
         }
     }

@@ -157,6 +157,11 @@ struct Ctx<'a, Q: RangeQuery> {
 }
 
 impl<Q: RangeQuery> Ctx<'_, Q> {
+    /// The limit an answer is full at: ours, or the server's cap when one was proven lower.
+    fn limit_given(&self, proven: Option<usize>) -> usize {
+        proven.map_or(self.limit, |c| c.min(self.limit))
+    }
+
     fn keep(&self, traces: Vec<Trace>) {
         let mut guard = self.found.lock().unwrap_or_else(|p| p.into_inner());
         let (index, all) = &mut *guard;
@@ -247,7 +252,7 @@ fn judge<'a, Q: RangeQuery>(
             });
         ctx.keep(page.traces);
         let (max_seen, proven) = ctx.caps.observe(n);
-        let limit = proven.map_or(ctx.limit, |c| c.min(ctx.limit));
+        let limit = ctx.limit_given(proven);
         if n >= limit {
             let parts = parts_for(start_ns, end_ns, n, covered, limit, ctx.min_slice_ns);
             split_full(ctx, start_ns, end_ns, (n, &page.returned), parts).await;
@@ -320,11 +325,7 @@ fn split_full<'a, Q: RangeQuery>(
                 .map(|(s, e)| ctx.query.query(*s, *e, Reason::Split)),
         )
         .await;
-        let limit = ctx
-            .caps
-            .observe(0)
-            .1
-            .map_or(ctx.limit, |c| c.min(ctx.limit));
+        let limit = ctx.limit_given(ctx.caps.observe(0).1);
         let complete: Vec<&Page> = pages
             .iter()
             .filter_map(|p| p.as_ref().ok())

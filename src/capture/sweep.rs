@@ -349,17 +349,13 @@ pub async fn sweep<B: Searches>(
             )
             .await;
             gaps.retain(|g| !(g.purpose == Some(purpose) && g.service.as_deref() == service));
-            traces.extend(
-                found
-                    .into_iter()
-                    .map(|t| (t, Purposes::default().with(purpose))),
+            file_found(
+                (traces, gaps),
+                (found, shortfalls),
+                limits,
+                service,
+                purpose,
             );
-            gaps.extend(shortfalls.into_iter().map(|s| {
-                let kind = super::failure_kind(&s.message, s.kind.gap_kind());
-                gap(
-                    limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
-                )
-            }));
         }
     }
     distrust.notes(notes);
@@ -371,6 +367,28 @@ pub async fn sweep<B: Searches>(
         gaps.extend(g);
     }
     (traces, gaps)
+}
+
+/// Adds what an exhaustive search for `purpose` in `service` found: its traces, tagged with the
+/// purpose, and its shortfalls as gaps.
+fn file_found(
+    (traces, gaps): (&mut Vec<(Trace, Purposes)>, &mut Vec<Gap>),
+    (found, shortfalls): (Vec<Trace>, Vec<search::Shortfall>),
+    limits: &SweepLimits,
+    service: Option<&str>,
+    purpose: Purpose,
+) {
+    traces.extend(
+        found
+            .into_iter()
+            .map(|t| (t, Purposes::default().with(purpose))),
+    );
+    gaps.extend(shortfalls.into_iter().map(|s| {
+        let kind = super::failure_kind(&s.message, s.kind.gap_kind());
+        gap(
+            limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
+        )
+    }));
 }
 
 /// Sample traces of `scope` that match `purpose` there (a span of the scope's service, starting
@@ -387,7 +405,7 @@ fn missed_by_filter(
         .filter(|(_, p)| p.has(purpose))
         .map(|(t, _)| t.id)
         .collect();
-    let slow_ns = plan.slow_threshold.as_nanos().min(i64::MAX as u128) as i64;
+    let slow_ns = plan.slow_threshold_ns();
     traces
         .iter()
         .filter(|(t, p)| p.has(Purpose::Sample) && !found.contains(&t.id))
@@ -485,17 +503,13 @@ async fn sweep_scope<B: Searches>(
         } else {
             kept_filtered[Distrust::slot(purpose)] = filtered;
         }
-        out.extend(
-            traces
-                .into_iter()
-                .map(|t| (t, Purposes::default().with(purpose))),
+        file_found(
+            (&mut out, &mut gaps),
+            (traces, shortfalls),
+            limits,
+            service,
+            purpose,
         );
-        gaps.extend(shortfalls.into_iter().map(|s| {
-            let kind = super::failure_kind(&s.message, s.kind.gap_kind());
-            gap(
-                limits, service, purpose, s.start_ns, s.end_ns, s.message, kind,
-            )
-        }));
     }
     if plan.sample_per_minute > 0 {
         // A bounded sample of all traffic in each slice: never split (a sample may be partial;

@@ -88,6 +88,14 @@ pub fn bundle_trace_ids(bundle: &Path, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Trace ids of every trace file of a bundle.
+pub fn all_bundle_trace_ids(bundle: &Path) -> std::collections::BTreeSet<String> {
+    ["errors", "slow", "baseline", "sample", "context"]
+        .iter()
+        .flat_map(|name| bundle_trace_ids(bundle, name))
+        .collect()
+}
+
 /// Checks every file the manifest lists: size and SHA-256 match, and nothing is unlisted.
 pub fn verify_manifest(bundle: &Path) -> serde_json::Value {
     use sha2::Digest;

@@ -295,6 +295,28 @@ receivers:
     }
 }
 
+/// One payment call of 20 ms as an OTLP JSON `resourceSpans` entry (a one-span trace), with
+/// `status` as given (`None`: Unset).
+pub fn otlp_payment_call(
+    trace_id: &str,
+    span_id: &str,
+    start_ns: i64,
+    status: Option<Value>,
+) -> Value {
+    let mut span = serde_json::json!({
+        "traceId": trace_id, "spanId": span_id, "name": "POST /charge", "kind": 2,
+        "startTimeUnixNano": start_ns.to_string(),
+        "endTimeUnixNano": (start_ns + 20_000_000).to_string(),
+    });
+    if let Some(s) = status {
+        span["status"] = s;
+    }
+    serde_json::json!({
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "payment"}}]},
+        "scopeSpans": [{"spans": [span]}],
+    })
+}
+
 /// Zipkin server 3 with in-memory storage.
 pub struct Zipkin {
     pub port: u16,
