@@ -31,7 +31,7 @@ struct S {
     dur: i64,
     error: bool,
     parent: Option<usize>,
-    attrs: Vec<(&'static str, &'static str)>,
+    attrs: Vec<(&'static str, AttrValue)>,
 }
 
 fn s(service: &'static str, op: &'static str, start: i64, dur: i64) -> S {
@@ -51,8 +51,12 @@ impl S {
         self.parent = Some(parent);
         self
     }
-    fn with(mut self, key: &'static str, value: &'static str) -> Self {
-        self.attrs.push((key, value));
+    fn with(mut self, key: &'static str, value: &str) -> Self {
+        self.attrs.push((key, AttrValue::Str(value.into())));
+        self
+    }
+    fn num(mut self, key: &'static str, value: i64) -> Self {
+        self.attrs.push((key, AttrValue::Int(value)));
         self
     }
 }
@@ -100,7 +104,7 @@ impl Builder {
                     .iter()
                     .map(|(k, v)| Attribute {
                         key: Arc::from(*k),
-                        value: AttrValue::Str((*v).into()),
+                        value: v.clone(),
                     })
                     .collect(),
                 resource: Arc::new(Resource {
@@ -342,7 +346,7 @@ fn a_bad_rollout_on_some_pods_is_the_top_suspect() {
         a.suspects
     );
     assert_eq!(top.failing_share, 1.0);
-    assert!(top.baseline_share < 0.2);
+    assert!(top.baseline_share.unwrap() < 0.2);
 }
 
 #[test]
@@ -357,4 +361,92 @@ fn the_same_input_gives_the_same_analysis_bytes() {
     b.traces.reverse();
     let two = serde_json::to_vec(&b.analyze().0).unwrap();
     assert_eq!(one, two, "input order must not matter");
+}
+
+#[test]
+fn a_failing_version_that_served_healthy_calls_before_ranks_above_its_pods_which_are_grouped_with_their_hosts()
+ {
+    let mut b = Builder::new();
+    let mut n = 0u64;
+    checkout_traffic(&mut b, 0, 60, 400, |t, spans, _| {
+        n += 1;
+        // Four pods on four hosts; two of them run v2.3.1 all along, healthy until 14:30.
+        let pod = (n % 4) as usize;
+        let version = if pod < 2 { "v2.3.1" } else { "v2.2.0" };
+        spans[2] = spans[2]
+            .clone()
+            .with(
+                "k8s.pod.name",
+                ["payment-a", "payment-b", "payment-c", "payment-d"][pod],
+            )
+            .with("host.name", ["node-1", "node-2", "node-3", "node-4"][pod])
+            .with("deployment.version", version)
+            .with("cloud.region", "eu-west-1");
+        if pod < 2 && t >= BEGAN {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let (a, _) = b.analyze();
+    assert_eq!(a.origin.as_ref().unwrap().service, "payment");
+    let shown: Vec<(&str, &str)> = a
+        .suspects
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown[..3],
+        [
+            ("deployment.version", "v2.3.1"),
+            ("k8s.pod.name", "payment-a"),
+            ("k8s.pod.name", "payment-b"),
+        ],
+        "{:#?}",
+        a.suspects
+    );
+    let top = &a.suspects[0];
+    assert_eq!(top.failing_share, 1.0);
+    assert_eq!(top.healthy_share, Some(0.0));
+    // Before the incident the version served half of the calls, healthily.
+    assert!((top.baseline_share.unwrap() - 0.5).abs() < 0.05, "{top:?}");
+    assert_eq!(a.suspects[1].also, ["host.name=node-1"]);
+    assert_eq!(a.suspects[2].also, ["host.name=node-2"]);
+    assert!(a.suspects[1].failing_share < 0.6);
+    // A value on every call, failing or not, is no suspect.
+    assert!(a.suspects.iter().all(|s| s.key != "cloud.region"));
+    assert!(top.failing_calls > 100 && top.healthy_calls > 100 && top.baseline_calls > 100);
+}
+
+#[test]
+fn a_numeric_attribute_at_its_maximum_on_failures_is_a_suspect_as_a_threshold() {
+    let mut b = Builder::new();
+    let mut n = 0i64;
+    checkout_traffic(&mut b, 0, 60, 500, |t, spans, _| {
+        n += 1;
+        // The pool's active connections wander between 0 and 39; when it reaches its maximum
+        // of 50, the charge fails.
+        let exhausted = t >= BEGAN && n % 3 == 0;
+        let active = if exhausted { 50 } else { (n * 7) % 40 };
+        spans[2] = spans[2].clone().num("payment.gateway.pool.active", active);
+        if exhausted {
+            fail_chain(&mut spans[..3]);
+        }
+    });
+    let (a, _) = b.analyze();
+    let top = &a.suspects[0];
+    assert_eq!(
+        (top.key.as_str(), top.value.as_str()),
+        ("payment.gateway.pool.active", "≥ 50"),
+        "{:#?}",
+        a.suspects
+    );
+    assert_eq!(top.failing_share, 1.0);
+    assert_eq!(top.healthy_share, Some(0.0));
+    // No single value other than the maximum is listed on its own.
+    assert_eq!(
+        a.suspects
+            .iter()
+            .filter(|s| s.key == "payment.gateway.pool.active")
+            .count(),
+        1
+    );
 }

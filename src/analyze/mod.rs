@@ -83,14 +83,27 @@ pub struct Propagation {
     pub traces: usize,
 }
 
-/// An attribute value over-represented on failing spans.
+/// An attribute value over-represented on the origin's failing calls.
 #[derive(Clone, Debug, Serialize)]
 pub struct Suspect {
     pub key: String,
+    /// The value, or for a numeric attribute the threshold that separates (`≥ 50`).
     pub value: String,
     pub failing_share: f64,
-    pub baseline_share: f64,
+    /// Among the same operation's successful calls in the minutes with failures (`null`
+    /// without any).
+    pub healthy_share: Option<f64>,
+    /// Among its successful calls before the incident (`null` without any).
+    pub baseline_share: Option<f64>,
+    /// The failing share over the share it is judged against: the healthy calls' when there
+    /// are enough of them, else the baseline's.
     pub lift: f64,
+    /// Values that occur on exactly the same calls (`host.name=node-3` with its pod).
+    pub also: Vec<String>,
+    /// What the shares rest on.
+    pub failing_calls: usize,
+    pub healthy_calls: usize,
+    pub baseline_calls: usize,
 }
 
 /// Time per service and operation in slow and failing traces against the baseline.

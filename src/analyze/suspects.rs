@@ -1,109 +1,325 @@
-//! Suspects, as Honeycomb's BubbleUp finds them: for the spans that show the origin (its
-//! failing spans, or its slowest calls when it only got slow), every span and resource
-//! attribute value is compared with the same service and operation's spans before the incident;
-//! values much more common on the failing spans come first (`deployment.version = v2.3.1` on
-//! 100% of failing spans against 40% of normal ones).
+//! Suspects, as Honeycomb's BubbleUp finds them: the origin's failing calls (or its slowest,
+//! when it only got slow) are compared with its successful calls in the same minutes, and with
+//! its calls before the incident when too few succeeded then. A value is ranked by how much more
+//! of the failing calls it covers than of the healthy ones: a version on every failing call and
+//! few healthy ones (difference 0.9) stands above each of its pods (0.45), and values that
+//! always occur together (a pod and its host) are one suspect. Numeric attributes with many
+//! values are compared as distributions: the threshold that best separates failing from healthy
+//! calls (`payment.gateway.pool.active ≥ 50`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::tree::TraceTree;
 use super::{AnalysisInput, Origin, Suspect, round4};
-use crate::model::Span;
+use crate::model::{AttrValue, Span};
 
-/// Failing spans a value must appear on, at least, to be a suspect.
+/// Failing calls a value must cover, at least, to be a suspect.
 const MIN_SUPPORT: f64 = 0.2;
 const MIN_FAILING: usize = 3;
+/// Healthy calls in the failing minutes needed to compare with them rather than the baseline.
+const MIN_HEALTHY: usize = 5;
+/// How much more of the failing calls than of the healthy ones a value must cover.
+const MIN_DIFFERENCE: f64 = 0.1;
+/// A numeric key with more distinct values than this is compared as a distribution.
+const NUMERIC_DISTINCT: usize = 10;
+const MAX_SUSPECTS: usize = 20;
 
-fn values(s: &Span) -> HashSet<(String, String)> {
+/// Keys that describe the failure itself rather than what sets the failing calls apart.
+fn is_outcome(key: &str) -> bool {
+    matches!(
+        key,
+        "service.name"
+            | "error"
+            | "error.type"
+            | "error.message"
+            | "otel.status_code"
+            | "otel.status_description"
+            | "http.status_code"
+            | "http.response.status_code"
+            | "rpc.grpc.status_code"
+            | "status.code"
+            | "status.message"
+    ) || key.starts_with("exception.")
+}
+
+/// The key shown first among values that always occur together: the one a person acts on.
+fn key_rank(key: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "service.version",
+        "deployment.version",
+        "k8s.deployment.name",
+        "k8s.pod.name",
+        "container.id",
+        "k8s.node.name",
+        "host.name",
+    ];
+    ORDER.iter().position(|k| *k == key).unwrap_or(ORDER.len())
+}
+
+fn attributes(s: &Span) -> impl Iterator<Item = &crate::model::Attribute> {
     s.attributes
         .iter()
         .chain(s.resource.attributes.iter())
-        .filter(|a| &*a.key != "service.name")
-        .map(|a| (a.key.to_string(), a.value.to_text()))
-        .collect()
+        .filter(|a| !is_outcome(&a.key))
+}
+
+fn number(v: &AttrValue) -> Option<f64> {
+    match v {
+        AttrValue::Int(i) => Some(*i as f64),
+        AttrValue::Double(d) if d.is_finite() => Some(*d),
+        _ => None,
+    }
+}
+
+/// The calls compared: failing, healthy in the same minutes, before the incident.
+struct Groups<'a> {
+    failing: Vec<&'a Span>,
+    healthy: Vec<&'a Span>,
+    baseline: Vec<&'a Span>,
+}
+
+impl<'a> Groups<'a> {
+    fn of(forest: &'a [TraceTree<'a>], origin: &Origin, input: &AnalysisInput) -> Self {
+        let mut calls: Vec<&Span> = forest
+            .iter()
+            .flat_map(|t| t.trace.spans.iter())
+            .filter(|s| **s.service() == *origin.service && *s.operation == *origin.operation)
+            .collect();
+        // The same trace can be captured twice (a file and a backend): one call, counted once.
+        calls.sort_by_key(|s| (s.trace_id, s.span_id));
+        calls.dedup_by_key(|s| (s.trace_id, s.span_id));
+        let (incident, before): (Vec<&Span>, Vec<&Span>) = calls
+            .into_iter()
+            .partition(|s| s.start_ns >= input.began_ns);
+        let any_errors = incident.iter().any(|s| s.is_error());
+        // Latency only: the slowest tenth of the incident's calls.
+        let cut = {
+            let mut d: Vec<i64> = incident.iter().map(|s| s.duration_ns()).collect();
+            d.sort_unstable();
+            d.get(d.len() * 9 / 10).copied().unwrap_or(i64::MAX)
+        };
+        let marks: Vec<bool> = incident
+            .iter()
+            .map(|s| {
+                if any_errors {
+                    s.is_error()
+                } else {
+                    s.duration_ns() >= cut
+                }
+            })
+            .collect();
+        let minute = |s: &Span| s.start_ns.div_euclid(60_000_000_000);
+        let minutes: BTreeSet<i64> = incident
+            .iter()
+            .zip(&marks)
+            .filter(|(_, f)| **f)
+            .map(|(s, _)| minute(s))
+            .collect();
+        let mut failing = Vec::new();
+        let mut healthy = Vec::new();
+        for (s, f) in incident.into_iter().zip(marks) {
+            if f {
+                failing.push(s);
+            } else if !s.is_error() && minutes.contains(&minute(s)) {
+                healthy.push(s);
+            }
+        }
+        let baseline = before.into_iter().filter(|s| !s.is_error()).collect();
+        Self {
+            failing,
+            healthy,
+            baseline,
+        }
+    }
+}
+
+/// Shares of each group a condition covers.
+struct Cover {
+    failing: f64,
+    healthy: Option<f64>,
+    baseline: Option<f64>,
+}
+
+fn share(n: usize, of: usize) -> Option<f64> {
+    (of > 0).then(|| n as f64 / of as f64)
 }
 
 /// The suspects for `origin`, best first.
 pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput) -> Vec<Suspect> {
-    let of_origin = || {
-        forest
-            .iter()
-            .flat_map(|t| t.trace.spans.iter())
-            .filter(|s| **s.service() == *origin.service && *s.operation == *origin.operation)
-    };
-    let incident: Vec<&Span> = of_origin()
-        .filter(|s| s.start_ns >= input.began_ns)
-        .collect();
-    let any_errors = incident.iter().any(|s| s.is_error());
-    let failing: Vec<&Span> = if any_errors {
-        incident.iter().copied().filter(|s| s.is_error()).collect()
-    } else {
-        // Latency only: the slowest tenth of the incident's calls.
-        let mut d: Vec<i64> = incident.iter().map(|s| s.duration_ns()).collect();
-        d.sort_unstable();
-        let cut = d.get(d.len() * 9 / 10).copied().unwrap_or(i64::MAX);
-        incident
-            .iter()
-            .copied()
-            .filter(|s| s.duration_ns() >= cut)
-            .collect()
-    };
-    let mut normal: Vec<&Span> = of_origin()
-        .filter(|s| s.start_ns < input.began_ns && !s.is_error())
-        .collect();
-    if normal.is_empty() {
-        // No baseline for this operation: the incident's own successful calls are the normal.
-        normal = incident.iter().copied().filter(|s| !s.is_error()).collect();
-    }
-    if failing.len() < MIN_FAILING || normal.is_empty() {
+    let g = Groups::of(forest, origin, input);
+    let compare_healthy = g.healthy.len() >= MIN_HEALTHY;
+    if g.failing.len() < MIN_FAILING || (!compare_healthy && g.baseline.is_empty()) {
         return Vec::new();
     }
-    let count = |spans: &[&Span]| {
-        let mut c: HashMap<(String, String), usize> = HashMap::new();
-        for s in spans {
-            for v in values(s) {
-                *c.entry(v).or_default() += 1;
-            }
+    // The share a suspect is judged against, and how many calls it rests on.
+    let against = |c: &Cover| -> Option<f64> {
+        if compare_healthy {
+            c.healthy
+        } else {
+            c.baseline
         }
-        c
     };
-    let fail_counts = count(&failing);
-    let normal_counts = count(&normal);
-    let mut out: BTreeMap<(String, String), Suspect> = BTreeMap::new();
-    for ((key, value), n) in fail_counts {
-        let failing_share = n as f64 / failing.len() as f64;
-        if failing_share < MIN_SUPPORT {
-            continue;
+    let against_n = if compare_healthy {
+        g.healthy.len()
+    } else {
+        g.baseline.len()
+    };
+    let all: Vec<&Span> = g
+        .failing
+        .iter()
+        .chain(&g.healthy)
+        .chain(&g.baseline)
+        .copied()
+        .collect();
+    let (nf, nh) = (g.failing.len(), g.healthy.len());
+    let group_of = |i: usize| -> usize {
+        if i < nf {
+            0
+        } else if i < nf + nh {
+            1
+        } else {
+            2
         }
-        let baseline_share = normal_counts
-            .get(&(key.clone(), value.clone()))
-            .copied()
-            .unwrap_or(0) as f64
-            / normal.len() as f64;
-        // A value on every span, failing or not, says nothing.
-        let lift = failing_share / baseline_share.max(1.0 / (normal.len() as f64 + 1.0));
-        if lift < 1.5 {
-            continue;
+    };
+    let cover = |counts: [usize; 3]| Cover {
+        failing: counts[0] as f64 / nf as f64,
+        healthy: share(counts[1], nh),
+        baseline: share(counts[2], g.baseline.len()),
+    };
+
+    // Where each value occurs (indices into `all`), and each key's numbers.
+    let mut occurs: HashMap<(&str, String), Vec<u32>> = HashMap::new();
+    let mut numbers: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
+    let mut not_numeric: BTreeSet<&str> = BTreeSet::new();
+    for (i, s) in all.iter().enumerate() {
+        let mut seen: BTreeSet<(&str, String)> = BTreeSet::new();
+        for a in attributes(s) {
+            match number(&a.value) {
+                Some(x) => numbers.entry(&a.key).or_default().push((i, x)),
+                None => {
+                    not_numeric.insert(&a.key);
+                }
+            }
+            seen.insert((&a.key, a.value.to_text()));
         }
-        out.insert(
-            (key.clone(), value.clone()),
-            Suspect {
-                key,
-                value,
-                failing_share: round4(failing_share),
-                baseline_share: round4(baseline_share),
-                lift: round4(lift),
-            },
-        );
+        for v in seen {
+            occurs.entry(v).or_default().push(i as u32);
+        }
     }
-    let mut v: Vec<Suspect> = out.into_values().collect();
-    v.sort_by(|a, b| {
-        b.lift
-            .total_cmp(&a.lift)
+    let distribution_keys: BTreeSet<&str> = numbers
+        .iter()
+        .filter(|(k, xs)| {
+            !not_numeric.contains(*k) && {
+                let distinct: BTreeSet<u64> = xs.iter().map(|(_, x)| x.to_bits()).collect();
+                distinct.len() > NUMERIC_DISTINCT
+            }
+        })
+        .map(|(k, _)| *k)
+        .collect();
+
+    let keep = |c: &Cover| -> Option<(f64, f64)> {
+        let other = against(c).unwrap_or(0.0);
+        let difference = c.failing - other;
+        let lift = c.failing / other.max(1.0 / (against_n as f64 + 1.0));
+        (c.failing >= MIN_SUPPORT && difference >= MIN_DIFFERENCE && lift >= 1.5)
+            .then_some((difference, lift))
+    };
+    let suspect = |key: &str, value: String, c: &Cover, lift: f64, also: Vec<String>| Suspect {
+        key: key.to_owned(),
+        value,
+        failing_share: round4(c.failing),
+        healthy_share: c.healthy.map(round4),
+        baseline_share: c.baseline.map(round4),
+        lift: round4(lift),
+        also,
+        failing_calls: nf,
+        healthy_calls: nh,
+        baseline_calls: g.baseline.len(),
+    };
+    let mut ranked: Vec<(f64, Suspect)> = Vec::new();
+
+    // Values that always occur together are one suspect.
+    let mut together: BTreeMap<Vec<u32>, Vec<(&str, String)>> = BTreeMap::new();
+    for ((key, value), at) in occurs {
+        if distribution_keys.contains(key) {
+            continue;
+        }
+        let mut counts = [0usize; 3];
+        for &i in &at {
+            counts[group_of(i as usize)] += 1;
+        }
+        if keep(&cover(counts)).is_some() {
+            together.entry(at).or_default().push((key, value));
+        }
+    }
+    for (at, mut values) in together {
+        values.sort_by(|a, b| (key_rank(a.0), a.0, &a.1).cmp(&(key_rank(b.0), b.0, &b.1)));
+        let mut counts = [0usize; 3];
+        for &i in &at {
+            counts[group_of(i as usize)] += 1;
+        }
+        let c = cover(counts);
+        let Some((difference, lift)) = keep(&c) else {
+            continue;
+        };
+        let (key, value) = values.remove(0);
+        let also = values
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        ranked.push((difference, suspect(key, value, &c, lift, also)));
+    }
+
+    // Numeric keys: the threshold that best separates the failing calls.
+    for key in distribution_keys {
+        let mut xs: Vec<(f64, usize)> = numbers[key]
+            .iter()
+            .map(|(i, x)| (*x, group_of(*i)))
+            .collect();
+        xs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // below[j]: calls of each group among the j smallest values.
+        let mut below = vec![[0usize; 3]];
+        for (_, grp) in &xs {
+            let mut next = below[below.len() - 1];
+            next[*grp] += 1;
+            below.push(next);
+        }
+        let total = below[xs.len()];
+        let mut best: Option<(f64, f64, String, Cover)> = None;
+        let mut j = 0;
+        while j < xs.len() {
+            let t = xs[j].0;
+            let mut end = j;
+            while end < xs.len() && xs[end].0 == t {
+                end += 1;
+            }
+            let at_least = [0, 1, 2].map(|g| total[g] - below[j][g]);
+            for (sign, counts) in [('≥', at_least), ('≤', below[end])] {
+                let c = cover(counts);
+                if let Some((difference, lift)) = keep(&c)
+                    && best.as_ref().is_none_or(|b| difference > b.0)
+                {
+                    best = Some((difference, lift, format!("{sign} {t}"), c));
+                }
+            }
+            j = end;
+        }
+        if let Some((difference, lift, value, c)) = best {
+            ranked.push((difference, suspect(key, value, &c, lift, Vec::new())));
+        }
+    }
+
+    ranked.sort_by(|(da, a), (db, b)| {
+        db.total_cmp(da)
             .then(b.failing_share.total_cmp(&a.failing_share))
+            .then(b.lift.total_cmp(&a.lift))
+            .then(key_rank(&a.key).cmp(&key_rank(&b.key)))
             .then(a.key.cmp(&b.key))
             .then(a.value.cmp(&b.value))
     });
-    v.truncate(20);
-    v
+    ranked
+        .into_iter()
+        .map(|(_, s)| s)
+        .take(MAX_SUSPECTS)
+        .collect()
 }

@@ -70,7 +70,7 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
             s.slow.push(i);
         } else if p.has(Purpose::Baseline) {
             s.baseline.push(i);
-        } else if p.has(Purpose::Sample) {
+        } else if p.has(Purpose::Sample) || p.has(Purpose::Recovery) {
             s.sample.push(i);
         }
     }

@@ -172,16 +172,26 @@ pub fn render(r: &ReportInput<'_>) -> String {
     if r.analysis.suspects.is_empty() {
         h.push_str("<p class=\"muted\">No attribute value sets the failing requests apart.</p>");
     } else {
-        h.push_str("<table><tr><th>attribute</th><th>value</th><th>failing</th><th>baseline</th><th>lift</th></tr>");
+        let share = |x: Option<f64>| x.map_or("—".to_owned(), |x| format!("{:.0}%", x * 100.0));
+        if let Some(first) = r.analysis.suspects.first() {
+            let _ = write!(
+                h,
+                "<p class=\"muted\">Among {} failing calls of the origin, {} successful calls in the same minutes and {} before the incident.</p>",
+                first.failing_calls, first.healthy_calls, first.baseline_calls
+            );
+        }
+        h.push_str("<table><tr><th>attribute</th><th>value</th><th>failing</th><th>healthy, same minutes</th><th>baseline</th><th>lift</th><th>always with</th></tr>");
         for s in &r.analysis.suspects {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{:.0}%</td><td>{:.0}%</td><td>{:.1}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
                 esc(&s.key),
                 esc(&s.value),
                 s.failing_share * 100.0,
-                s.baseline_share * 100.0,
-                s.lift
+                share(s.healthy_share),
+                share(s.baseline_share),
+                s.lift,
+                esc(&s.also.join(", "))
             );
         }
         h.push_str("</table>");

@@ -113,6 +113,10 @@ pub enum Purpose {
     /// `capture.sample_per_minute` traces per scope and minute from unfiltered searches; from a
     /// file, every trace of the window that is neither erroring nor slow.
     Sample,
+    /// Traffic right after a scope's last error, asked in 5-second slices until a success shows,
+    /// so that recovery is known to within 5 s and not only to the minute. Stored with the
+    /// sample, but not counted in its rates (it is not a sample of the minute it falls in).
+    Recovery,
 }
 
 impl Purpose {
@@ -123,6 +127,7 @@ impl Purpose {
             Self::Slow => "slow",
             Self::Baseline => "baseline",
             Self::Sample => "sample",
+            Self::Recovery => "recovery",
         }
     }
 
@@ -340,10 +345,11 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
                 Purpose::Slow,
                 Purpose::Baseline,
                 Purpose::Sample,
+                Purpose::Recovery,
             ]
             .iter()
             .position(|x| p.has(*x))
-            .unwrap_or(4)
+            .unwrap_or(5)
         };
         traces.sort_by_key(|(_, p)| rank(p));
         let dropped = traces.len() - plan.max_traces;

@@ -131,6 +131,9 @@ struct SampleTally {
     asked: AtomicUsize,
     got: AtomicUsize,
     slices: AtomicUsize,
+    /// Recovery probe searches, and the traces they returned.
+    probes: AtomicUsize,
+    probed: AtomicUsize,
 }
 
 impl SampleTally {
@@ -146,6 +149,15 @@ impl SampleTally {
             notes.insert(
                 "sample of all traffic: traces the backend returned".into(),
                 self.got.load(Ordering::Relaxed),
+            );
+        }
+        let probes = self.probes.load(Ordering::Relaxed);
+        if probes > 0 {
+            notes.insert(
+                format!(
+                    "recovery probe: traces returned by {probes} searches of 5 s after a scope's last error (stored with the sample, not counted in its rates)"
+                ),
+                self.probed.load(Ordering::Relaxed),
             );
         }
     }
@@ -544,6 +556,17 @@ async fn sweep_scope<B: Searches>(
             }
         }
     }
+    if plan.sample_per_minute > 0 {
+        recovery_probe(
+            backend,
+            service,
+            plan,
+            limits,
+            sampled,
+            (&mut out, &mut gaps),
+        )
+        .await;
+    }
     if let Some(baseline) = plan.baseline {
         let quota = limits.baseline_quota.max(1);
         let slices = quota.min(6) as i64;
@@ -573,6 +596,71 @@ async fn sweep_scope<B: Searches>(
         }
     }
     ((out, gaps), kept_filtered)
+}
+
+/// The recovery probe's slices: recovery is known to within this much.
+const PROBE_SLICE_NS: i64 = 5_000_000_000;
+/// Slices asked at most: after a minute without a success the sample's minutes tell.
+const PROBE_SLICES: i64 = 12;
+/// Traces asked per slice.
+const PROBE_LIMIT: usize = 10;
+
+/// Asks for the traffic right after the scope's last error, in 5-second slices, until a slice
+/// holds a successful span of the scope's service: the sample alone places recovery only within
+/// its minute (and leans to the traces a backend returns first).
+async fn recovery_probe<B: Searches>(
+    backend: &B,
+    service: Option<&str>,
+    plan: &CapturePlan,
+    limits: &SweepLimits,
+    sampled: &SampleTally,
+    (out, gaps): (&mut Vec<(Trace, Purposes)>, &mut Vec<Gap>),
+) {
+    let ours =
+        |s: &crate::model::Span| service.is_none_or(|sc| s.service().eq_ignore_ascii_case(sc));
+    let Some(last) = out
+        .iter()
+        .filter(|(_, p)| p.has(Purpose::Errors))
+        .flat_map(|(t, _)| t.spans.iter())
+        .filter(|s| s.is_error() && ours(s) && plan.window.contains_ns(s.start_ns))
+        .map(|s| s.end_ns)
+        .max()
+    else {
+        return;
+    };
+    let q = backend.search(plan, service, Purpose::Recovery, PROBE_LIMIT, false);
+    let end = plan.window.end_ns();
+    for k in 0..PROBE_SLICES {
+        let s = last + k * PROBE_SLICE_NS;
+        if s >= end {
+            break;
+        }
+        let e = (s + PROBE_SLICE_NS).min(end);
+        sampled.probes.fetch_add(1, Ordering::Relaxed);
+        match q.query(s, e, Reason::Sample).await {
+            Ok(p) => {
+                let recovered = p.traces.iter().any(|t| {
+                    t.spans
+                        .iter()
+                        .any(|sp| ours(sp) && !sp.is_error() && sp.start_ns > last)
+                });
+                sampled.probed.fetch_add(p.traces.len(), Ordering::Relaxed);
+                out.extend(
+                    p.traces
+                        .into_iter()
+                        .map(|t| (t, Purposes::default().with(Purpose::Recovery))),
+                );
+                if recovered {
+                    break;
+                }
+            }
+            Err(message) => {
+                let kind = super::failure_kind(&message, "query_failed");
+                gaps.push(gap(limits, service, Purpose::Recovery, s, e, message, kind));
+                break;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
