@@ -104,6 +104,7 @@ fn main() {
                     scope: None,
                     events: Vec::new(),
                     links: Vec::new(),
+                    trace_state: None,
                 })
                 .collect();
             let p = if start < began {

@@ -64,6 +64,7 @@ fn span(
         scope: None,
         events: Vec::new(),
         links: Vec::new(),
+        trace_state: None,
     }
 }
 

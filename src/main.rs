@@ -269,7 +269,8 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     Ok(outcome)
 }
 
-/// Prints the bundle location (stdout, first line) and its status (second line). A stdout that
+/// Prints the bundle location (stdout, first line), its status (second line) and any notices
+/// (one per line: what of the input was left out). A stdout that
 /// cannot be written (a closed pipe, a full disk) is an error that still names the bundle.
 fn report(outcome: &CollectOutcome, demo: bool) -> Result<()> {
     use std::io::Write as _;
@@ -303,7 +304,8 @@ fn report(outcome: &CollectOutcome, demo: bool) -> Result<()> {
         )
     };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}\n{status}", location.display())
+    let notices: String = s.notices.iter().map(|n| format!("{n}\n")).collect();
+    write!(out, "{}\n{status}\n{notices}", location.display())
         .and_then(|()| out.flush())
         .with_context(|| {
             format!(

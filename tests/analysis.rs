@@ -114,6 +114,7 @@ impl Builder {
                 scope: None,
                 events: Vec::new(),
                 links: Vec::new(),
+                trace_state: None,
             })
             .collect();
         self.traces.push(Trace {
@@ -449,4 +450,45 @@ fn a_numeric_attribute_at_its_maximum_on_failures_is_a_suspect_as_a_threshold() 
             .count(),
         1
     );
+}
+
+#[test]
+fn a_sampling_threshold_in_the_trace_state_weights_the_sampled_normal_traffic() {
+    let mut b = Builder::new();
+    let (mut n, mut normal) = (0u64, 0u64);
+    // Every 100 ms a checkout; from 14:30, 3 in 10 fail. Failing traces are all kept; of the
+    // normal ones one in ten is, each recording `th` for its 10% probability (as OpenTelemetry's
+    // probabilistic sampler writes it; Jaeger keeps it as the `w3c.tracestate` tag). The
+    // configured kept_normal_share stays 1.0: the traces say it.
+    checkout_traffic(&mut b, 0, 60, 100, |t, spans, drop| {
+        n += 1;
+        if t >= BEGAN && n % 10 < 3 {
+            fail_chain(&mut spans[..3]);
+            return;
+        }
+        normal += 1;
+        if normal % 10 == 0 {
+            for sp in spans.iter_mut() {
+                sp.attrs.push((
+                    "w3c.tracestate",
+                    AttrValue::Str("ot=th:e6666666666666".into()),
+                ));
+            }
+        } else {
+            drop.extend(0..spans.len());
+        }
+    });
+    b.traces.retain(|t| !t.spans.is_empty());
+    let (a, _) = b.analyze();
+    let payment = &a.services["payment"].incident;
+    let (rate, ci) = (payment.error_rate, payment.error_rate_ci.unwrap());
+    assert!(
+        a.sampling.traces_weighted_by_threshold > 1000,
+        "{:?}",
+        a.sampling
+    );
+    // The truth is 30%; unweighted, the same traces say 3 ÷ 3.7 ≈ 81%.
+    assert!(ci[0] <= 0.30 && 0.30 <= ci[1], "{rate} {ci:?}");
+    assert!((rate - 0.30).abs() < 0.02, "{rate}");
+    assert!(payment.errors * 100 / payment.requests_sampled > 75);
 }

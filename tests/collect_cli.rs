@@ -386,6 +386,18 @@ fn an_incident_window_without_data_in_the_file_is_a_partial_bundle_that_says_so(
     let manifest = verify_manifest(&bundle);
     assert_eq!(manifest["completeness"]["gaps"][0]["kind"], "no_data");
     assert_eq!(manifest["counts"]["traces"], 0);
+    // The summary names what of the file was left out, as the manifest counts it.
+    let notes = &manifest["sources"][0]["notes"];
+    let left = notes["spans outside the incident window and the baseline period, not captured"]
+        .as_u64()
+        .unwrap();
+    assert!(left > 0 && notes["spans read"] == left, "{notes:#}");
+    let line = stdout(&out).lines().nth(2).unwrap_or_default().to_owned();
+    assert!(
+        line.starts_with(&format!("left out: {left} span(s) in 1 trace(s) of ")),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -361,3 +361,24 @@ fn a_timestamp_in_the_wrong_unit_is_skipped_with_a_reason_not_trusted() {
     let reasons: Vec<&String> = collected.skipped.keys().collect();
     assert!(reasons[0].contains("wrong unit"), "{reasons:?}");
 }
+
+#[test]
+fn an_otlp_trace_state_is_read_kept_in_the_bundle_and_gives_the_sampling_probability() {
+    let line = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"payment"}}]},"scopeSpans":[{"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331","traceState":"vendor=a,ot=th:c;rv:0123456789abcd","name":"Charge","kind":2,"startTimeUnixNano":"1770300000000000000","endTimeUnixNano":"1770300000020000000"}]}]}]}"#;
+    let mut c = TraceCollector::default();
+    c.add_input(line).unwrap();
+    let traces = c.finish().traces;
+    let span = &traces[0].spans[0];
+    assert_eq!(
+        span.trace_state.as_deref(),
+        Some("vendor=a,ot=th:c;rv:0123456789abcd")
+    );
+    assert_eq!(span.sampling_probability(), Some(0.25));
+    let mut out = Vec::new();
+    evidence_locker::formats::otlp::write_trace_line(&traces[0], &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(r#""traceState":"vendor=a,ot=th:c;rv:0123456789abcd""#),
+        "{text}"
+    );
+}

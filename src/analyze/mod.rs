@@ -141,11 +141,23 @@ pub struct Analysis {
     pub failure_order: Vec<FailureStep>,
     pub suspects: Vec<Suspect>,
     pub latency: Vec<LatencyEntry>,
+    /// What the rates' weights rest on.
+    pub sampling: SamplingBasis,
     /// The first successful call of the origin operation after its last failure.
     pub recovery: Option<Evidence>,
     /// Why there is no recovery, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_note: Option<String>,
+}
+
+/// What the weights of the rates and percentiles rest on.
+#[derive(Clone, Debug, Serialize)]
+pub struct SamplingBasis {
+    /// `backends.<name>.kept_normal_share`: a sampled normal trace stands for its inverse.
+    pub kept_normal_share: f64,
+    /// Sampled traces weighted by the OpenTelemetry `th` threshold in their trace state instead.
+    pub traces_weighted_by_threshold: usize,
+    pub sample_traces: usize,
 }
 
 /// Rounds to 4 decimals so floats print the same everywhere.
@@ -239,6 +251,19 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         .map(|o| suspects::suspects(&forest, o, input))
         .unwrap_or_default();
     let failure_order = failure_order(&services, &propagation);
+    let sampled: Vec<&Trace> = traces
+        .iter()
+        .filter(|(_, p)| p.has(Purpose::Sample))
+        .map(|(t, _)| t)
+        .collect();
+    let sampling = SamplingBasis {
+        kept_normal_share: input.kept_normal_share,
+        traces_weighted_by_threshold: sampled
+            .iter()
+            .filter(|t| stats::trace_weight(t, input).1)
+            .count(),
+        sample_traces: sampled.len(),
+    };
     let analysis = Analysis {
         services,
         origin,
@@ -247,6 +272,7 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         failure_order,
         suspects,
         latency,
+        sampling,
         recovery,
         recovery_note,
     };

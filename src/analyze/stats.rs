@@ -128,6 +128,27 @@ fn summarize(mut v: Vec<Call>) -> LatencyStats {
     }
 }
 
+/// How many requests of all traffic a sampled trace stands for, and whether that came from the
+/// trace itself: the inverse of the sampling probability its spans' `th` thresholds say (the
+/// smallest, the stage that kept fewest), else 1 for a failing or slow trace (tail sampling
+/// keeps them all) and 1 ÷ `kept_normal_share` for the rest.
+pub(crate) fn trace_weight(trace: &crate::model::Trace, input: &AnalysisInput) -> (f64, bool) {
+    let recorded = trace
+        .spans
+        .iter()
+        .filter_map(|s| s.sampling_probability())
+        .min_by(f64::total_cmp);
+    if let Some(p) = recorded {
+        return (1.0 / p, true);
+    }
+    let kept_whole = trace.has_error() || trace.max_span_duration_ns() >= input.slow_threshold_ns();
+    if kept_whole {
+        (1.0, false)
+    } else {
+        (1.0 / input.kept_normal_share, false)
+    }
+}
+
 /// Figures per service. Requests are entry spans (no parent, or a parent in another service);
 /// spans that start before the incident began are the baseline.
 pub fn service_stats(
@@ -148,14 +169,7 @@ pub fn service_stats(
     for t in forest {
         let in_sample = t.purposes.has(Purpose::Sample);
         let captured = is_incident_trace(t.purposes);
-        // Tail sampling keeps every failing and every slow trace, and a share of the rest.
-        let kept_whole =
-            t.trace.has_error() || t.trace.max_span_duration_ns() >= input.slow_threshold_ns();
-        let weight = if kept_whole {
-            1.0
-        } else {
-            1.0 / input.kept_normal_share
-        };
+        let weight = trace_weight(t.trace, input).0;
         for (i, s) in t.trace.spans.iter().enumerate() {
             let incident_trace = if sampled.contains(&**s.service()) {
                 in_sample

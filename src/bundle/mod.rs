@@ -44,6 +44,9 @@ pub struct BundleSummary {
     pub counts: Counts,
     pub gaps: Vec<Gap>,
     pub manifest_sha256: String,
+    /// What a person should know besides the status, a sentence each: what of the input was left
+    /// out, for one.
+    pub notices: Vec<String>,
 }
 
 /// The traces of each bundle file, as indexes into the capture.
@@ -237,6 +240,24 @@ pub fn write_bundle(
     )?;
     w.write_json("analysis.json", &analysis)?;
 
+    let notices: Vec<String> = input
+        .capture
+        .sources
+        .iter()
+        .filter_map(|src| {
+            let spans = *src.notes.get(crate::capture::file::SPANS_LEFT_OUT)?;
+            let traces = src
+                .notes
+                .get(crate::capture::file::TRACES_LEFT_OUT)
+                .copied()
+                .unwrap_or(0);
+            Some(format!(
+                "left out: {spans} span(s) in {traces} trace(s) of {} lie outside the incident window and the baseline period (kept: {} span(s); see sources in manifest.json)",
+                src.url,
+                src.notes.get("spans kept").copied().unwrap_or(0)
+            ))
+        })
+        .collect();
     let trace_url = input
         .capture
         .sources
@@ -311,6 +332,7 @@ pub fn write_bundle(
             counts,
             gaps,
             manifest_sha256: entry.sha256,
+            notices,
         },
         analysis,
         timeline,

@@ -11,6 +11,13 @@ use futures::future::BoxFuture;
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::formats::{Collected, ReadError, TraceCollector, open_trace_file};
 
+/// The source notes that count what of a file lies outside the incident window and the baseline
+/// period (the collect summary names them).
+pub const TRACES_LEFT_OUT: &str =
+    "traces outside the incident window and the baseline period, not captured";
+pub const SPANS_LEFT_OUT: &str =
+    "spans outside the incident window and the baseline period, not captured";
+
 /// A trace file that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read trace file {path}: {source}")]
@@ -129,14 +136,8 @@ impl FileSource {
         notes.insert("spans read".into(), spans_read);
         notes.insert("spans kept".into(), spans_read - spans_left_out);
         if outside > 0 {
-            notes.insert(
-                "traces outside the incident window and the baseline period, not captured".into(),
-                outside,
-            );
-            notes.insert(
-                "spans outside the incident window and the baseline period, not captured".into(),
-                spans_left_out,
-            );
+            notes.insert(TRACES_LEFT_OUT.into(), outside);
+            notes.insert(SPANS_LEFT_OUT.into(), spans_left_out);
         }
         let in_window = traces
             .iter()

@@ -498,6 +498,7 @@ mod tests {
                             scope: None,
                             events: Vec::new(),
                             links: Vec::new(),
+                            trace_state: None,
                         }],
                     }
                 })

@@ -274,5 +274,6 @@ fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
         scope: None,
         events,
         links: Vec::new(),
+        trace_state: None,
     })
 }

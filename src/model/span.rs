@@ -186,6 +186,9 @@ pub struct Span {
     pub scope: Option<Arc<Scope>>,
     pub events: Vec<Event>,
     pub links: Vec<Link>,
+    /// The W3C `tracestate` the span was recorded with (OTLP `traceState`; Jaeger keeps it as
+    /// the `w3c.tracestate` tag).
+    pub trace_state: Option<Box<str>>,
 }
 
 impl Span {
@@ -204,6 +207,19 @@ impl Span {
         self.status.code == StatusCode::Error
     }
 
+    /// The probability with which the span was sampled, from OpenTelemetry's `th` threshold in
+    /// its trace state (`ot=th:e` is 1/8: thresholds are 56-bit rejection levels).
+    pub fn sampling_probability(&self) -> Option<f64> {
+        let state = match &self.trace_state {
+            Some(s) => &**s,
+            None => match self.attribute("w3c.tracestate") {
+                Some(AttrValue::Str(s)) => &**s,
+                _ => return None,
+            },
+        };
+        threshold_probability(state)
+    }
+
     /// The first attribute with this key.
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
         self.attributes
@@ -211,6 +227,24 @@ impl Span {
             .find(|a| &*a.key == key)
             .map(|a| &a.value)
     }
+}
+
+/// The sampling probability an OpenTelemetry `th` threshold in a W3C trace state says: `th` is
+/// up to 14 hex digits of a 56-bit rejection threshold (trailing zeros omitted), the span kept
+/// when its randomness is at least the threshold, so the probability is 1 − T ÷ 2⁵⁶.
+pub fn threshold_probability(trace_state: &str) -> Option<f64> {
+    let ot = trace_state
+        .split(',')
+        .map(str::trim)
+        .find_map(|member| member.strip_prefix("ot="))?;
+    let th = ot.split(';').find_map(|kv| kv.strip_prefix("th:"))?;
+    if th.is_empty() || th.len() > 14 || !th.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let padded = format!("{th:0<14}");
+    let t = u64::from_str_radix(&padded, 16).ok()?;
+    let p = 1.0 - t as f64 / (1u64 << 56) as f64;
+    (p > 0.0).then_some(p)
 }
 
 /// All spans of one trace that a source returned.
@@ -255,5 +289,26 @@ impl Trace {
                 self.spans.push(span);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threshold_probability;
+
+    #[test]
+    fn thresholds_read_as_the_specification_s_examples() {
+        // From the OpenTelemetry specification's tracestate probability sampling examples.
+        assert_eq!(threshold_probability("ot=th:0"), Some(1.0));
+        assert_eq!(threshold_probability("ot=th:8"), Some(0.5));
+        assert_eq!(threshold_probability("ot=th:c"), Some(0.25));
+        assert_eq!(threshold_probability("ot=th:e"), Some(0.125));
+        let tenth =
+            threshold_probability("vendor=x,ot=rv:0123456789abcd;th:e6666666666666").unwrap();
+        assert!((tenth - 0.1).abs() < 1e-12, "{tenth}");
+        assert_eq!(threshold_probability("ot=rv:ab"), None);
+        assert_eq!(threshold_probability("ot=th:zz"), None);
+        assert_eq!(threshold_probability("ot=th:123456789abcdef"), None);
+        assert_eq!(threshold_probability("other=th:8"), None);
     }
 }

@@ -362,8 +362,18 @@ fn to_otlp(traces: &[&Value]) -> Value {
                 .first()
                 .map(|r| r["spanID"].as_str().unwrap().to_owned())
                 .unwrap_or_default();
+            // The process's tags are the resource's attributes, as Jaeger's v3 API returns them.
+            let mut resource =
+                vec![json!({"key": "service.name", "value": {"stringValue": p["serviceName"]}})];
+            resource.extend(
+                p["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| json!({"key": g["key"], "value": {"stringValue": tag_text(g)}})),
+            );
             resource_spans.push(json!({
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": p["serviceName"]}}]},
+                "resource": {"attributes": resource},
                 "scopeSpans": [{"scope": {}, "spans": [{
                     "traceId": span["traceID"], "spanId": span["spanID"], "parentSpanId": parent,
                     "name": span["operationName"], "kind": kind,

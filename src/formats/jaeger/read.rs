@@ -529,6 +529,7 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
         scope: None,
         events,
         links,
+        trace_state: None,
     });
 }
 

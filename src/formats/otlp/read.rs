@@ -86,6 +86,8 @@ struct OSpan<'a> {
     links: Vec<OLink<'a>>,
     #[serde(default, borrow)]
     status: Option<OStatus<'a>>,
+    #[serde(default, borrow)]
+    trace_state: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +348,7 @@ fn add_span(
     }
     let operation = c.interner.get(&s.name);
     let attributes = convert_attrs(s.attributes, c);
+    let trace_state = (!s.trace_state.is_empty()).then(|| s.trace_state.into());
     let span = Span {
         trace_id,
         span_id,
@@ -360,6 +363,7 @@ fn add_span(
         scope: scope.clone(),
         events,
         links,
+        trace_state,
     };
     c.push(span);
 }

@@ -81,6 +81,8 @@ struct KvListOut<'a> {
 struct SpanOut<'a> {
     trace_id: String,
     span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_state: Option<&'a str>,
     #[serde(skip_serializing_if = "String::is_empty")]
     parent_span_id: String,
     name: &'a str,
@@ -165,6 +167,7 @@ fn span_out(s: &Span) -> SpanOut<'_> {
     SpanOut {
         trace_id: s.trace_id.to_hex(),
         span_id: s.span_id.to_hex(),
+        trace_state: s.trace_state.as_deref(),
         parent_span_id: s.parent.map(|p| p.to_hex()).unwrap_or_default(),
         name: &s.operation,
         kind: s.kind.otlp_number(),
