@@ -492,3 +492,47 @@ fn a_sampling_threshold_in_the_trace_state_weights_the_sampled_normal_traffic() 
     assert!((rate - 0.30).abs() < 0.02, "{rate}");
     assert!(payment.errors * 100 / payment.requests_sampled > 75);
 }
+
+#[test]
+fn a_service_after_whose_answer_the_handler_stops_is_ranked_above_the_handler() {
+    // No error status anywhere (as in the Nezha traces): from 14:30 three in four requests
+    // end right after frontend's call to catalog, which answers early, and frontend's later
+    // calls (currency, checkout) never happen. Frontend does less per request, but because of
+    // what catalog answered.
+    let mut b = Builder::new();
+    let mut n = 0u64;
+    let mut t = T0;
+    while t < T0 + 60 * MIN {
+        n += 1;
+        let cut = t >= BEGAN && n % 4 != 0;
+        let mut spans = vec![
+            s("frontend", "Recv", t, 60 * MS),
+            s("frontend", "catalog/GetProduct", t + MS, 10 * MS).under(0),
+            s("catalog", "GetProduct", t + 2 * MS, 8 * MS).under(1),
+        ];
+        if cut {
+            spans[0].dur = 12 * MS;
+            spans[1].dur = 2 * MS;
+            spans[2].dur = MS;
+        } else {
+            spans.extend([
+                s("frontend", "currency/Convert", t + 12 * MS, 10 * MS).under(0),
+                s("currency", "Convert", t + 13 * MS, 8 * MS).under(3),
+                s("frontend", "checkout/PlaceOrder", t + 25 * MS, 30 * MS).under(0),
+                s("checkout", "PlaceOrder", t + 26 * MS, 28 * MS).under(5),
+            ]);
+        }
+        b.trace(&spans, &[]);
+        t += 300 * MS;
+    }
+    let (a, _) = b.analyze();
+    let first = &a.ranking[0];
+    assert_eq!(first.service, "catalog", "{:#?}", a.ranking);
+    assert!(
+        first.reason.contains("its callers stop after calling it"),
+        "{}",
+        first.reason
+    );
+    let frontend = a.ranking.iter().position(|c| c.service == "frontend");
+    assert!(frontend.is_none_or(|p| p > 0), "{:#?}", a.ranking);
+}

@@ -74,6 +74,7 @@ pub fn rank(
     latency(forest, input, &mut scores);
     structure(forest, input, &mut scores);
     missing_callees(forest, input, &mut scores);
+    cut_after_call(forest, input, &mut scores);
 
     let mut out: Vec<(Candidate, Option<Example>, i64)> = scores
         .into_iter()
@@ -493,5 +494,93 @@ fn missing_callees(
             "{:.0}% more of the calls into it show no span of it ({caller} {op}): it fails before recording its work",
             lost * 100.0
         ));
+    }
+}
+
+/// The service a span's call went to: its own service when it is another one, else (a client
+/// span in the caller) the service of its only child.
+fn callee_of<'a>(t: &TraceTree<'a>, caller: &str, i: usize) -> Option<&'a str> {
+    let s = t.span(i);
+    if **s.service() != *caller {
+        return Some(s.service());
+    }
+    match t.children[i].as_slice() {
+        [c] if **t.span(*c).service() != *caller => Some(t.span(*c).service()),
+        _ => None,
+    }
+}
+
+fn cut_after_call(
+    forest: &[TraceTree<'_>],
+    input: &AnalysisInput,
+    scores: &mut BTreeMap<String, Score>,
+) {
+    // Per span (service, operation) that calls others: its spans, its children, and how many
+    // of its spans end with a call to each callee; baseline and incident.
+    #[derive(Default)]
+    struct Ends<'a> {
+        spans: [usize; 2],
+        children: [usize; 2],
+        last: BTreeMap<&'a str, [usize; 2]>,
+    }
+    let mut by_span: BTreeMap<(&str, &str), Ends<'_>> = BTreeMap::new();
+    for t in forest {
+        let side = usize::from(!period_is_baseline(t, input));
+        for (i, s) in t.trace.spans.iter().enumerate() {
+            let e = by_span.entry((s.service(), &s.operation)).or_default();
+            e.spans[side] += 1;
+            e.children[side] += t.children[i].len();
+            let last = t.children[i]
+                .iter()
+                .copied()
+                .max_by_key(|&c| (t.span(c).start_ns, t.span(c).span_id));
+            if let Some(callee) = last.and_then(|c| callee_of(t, s.service(), c)) {
+                e.last.entry(callee).or_default()[side] += 1;
+            }
+        }
+    }
+    let traces = forest
+        .iter()
+        .filter(|t| !period_is_baseline(t, input))
+        .count()
+        .max(1) as f64;
+    let mut best: BTreeMap<&str, (f64, f64, f64, &str, &str)> = BTreeMap::new();
+    for ((caller, op), e) in &by_span {
+        if e.spans[0] < MIN_SAMPLES * 2 || e.spans[1] < MIN_SAMPLES * 2 {
+            continue;
+        }
+        // The handler must do less than before: it stopped early.
+        let per = |side: usize| e.children[side] as f64 / e.spans[side] as f64;
+        if per(1) > 0.95 * per(0) {
+            continue;
+        }
+        for (callee, n) in &e.last {
+            if callee == caller {
+                continue;
+            }
+            let was = n[0] as f64 / e.spans[0] as f64;
+            let now = n[1] as f64 / e.spans[1] as f64;
+            // Weighted by how many of the incident's traces the handler's spans are in.
+            let score = (now - was) * (e.spans[1] as f64 / traces).min(1.0);
+            if score >= 0.05 && score > best.get(callee).map_or(0.0, |b| b.0) {
+                best.insert(callee, (score, was, now, caller, op));
+            }
+        }
+    }
+    for (callee, (score, was, now, caller, op)) in best {
+        let s = scores.entry(callee.to_owned()).or_default();
+        s.structure = s.structure.max(score);
+        if s.operation.is_empty() {
+            s.operation = op.to_owned();
+        }
+        s.reasons.push(format!(
+            "its callers stop after calling it: {:.0}% of {caller} {op} spans now end with a call to it (was {:.0}%), and do less: it answered with an exception or nothing",
+            now * 100.0,
+            was * 100.0
+        ));
+        // What the caller no longer does is explained by this callee.
+        if let Some(c) = scores.get_mut(caller) {
+            c.structure *= 1.0 - (now - was).clamp(0.0, 1.0);
+        }
     }
 }
