@@ -504,7 +504,7 @@ fn a_service_after_whose_answer_the_handler_stops_is_ranked_above_the_handler() 
     let mut t = T0;
     while t < T0 + 60 * MIN {
         n += 1;
-        let cut = t >= BEGAN && n % 4 != 0;
+        let cut = t >= BEGAN && !n.is_multiple_of(4);
         let mut spans = vec![
             s("frontend", "Recv", t, 60 * MS),
             s("frontend", "catalog/GetProduct", t + MS, 10 * MS).under(0),
