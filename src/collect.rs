@@ -237,7 +237,8 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         services = plan.services.len(),
         "capturing"
     );
-    let capture = capture::run(&sources, &plan).await;
+    let mut capture = capture::run(&sources, &plan).await;
+    crate::redact::redact_capture(&settings.redaction, &mut capture)?;
     let incident = plan.incident.id().clone();
     let store = FsStore::new(&req.out);
     let staged = store.stage(
@@ -291,12 +292,20 @@ fn backend_sources(settings: &Settings, input: TraceInput) -> Result<Vec<Box<dyn
     match input {
         TraceInput::Backends(given) => {
             for (n, (kind, url)) in given.iter().enumerate() {
-                if url::Url::parse(url).is_err() {
+                match url::Url::parse(url) {
                     // Not echoed: a malformed URL may still hold a password.
-                    bail!(
+                    Err(_) => bail!(
                         "--{} is not a URL (expected for example http://host:port)",
                         kind.name()
-                    );
+                    ),
+                    // Searches build their own query string: one here would be dropped without
+                    // a word, and may hold a credential.
+                    Ok(u) if u.query().is_some() || u.fragment().is_some() => bail!(
+                        "--{} {} has a query string or fragment, which searches cannot keep: configure credentials as backends.<name>.bearer_token or username and password",
+                        kind.name(),
+                        crate::capture::redact_url(url)
+                    ),
+                    Ok(_) => {}
                 }
                 let same_kind = given.iter().filter(|(k, _)| k == kind).count();
                 let name = if same_kind == 1 {

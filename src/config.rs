@@ -36,6 +36,7 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub metrics: MetricsSettings,
     pub worker: WorkerSettings,
+    pub redaction: crate::redact::RedactionSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -403,11 +404,22 @@ impl Settings {
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         for (name, b) in self.backends.iter().filter(|(_, b)| b.enabled()) {
-            if url::Url::parse(&b.url).is_err() {
-                return bad(format!(
-                    "backends.{name}.url {:?} is not a URL",
-                    crate::capture::redact_url(&b.url)
-                ));
+            match url::Url::parse(&b.url) {
+                Err(_) => {
+                    return bad(format!(
+                        "backends.{name}.url {:?} is not a URL",
+                        crate::capture::redact_url(&b.url)
+                    ));
+                }
+                // Searches build their own query string: one in the base URL would be dropped
+                // without a word, and may hold a credential that would then be logged.
+                Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                    return bad(format!(
+                        "backends.{name}.url {:?} has a query string or fragment, which searches cannot keep: give credentials as backends.{name}.bearer_token or username and password, and the tenant as backends.{name}.tenant",
+                        crate::capture::redact_url(&b.url)
+                    ));
+                }
+                Ok(_) => {}
             }
             if b.concurrency == 0 || b.query_limit == 0 {
                 return bad(format!(
@@ -420,6 +432,9 @@ impl Settings {
                     b.kept_normal_share
                 ));
             }
+        }
+        if let Err(e) = crate::redact::Redactor::new(&self.redaction) {
+            return bad(e);
         }
         if self.capture.concurrency == 0 {
             return bad("capture.concurrency must be at least 1".into());

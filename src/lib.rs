@@ -17,5 +17,6 @@ pub mod intake;
 pub mod model;
 pub mod notify;
 pub mod queue;
+pub mod redact;
 pub mod store;
 pub mod worker;

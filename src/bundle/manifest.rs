@@ -47,12 +47,6 @@ pub struct CaptureInfo {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Redaction {
-    pub rules: Vec<String>,
-    pub values_redacted: usize,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct Retention {
     /// `none` for the local store; the Object Lock mode on S3.
     pub mode: String,
@@ -88,7 +82,7 @@ pub struct Manifest {
     pub counts: Counts,
     pub completeness: Completeness,
     pub files: Vec<FileEntry>,
-    pub redaction: Redaction,
+    pub redaction: crate::redact::RedactionReport,
     pub retention: Retention,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_capture: Option<PreviousCapture>,
@@ -139,10 +133,7 @@ impl Manifest {
                 gaps: capture.gaps.clone(),
             },
             files,
-            redaction: Redaction {
-                rules: Vec::new(),
-                values_redacted: 0,
-            },
+            redaction: capture.redaction.clone(),
             retention: opts.retention.clone(),
             previous_capture: opts.previous.clone(),
         }

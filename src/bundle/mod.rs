@@ -315,6 +315,7 @@ pub fn write_bundle(
         analysis: &analysis,
         timeline: &timeline,
         trace_url: trace_url.as_deref(),
+        redaction: &input.capture.redaction,
     });
     w.write("report.html", |out| out.write_all(html.as_bytes()))?;
 

@@ -19,6 +19,7 @@ pub struct ReportInput<'a> {
     pub analysis: &'a Analysis,
     pub timeline: &'a Timeline,
     pub trace_url: Option<&'a str>,
+    pub redaction: &'a crate::redact::RedactionReport,
 }
 
 /// HTML-escapes text.
@@ -73,6 +74,26 @@ pub fn render(r: &ReportInput<'_>) -> String {
         "<p>{} traces ({} spans): <b>{}</b> with errors, <b>{}</b> slow, <b>{}</b> baseline, <b>{}</b> more sampled from all traffic during the window.</p>",
         c.traces, c.spans, c.error_traces, c.slow_traces, c.baseline_traces, c.sample_traces
     );
+    if r.redaction.enabled {
+        let n: usize = r.redaction.rules.values().sum();
+        let rules: Vec<String> = r
+            .redaction
+            .rules
+            .iter()
+            .map(|(k, v)| format!("{} {v}", esc(k)))
+            .collect();
+        let _ = write!(
+            h,
+            "<p class=\"muted\">Redaction: {n} value(s) replaced before anything was written{}.</p>",
+            if rules.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", rules.join(", "))
+            }
+        );
+    } else {
+        h.push_str("<p class=\"badge partial\">Redaction was disabled (<code>[redaction] enabled = false</code>): attribute values, messages and names are as the services wrote them.</p>");
+    }
     if !r.gaps.is_empty() {
         h.push_str("<h2>Gaps: what could not be captured</h2><ul>");
         for g in r.gaps {

@@ -309,6 +309,8 @@ pub struct Capture {
     pub gaps: Vec<Gap>,
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
+    /// What redaction did to the traces (see `redact`); not run until the caller runs it.
+    pub redaction: crate::redact::RedactionReport,
 }
 
 /// Runs every source concurrently and merges their answers.
@@ -373,28 +375,57 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
         gaps,
         started,
         finished: Utc::now(),
+        redaction: Default::default(),
     }
 }
 
-/// A URL with any user name, password and secret-looking query values removed, for logs and the
-/// manifest.
+/// Query parameters whose values a recorded URL keeps: the searches this tool sends itself
+/// (Jaeger v1 and v3, Tempo, Zipkin). Any other value (a signature, a credential a user put in
+/// a URL) is replaced.
+const QUERY_KEYS_KEPT: &[&str] = &[
+    "service",
+    "operation",
+    "start",
+    "end",
+    "limit",
+    "lookback",
+    "tags",
+    "minDuration",
+    "maxDuration",
+    "query.service_name",
+    "query.operation_name",
+    "query.start_time_min",
+    "query.start_time_max",
+    "query.num_traces",
+    "query.attributes",
+    "query.duration_min",
+    "query.duration_max",
+    "q",
+    "spss",
+    "serviceName",
+    "spanName",
+    "annotationQuery",
+    "endTs",
+];
+
+/// A URL as logs, the manifest and reports show it: no user name or password, no fragment, and
+/// no query value but those of the searches this tool sends (`QUERY_KEYS_KEPT`).
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);
+            u.set_fragment(None);
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let secret = ["token", "key", "secret", "password", "signature", "auth"]
-                        .iter()
-                        .any(|s| k.to_ascii_lowercase().contains(s));
+                    let keep = QUERY_KEYS_KEPT.contains(&k.as_ref());
                     (
                         k.into_owned(),
-                        if secret {
-                            "REDACTED".into()
-                        } else {
+                        if keep {
                             v.into_owned()
+                        } else {
+                            "REDACTED".into()
                         },
                     )
                 })
@@ -422,5 +453,23 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("service=a"), "{u}");
+    }
+
+    #[test]
+    fn a_recorded_url_keeps_no_query_value_or_fragment_it_did_not_send_itself() {
+        let u = redact_url(
+            "https://tempo.example/api/search?sig=s3cr3t&X-Amz-Credential=AKIAX%2F2026&jwt=eyJhbGciOi&pwd=hunter2&limit=20#access_token=abc",
+        );
+        for secret in [
+            "s3cr3t",
+            "AKIAX",
+            "eyJhbGciOi",
+            "hunter2",
+            "access_token",
+            "abc",
+        ] {
+            assert!(!u.contains(secret), "{secret} in {u}");
+        }
+        assert!(u.contains("limit=20") && u.contains("sig=REDACTED"), "{u}");
     }
 }

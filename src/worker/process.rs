@@ -429,7 +429,9 @@ impl Worker {
             capture = capture_id,
             "capturing"
         );
-        let capture = crate::capture::run(&sources, &plan).await;
+        let mut capture = crate::capture::run(&sources, &plan).await;
+        crate::redact::redact_capture(&self.settings.redaction, &mut capture)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
         let unreachable: Vec<&crate::capture::Gap> = capture
             .gaps
             .iter()
