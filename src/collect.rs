@@ -252,6 +252,9 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         retention: req.retention,
         kind: None,
         previous: None,
+        signer: crate::sign::ManifestSigner::from_settings(&settings.signing)
+            .map_err(anyhow::Error::msg)?
+            .map(std::sync::Arc::new),
     };
     let summary = match write_into(staged.staging.clone(), plan, capture, opts).await {
         Ok(s) => s,

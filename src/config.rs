@@ -37,6 +37,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub worker: WorkerSettings,
     pub redaction: crate::redact::RedactionSettings,
+    pub signing: crate::sign::SigningSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -434,6 +435,9 @@ impl Settings {
             }
         }
         if let Err(e) = crate::redact::Redactor::new(&self.redaction) {
+            return bad(e);
+        }
+        if let Err(e) = crate::sign::ManifestSigner::from_settings(&self.signing) {
             return bad(e);
         }
         if self.capture.concurrency == 0 {

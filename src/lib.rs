@@ -18,5 +18,6 @@ pub mod model;
 pub mod notify;
 pub mod queue;
 pub mod redact;
+pub mod sign;
 pub mod store;
 pub mod worker;

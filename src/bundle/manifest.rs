@@ -86,6 +86,10 @@ pub struct Manifest {
     pub retention: Retention,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_capture: Option<PreviousCapture>,
+    /// The ed25519 signature over the manifest without this field (RFC 8785 canonical JSON),
+    /// where a signing key is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::sign::ManifestSignature>,
 }
 
 fn host() -> String {
@@ -136,6 +140,7 @@ impl Manifest {
             redaction: capture.redaction.clone(),
             retention: opts.retention.clone(),
             previous_capture: opts.previous.clone(),
+            signature: None,
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct BundleOptions {
     pub kind: Option<String>,
     /// The capture this one follows.
     pub previous: Option<PreviousCapture>,
+    /// Signs the manifest, where a key is configured.
+    pub signer: Option<std::sync::Arc<crate::sign::ManifestSigner>>,
 }
 
 /// What was written, for the caller to report.
@@ -320,7 +322,11 @@ pub fn write_bundle(
     w.write("report.html", |out| out.write_all(html.as_bytes()))?;
 
     lap("reports written");
-    let manifest = Manifest::new(plan, input.capture, opts, counts.clone(), w.entries());
+    let mut manifest = Manifest::new(plan, input.capture, opts, counts.clone(), w.entries());
+    if let Some(signer) = &opts.signer {
+        let value = serde_json::to_value(&manifest)?;
+        manifest.signature = Some(signer.sign(&value).map_err(std::io::Error::other)?);
+    }
     let entry = w.write_json("manifest.json", &manifest)?.clone();
     // The directory entries too, so that a bundle renamed into place survives a power loss
     // whole.

@@ -465,6 +465,9 @@ impl Worker {
             retention,
             kind: Some(job.kind.name().to_owned()),
             previous,
+            signer: crate::sign::ManifestSigner::from_settings(&self.settings.signing)
+                .map_err(Failure::Permanent)?
+                .map(std::sync::Arc::new),
         };
         let summary =
             match crate::collect::write_into(staged.staging.clone(), plan, capture, opts).await {
