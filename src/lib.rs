@@ -7,6 +7,7 @@
 //! consumes.
 
 pub mod analyze;
+pub mod audit;
 pub mod bundle;
 pub mod capture;
 pub mod collect;

@@ -42,6 +42,9 @@ enum Command {
     Intake,
     /// Consume incidents from JetStream: capture, store the bundle, announce it.
     Worker,
+    /// Verify stored bundles: manifests, sizes, checksums, unlisted objects, signatures, Object
+    /// Lock retention, expected incidents. Exit 0 clean, 1 findings, 2 could not audit.
+    Audit(AuditArgs),
     /// Run `collect` on the example incident and traces shipped with the tool.
     Demo {
         /// Directory to write the bundle under.
@@ -75,6 +78,37 @@ struct CollectArgs {
     store: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// The store: a local path, or s3://bucket/prefix (credentials and endpoint from [store]
+    /// and the AWS chain).
+    #[arg(long, value_name = "URL")]
+    store: String,
+    /// Only this incident's bundles.
+    #[arg(long, value_name = "ID")]
+    incident: Option<String>,
+    /// Only captures started at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Output: a table for people, JSON for tools, CSV for the retention report.
+    #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+    format: AuditFormat,
+    /// A file of incident ids (one per line) that must each have a bundle.
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+    /// PEM public keys (`openssl pkey -pubout`) whose signatures are trusted; without it,
+    /// signatures are not verified.
+    #[arg(long = "trusted-keys", value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuditFormat {
+    Table,
+    Json,
+    Csv,
+}
+
 const DEMO_INCIDENT: &[u8] = include_bytes!("../examples/incident.json");
 const DEMO_TRACES: &[u8] = include_bytes!("../examples/traces.jsonl.zst");
 
@@ -103,6 +137,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Audit(args) = cli.command {
+        // Its own exit codes: 0 clean, 1 findings, 2 could not audit.
+        return match runtime.block_on(run_audit(cli.config.as_deref(), args)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,6 +165,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
         Command::Worker => evidence_locker::worker::serve(&settings, shutdown_signal()).await,
+        Command::Audit(_) => unreachable!("audit runs on its own"),
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
             let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;
@@ -138,6 +183,64 @@ async fn run(cli: Cli) -> Result<()> {
             report(&outcome, true)
         }
     }
+}
+
+async fn run_audit(config: Option<&std::path::Path>, args: AuditArgs) -> Result<ExitCode> {
+    use evidence_locker::audit::{self, AuditRequest, AuditStore};
+    let settings = Settings::load(config)?;
+    let store = if args.store.starts_with("s3://") {
+        let Some((bucket, prefix)) = parse_location(&args.store) else {
+            bail!("--store {:?} is not s3://bucket/prefix", args.store);
+        };
+        let mut st = settings.store.clone();
+        st.kind = "s3".into();
+        st.bucket = bucket;
+        st.prefix = prefix;
+        AuditStore::S3(S3Store::connect(&st).await?)
+    } else {
+        let p = PathBuf::from(&args.store);
+        if !p.is_dir() {
+            bail!("--store {} is not a directory", p.display());
+        }
+        AuditStore::Local(p)
+    };
+    let expect = match &args.expect {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("--expect {}", f.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
+    let trusted = match &args.trusted_keys {
+        Some(f) => Some(evidence_locker::sign::TrustedKeys::read(f).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let report = audit::audit(&AuditRequest {
+        store,
+        incident: args.incident,
+        since: args.since,
+        expect,
+        trusted,
+    })
+    .await?;
+    let text = match args.format {
+        AuditFormat::Table => audit::table(&report),
+        AuditFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        AuditFormat::Csv => audit::csv(&report),
+    };
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("standard output cannot be written")?;
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

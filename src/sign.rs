@@ -144,7 +144,10 @@ impl TrustedKeys {
                 b.push('\n');
                 if l == "-----END PUBLIC KEY-----" {
                     let key = VerifyingKey::from_public_key_pem(b).map_err(|_| {
-                        format!("{}: a PUBLIC KEY block is not an ed25519 key", path.display())
+                        format!(
+                            "{}: a PUBLIC KEY block is not an ed25519 key",
+                            path.display()
+                        )
                     })?;
                     let id = given_id.take().unwrap_or_else(|| key_id(&key));
                     keys.insert(id, key);
@@ -247,9 +250,15 @@ mod tests {
         // Key order does not matter (canonical form); content does.
         let reordered: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-        assert!(matches!(check(&reordered, &trusted), SignatureCheck::Valid { .. }));
+        assert!(matches!(
+            check(&reordered, &trusted),
+            SignatureCheck::Valid { .. }
+        ));
         m["b"] = serde_json::json!(2);
-        assert!(matches!(check(&m, &trusted), SignatureCheck::Invalid { .. }));
+        assert!(matches!(
+            check(&m, &trusted),
+            SignatureCheck::Invalid { .. }
+        ));
         assert!(matches!(
             check(&m, &TrustedKeys::default()),
             SignatureCheck::UntrustedKey { .. }
@@ -261,7 +270,8 @@ mod tests {
     #[test]
     fn a_bad_key_is_refused_without_showing_it() {
         let e = ManifestSigner::from_settings(&SigningSettings {
-            key: "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----".into(),
+            key: "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----"
+                .into(),
             ..Default::default()
         })
         .unwrap_err();

@@ -277,6 +277,103 @@ impl S3Store {
         }
     }
 
+    /// Every object whose key starts with the store's prefix, as (key without the prefix and
+    /// its slash, size).
+    pub async fn list(&self) -> Result<Vec<(String, u64)>, S3Error> {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.failed("ListObjectsV2", &prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let rel = k.strip_prefix(&prefix).unwrap_or(k).to_owned();
+                    out.push((rel, o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+            token = page.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads an object to its end, hashing as it streams: (bytes read, SHA-256 hex), or `None`
+    /// when it does not exist.
+    pub async fn digest(&self, key: &str) -> Result<Option<(u64, String)>, S3Error> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.failed("GetObject", key, e)),
+        };
+        let mut body = out.body;
+        let mut hasher = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| self.body_failed(key, e))?
+        {
+            n += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok(Some((n, hex::encode(hasher.finalize()))))
+    }
+
+    /// An object's Object Lock: its mode and retain-until, each `None` when not set.
+    pub async fn object_lock(
+        &self,
+        key: &str,
+    ) -> Result<(Option<String>, Option<DateTime<Utc>>), S3Error> {
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.failed("HeadObject", key, e))?;
+        let mode = h.object_lock_mode().map(|m| m.as_str().to_owned());
+        let until = h
+            .object_lock_retain_until_date()
+            .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()));
+        Ok((mode, until))
+    }
+
+    /// The full key of a key relative to the store's prefix.
+    pub fn full_key(&self, rel: &str) -> String {
+        if self.prefix.is_empty() {
+            rel.to_owned()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
     /// SHA-256 (hex) of an existing object, or `None` when it does not exist. Uses the
     /// checksum S3 stored when it has a whole-object one; otherwise reads the object.
     async fn existing_sha256(&self, key: &str) -> Result<Option<String>, S3Error> {
