@@ -260,6 +260,10 @@ pub struct CaptureSettings {
     pub max_traces: usize,
     /// Bytes read from backends per capture at most.
     pub max_bytes: String,
+    /// A capture that starts with less time than this before its window's oldest part leaves a
+    /// backend's retention is warned about (log and metric).
+    #[serde(with = "dur")]
+    pub retention_margin_warn: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]

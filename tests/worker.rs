@@ -1193,3 +1193,92 @@ async fn the_worker_captures_every_error_trace_from_a_real_jaeger_2_13() {
         manifest["sources"][0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_expired_part_is_a_gap()
+ {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    // A first worker makes the stream and the consumer, then stops: the incidents queue up.
+    let mut first = w.start_worker("first", &[]);
+    w.declare("INC-WARMUP").await;
+    w.ready(1, &first).await;
+    first.terminate();
+    let now = Utc::now();
+    let hours = |h: i64, m: i64| {
+        (now - chrono::Duration::hours(h) + chrono::Duration::minutes(m)).to_rfc3339()
+    };
+    // Published in this order; backends keep 72 h, so the deadlines are: EXPIRED an hour ago
+    // (its oldest part is gone), NEAR in an hour, MID in 69 h, RECENT in 71 h.
+    for (id, start_h) in [
+        ("INC-RECENT", 1),
+        ("INC-NEAR", 71),
+        ("INC-MID", 3),
+        ("INC-EXPIRED", 73),
+    ] {
+        let inc = json!({
+            "id": id,
+            "declared_at": hours(start_h, 10),
+            "started_at": hours(start_h, 0),
+            "window": {"start": hours(start_h, 0), "end": hours(start_h, 10)},
+            "services": ["payment"],
+        });
+        w.publish("incidents.declared", inc.to_string().into_bytes(), None)
+            .await;
+    }
+    let worker = w.start_worker(
+        "edf",
+        &[
+            ("EVIDENCE_LOCKER__CAPTURE__CONCURRENCY", "1".into()),
+            (
+                "EVIDENCE_LOCKER__CAPTURE__RETENTION_MARGIN_WARN",
+                "6h".into(),
+            ),
+        ],
+    );
+    let ready = w.ready(5, &worker).await;
+    let log = worker.log();
+    let order: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" capturing"))
+        .filter_map(|l| l.split("id=").nth(1))
+        .filter_map(|rest| rest.split([' ', '}']).next())
+        .collect();
+    assert_eq!(
+        order,
+        ["INC-EXPIRED", "INC-NEAR", "INC-MID", "INC-RECENT"],
+        "{log}"
+    );
+    // The expired part is a gap of a stored bundle, not a failure.
+    let expired = ready
+        .iter()
+        .map(body)
+        .find(|b| b["incident_id"] == "INC-EXPIRED")
+        .unwrap();
+    let manifest = verify_stored(
+        &w.s3,
+        "INC-EXPIRED",
+        expired["capture_id"].as_str().unwrap(),
+    )
+    .await;
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    assert!(gaps.iter().any(|g| g["kind"] == "expired"), "{gaps:#?}");
+    // Both short margins were warned about, in the log and the metrics.
+    assert!(
+        log.contains("already left the backend's retention"),
+        "{log}"
+    );
+    assert!(
+        log.contains("little time left before the window's oldest part"),
+        "{log}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("evidence_locker_worker_retention_margin_warnings_total 2"),
+        "{metrics}"
+    );
+}

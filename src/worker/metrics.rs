@@ -44,6 +44,10 @@ pub struct Metrics {
     pub spool_bytes: AtomicU64,
     pub spool_bundles: AtomicU64,
     pub spool_max: AtomicU64,
+    /// Captures that started with less than `capture.retention_margin_warn` to spare.
+    pub retention_margin_warnings: AtomicU64,
+    /// The margin the last capture started with, in seconds (0 when already expired).
+    pub retention_margin_seconds: AtomicU64,
 }
 
 impl Metrics {
@@ -94,7 +98,19 @@ impl Metrics {
                 "evidence_locker_worker_partial_captures_total{{gap=\"{kind}\"}} {n}"
             );
         }
-        let gauges: [(&str, &str, &str, u64); 8] = [
+        let gauges: [(&str, &str, &str, u64); 10] = [
+            (
+                "retention_margin_warnings_total",
+                "counter",
+                "Captures that started with less than capture.retention_margin_warn before their window's oldest part leaves a backend's retention.",
+                self.retention_margin_warnings.load(Ordering::Relaxed),
+            ),
+            (
+                "retention_margin_seconds",
+                "gauge",
+                "Time the last capture had left before its window's oldest part leaves a backend's retention.",
+                self.retention_margin_seconds.load(Ordering::Relaxed),
+            ),
             (
                 "upload_failures_total",
                 "counter",

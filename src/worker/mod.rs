@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
@@ -188,18 +189,46 @@ pub async fn serve(
 
     let slots = Arc::new(Semaphore::new(settings.capture.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
+    // Messages pulled but not started yet, each with its deadline: a free slot takes the one
+    // whose window leaves the backends' retention first (earliest deadline first).
+    let mut waiting: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        async_nats::jetstream::Message,
+    )> = Vec::new();
+    let room = (settings.capture.concurrency * 2).clamp(4, 64);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.context("worker slots closed")?,
             _ = stopped(&mut stop) => break,
         };
+        // With messages waiting, only a quick look for more; else a long wait for any.
+        let wait_for = if waiting.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(100)
+        };
         let fetched = tokio::select! {
-            f = fetch_one(&consumer) => f,
+            f = fetch(&consumer, room - waiting.len(), wait_for) => f,
             _ = stopped(&mut stop) => break,
         };
         while tasks.try_join_next().is_some() {}
         if fetched.is_ok() && worker.metrics.pull_failing.swap(0, Ordering::Relaxed) == 1 {
             tracing::info!("pulling incident messages again");
+        }
+        let fetched = fetched.map(|msgs| {
+            waiting.extend(msgs.into_iter().map(|m| (worker.deadline(&m), m)));
+            let next = waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (d, m))| (*d, m.info().map(|i| i.stream_sequence).unwrap_or(0)))
+                .map(|(i, _)| i);
+            next.map(|i| waiting.swap_remove(i).1)
+        });
+        if let Ok(Some(_)) = &fetched {
+            // The others stay ours while they wait.
+            for (_, m) in &waiting {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
         }
         match fetched {
             Ok(Some(msg)) => {
@@ -236,6 +265,10 @@ pub async fn serve(
         }
     }
 
+    // Pulled but never started: handed back at once for another worker.
+    for (_, m) in waiting.drain(..) {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
     tracing::info!(
         in_flight = tasks.len(),
         grace = ?w.shutdown_grace,
@@ -299,21 +332,26 @@ async fn ensure_consumer(queue: &Queue, settings: &Settings) -> Result<PullConsu
         .with_context(|| format!("the JetStream consumer {name}"))
 }
 
-/// One message, or `None` when none arrived within a few seconds.
-async fn fetch_one(
+/// Up to `max` messages that arrive within `wait` (none is not an error).
+async fn fetch(
     consumer: &PullConsumer,
-) -> Result<Option<async_nats::jetstream::Message>, async_nats::Error> {
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<async_nats::jetstream::Message>, async_nats::Error> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
     let mut batch = consumer
         .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(5))
+        .max_messages(max)
+        .expires(wait)
         .messages()
         .await?;
-    match batch.next().await {
-        Some(Ok(m)) => Ok(Some(m)),
-        Some(Err(e)) => Err(e),
-        None => Ok(None),
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        out.push(m?);
     }
+    Ok(out)
 }
 
 /// `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (a bind failure is logged, not fatal:

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::Digest;
 
 use super::Worker;
@@ -422,6 +422,7 @@ impl Worker {
         let sources = crate::collect::configured_sources(&self.settings)
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
         let plan = crate::collect::plan(&self.settings, job.incident.clone(), window);
+        self.check_margin(&plan.window);
         tracing::info!(
             window.start = %plan.window.start(),
             window.end = %plan.window.end(),
@@ -490,6 +491,83 @@ impl Worker {
         );
         self.report_spool();
         Ok(dir)
+    }
+
+    /// The shortest retention of the enabled backends.
+    fn shortest_retention(&self) -> Option<chrono::Duration> {
+        let shortest = self
+            .settings
+            .backends
+            .values()
+            .filter(|b| b.enabled())
+            .map(|b| b.retention)
+            .min()?;
+        chrono::Duration::from_std(shortest).ok()
+    }
+
+    /// When the oldest part of a message's window leaves the shortest backend retention: the
+    /// worker captures queued incidents earliest deadline first. A message that cannot be read
+    /// comes first (it is dead-lettered at once).
+    pub(crate) fn deadline(&self, msg: &Message) -> DateTime<Utc> {
+        let Ok(info) = msg.info() else {
+            return DateTime::<Utc>::MIN_UTC;
+        };
+        let now = Utc::now();
+        let Ok(job) = Job::parse(
+            msg.subject.as_str(),
+            &msg.payload,
+            info.published,
+            now,
+            self.rules,
+        ) else {
+            return DateTime::<Utc>::MIN_UTC;
+        };
+        let Ok(window) = job.window(now) else {
+            return DateTime::<Utc>::MIN_UTC;
+        };
+        match self.shortest_retention() {
+            Some(keep) => window
+                .window
+                .start()
+                .checked_add_signed(keep)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            None => DateTime::<Utc>::MAX_UTC,
+        }
+    }
+
+    /// Warns (log and metric) when the window's oldest part is about to leave a backend's
+    /// retention, or already has (that part is then an `expired` gap).
+    fn check_margin(&self, window: &crate::model::TimeWindow) {
+        let Some(keep) = self.shortest_retention() else {
+            return;
+        };
+        let Some(expires) = window.start().checked_add_signed(keep) else {
+            return;
+        };
+        let margin = expires - Utc::now();
+        self.metrics
+            .retention_margin_seconds
+            .store(margin.num_seconds().max(0) as u64, Ordering::Relaxed);
+        let warn = chrono::Duration::from_std(self.settings.capture.retention_margin_warn)
+            .unwrap_or_default();
+        if margin < warn {
+            self.metrics
+                .retention_margin_warnings
+                .fetch_add(1, Ordering::Relaxed);
+            if margin <= chrono::Duration::zero() {
+                tracing::warn!(
+                    expired_at = %expires,
+                    "the window's oldest part has already left the backend's retention: it is recorded as an expired gap"
+                );
+            } else {
+                tracing::warn!(
+                    margin = %humantime::format_duration(margin.to_std().unwrap_or_default()),
+                    expires_at = %expires,
+                    warn_below = %humantime::format_duration(self.settings.capture.retention_margin_warn),
+                    "little time left before the window's oldest part leaves the backend's retention"
+                );
+            }
+        }
     }
 
     /// True when the whole window is still inside every configured backend's retention `after`
