@@ -405,24 +405,7 @@ impl S3Store {
             }
             Err(e) => return Err(self.failed("HeadObject", key, e)),
         }
-        let mut out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.failed("GetObject", key, e))?;
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = out
-            .body
-            .try_next()
-            .await
-            .map_err(|e| self.body_failed(key, e))?
-        {
-            hasher.update(&chunk);
-        }
-        Ok(Some(hex::encode(hasher.finalize())))
+        Ok(self.digest(key).await?.map(|(_, sha)| sha))
     }
 
     /// Uploads the file at `path` (`bytes` long, SHA-256 `sha256_hex`) to `key`, unless the key

@@ -573,15 +573,7 @@ impl Worker {
     /// True when the whole window is still inside every configured backend's retention `after`
     /// from now (with as much again to spare for the capture itself).
     fn within_retention(&self, window: &crate::model::TimeWindow, after: Duration) -> bool {
-        let shortest = self
-            .settings
-            .backends
-            .values()
-            .filter(|b| b.enabled())
-            .map(|b| b.retention)
-            .min()
-            .unwrap_or_default();
-        let Ok(keep) = chrono::Duration::from_std(shortest) else {
+        let Some(keep) = self.shortest_retention() else {
             return true;
         };
         let spare = chrono::Duration::from_std(after.saturating_mul(2)).unwrap_or_default();
