@@ -19,6 +19,7 @@ pub mod model;
 pub mod notify;
 pub mod queue;
 pub mod redact;
+pub mod replay;
 pub mod sign;
 pub mod store;
 pub mod worker;

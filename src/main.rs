@@ -45,6 +45,9 @@ enum Command {
     /// Verify stored bundles: manifests, sizes, checksums, unlisted objects, signatures, Object
     /// Lock retention, expected incidents. Exit 0 clean, 1 findings, 2 could not audit.
     Audit(AuditArgs),
+    /// Send a stored bundle's traces to an OTLP/HTTP endpoint (Jaeger, Tempo, a collector) with
+    /// their original ids and times, to browse them after the backend deleted them.
+    Replay(ReplayArgs),
     /// Run `collect` on the example incident and traces shipped with the tool.
     Demo {
         /// Directory to write the bundle under.
@@ -100,6 +103,18 @@ struct AuditArgs {
     /// signatures are not verified.
     #[arg(long = "trusted-keys", value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The bundle: its local directory, or s3://bucket/prefix/INCIDENT/CAPTURE.
+    bundle: String,
+    /// The OTLP/HTTP endpoint (`http://collector:4318`; `/v1/traces` is appended).
+    #[arg(long, value_name = "URL")]
+    otlp: String,
+    /// Only these trace files (comma-separated: errors,slow,baseline,sample,context).
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    only: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,6 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
         Command::Worker => evidence_locker::worker::serve(&settings, shutdown_signal()).await,
         Command::Audit(_) => unreachable!("audit runs on its own"),
+        Command::Replay(args) => run_replay(&settings, args).await,
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
             let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;
@@ -241,6 +257,49 @@ async fn run_audit(config: Option<&std::path::Path>, args: AuditArgs) -> Result<
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn run_replay(settings: &Settings, args: ReplayArgs) -> Result<()> {
+    use evidence_locker::replay::{self, BundleAt};
+    if url::Url::parse(&args.otlp).is_err() {
+        bail!("--otlp is not a URL (expected for example http://collector:4318)");
+    }
+    let at = if args.bundle.starts_with("s3://") {
+        let Some((bucket, prefix)) = parse_location(&args.bundle) else {
+            bail!(
+                "{:?} is not s3://bucket/prefix/incident/capture",
+                args.bundle
+            );
+        };
+        let mut st = settings.store.clone();
+        st.kind = "s3".into();
+        st.bucket = bucket;
+        st.prefix = prefix;
+        BundleAt::S3(S3Store::connect(&st).await?)
+    } else {
+        BundleAt::Local(PathBuf::from(&args.bundle))
+    };
+    let r = replay::replay(&at, &args.otlp, &args.only).await?;
+    tracing::info!(
+        files = r.files,
+        traces = r.traces,
+        spans = r.spans,
+        requests = r.requests,
+        seconds = r.seconds,
+        "replayed"
+    );
+    use std::io::Write as _;
+    writeln!(
+        std::io::stdout().lock(),
+        "sent {} traces ({} spans) from {} file(s) to {} in {} request(s), {:.2} s",
+        r.traces,
+        r.spans,
+        r.files,
+        evidence_locker::capture::redact_url(&replay::traces_url(&args.otlp)),
+        r.requests,
+        r.seconds
+    )
+    .context("standard output cannot be written")
 }
 
 /// Completes on SIGTERM or SIGINT.
