@@ -593,3 +593,100 @@ fn a_file_of_one_normal_trace_without_an_incident_keeps_it_in_the_sample() {
     assert_eq!(notes["spans read"], 1);
     assert_eq!(notes["spans kept"], 1);
 }
+
+#[test]
+fn hostile_text_never_becomes_markdown_html_or_yaml_structure() {
+    let hostile = "Checkout\n## Injected heading\n- [x] approved <img src=x onerror=alert(1)> [click](http://evil.example) `code` | cell \u{80}\u{85}\u{2028}\u{2029}\u{feff}end";
+    let dir = tempfile::tempdir().unwrap();
+    let incident = dir.path().join("incident.json");
+    std::fs::write(
+        &incident,
+        serde_json::json!({
+            "id": "INC-HOSTILE", "title": hostile, "declared_at": "2025-12-01T11:55:00Z",
+            "started_at": "2025-12-01T11:50:00Z",
+            "window": {"start": "2025-12-01T11:40:00Z", "end": "2025-12-01T12:00:00Z"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let t0: i64 = 1_764_590_000_000_000_000; // 2025-12-01T11:53:20Z
+    let lines: String = (0..20)
+        .map(|i| {
+            serde_json::json!({"resourceSpans": [{
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "pay\nment"}}]},
+                "scopeSpans": [{"spans": [{
+                    "traceId": format!("{:032x}", 0x77 + i), "spanId": format!("{:016x}", 0x88 + i),
+                    "name": hostile, "kind": 2,
+                    "startTimeUnixNano": (t0 + i * 1_000_000_000).to_string(),
+                    "endTimeUnixNano": (t0 + i * 1_000_000_000 + 5_000_000).to_string(),
+                    "status": {"code": 2, "message": hostile},
+                }]}],
+            }]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let file = dir.path().join("t.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = run_cli(
+        &[
+            "collect",
+            "--incident",
+            incident.to_str().unwrap(),
+            "--traces-file",
+            file.to_str().unwrap(),
+            "--out",
+            dir.path().join("evidence").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bundle = bundle_dir(&out);
+    let md = std::fs::read_to_string(bundle.join("postmortem.md")).unwrap();
+    for line in md.lines() {
+        assert!(!line.starts_with("## Injected"), "{line}");
+        assert!(!line.trim_start().starts_with("- [x]"), "{line}");
+    }
+    // Every `<` of the text is escaped (`\<`), so none opens an element; no link either.
+    assert!(
+        md.match_indices("<img")
+            .all(|(i, _)| md[..i].ends_with('\\')),
+        "{md}"
+    );
+    assert!(!md.contains("](http://evil"), "{md}");
+    for section in [
+        "## Summary",
+        "## Impact",
+        "## Detection",
+        "## Timeline",
+        "## Root cause",
+        "## Contributing factors",
+        "## Mitigation and recovery",
+        "## Lessons learned",
+        "## Action items",
+    ] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    let html = std::fs::read_to_string(bundle.join("report.html")).unwrap();
+    assert!(
+        !html.contains("<img src=x"),
+        "the report holds a live element"
+    );
+    // PyYAML (in .venv, with moto) reads the draft back, every character as it was.
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let read = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1], encoding='utf-8')); print(json.dumps(d['incident']['title']))",
+            bundle.join("postmortem.yaml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test once)", python.display()));
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let title: String = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(title, hostile);
+}

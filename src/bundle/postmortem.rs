@@ -23,6 +23,50 @@ pub struct Draft<'a> {
 
 const TODO: &str = "TODO: to be filled in by the postmortem author";
 
+/// Text from the traces or the incident as Markdown inline text: one line (line breaks of any
+/// kind become spaces) and every ASCII punctuation character backslash-escaped, so that no
+/// value can open a heading, a list, a checkbox, a link, an HTML element or a table cell.
+pub fn md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{b}' | '\u{c}' => out.push(' '),
+            c if c.is_control() => {}
+            c if c.is_ascii_punctuation() => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn rfc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A duration as people say it (`14 min 30 s`).
+fn span_of(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
+/// What the draft states, each fact worded about systems and conditions, not people.
+struct Facts {
+    summary: String,
+    impact: Vec<String>,
+    detection: String,
+    mitigation: String,
+    contributing: Vec<String>,
+    time_to_detect: Option<String>,
+    time_to_recover: Option<String>,
+}
+
 impl Draft<'_> {
     fn link(&self, trace_id: &str) -> String {
         match self.trace_url {
@@ -47,8 +91,150 @@ impl Draft<'_> {
         }
     }
 
+    fn facts(&self) -> Facts {
+        let i = self.incident;
+        let a = self.analysis;
+        let began = i.started_at();
+        let recovered = a.recovery.as_ref().map(|r| r.time);
+        let top = a.suspects.first();
+        let summary = match &a.origin {
+            Some(o) => {
+                let first = a
+                    .services
+                    .get(&o.service)
+                    .and_then(|s| s.first_error.as_ref())
+                    .map(|e| format!(" from {}", rfc(e.time)))
+                    .unwrap_or_default();
+                let spread: Vec<&str> = a
+                    .failure_order
+                    .iter()
+                    .map(|f| f.service.as_str())
+                    .filter(|s| *s != o.service)
+                    .collect();
+                let mut t = format!("{} {} failed{first}", o.service, o.operation);
+                if !spread.is_empty() {
+                    t.push_str(&format!("; the failure reached {}", spread.join(", ")));
+                }
+                if let Some(sp) = top {
+                    t.push_str(&format!(
+                        "; {} = {} was on {:.0}% of its failing calls{}",
+                        sp.key,
+                        sp.value,
+                        sp.failing_share * 100.0,
+                        sp.healthy_share
+                            .map(|h| format!(
+                                " and {:.0}% of its successful calls in the same minutes",
+                                h * 100.0
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+                match recovered {
+                    Some(r) => t.push_str(&format!("; it recovered at {}.", rfc(r))),
+                    None => t.push_str("; it had not recovered when the evidence was captured."),
+                }
+                t
+            }
+            None => self.description(),
+        };
+        let mut impact: Vec<String> = a
+            .services
+            .iter()
+            .filter(|(_, s)| s.error_spans > 0 && s.incident.requests_sampled > 0)
+            .map(|(name, s)| {
+                let ci = s
+                    .incident
+                    .error_rate_ci
+                    .map(|c| format!(" (95% CI {:.0}–{:.0}%)", c[0] * 100.0, c[1] * 100.0))
+                    .unwrap_or_default();
+                format!(
+                    "{name}: error rate ≈ {:.1}%{ci} of {} sampled requests during the incident, against {:.1}% of {} before it",
+                    s.incident.error_rate * 100.0,
+                    s.incident.requests_sampled,
+                    s.baseline.error_rate * 100.0,
+                    s.baseline.requests_sampled
+                )
+            })
+            .collect();
+        if impact.is_empty() {
+            impact.push(
+                "No failing requests were captured; see the latency breakdown in report.html."
+                    .into(),
+            );
+        }
+        let time_to_detect = began.map(|b| span_of(i.declared_at() - b));
+        let time_to_recover = began.zip(recovered).map(|(b, r)| span_of(r - b));
+        let detection = format!(
+            "Declared at {}{}.",
+            rfc(i.declared_at()),
+            time_to_detect
+                .as_ref()
+                .map(|t| format!(", {t} after the incident began"))
+                .unwrap_or_default()
+        );
+        let mitigation = match (&a.recovery, recovered) {
+            (Some(r), Some(t)) => format!(
+                "The first successful call of the origin operation after its last failure ended at {}{} (trace {}). {TODO}: what was done, and when.",
+                rfc(t),
+                time_to_recover
+                    .as_ref()
+                    .map(|d| format!(", {d} after the incident began"))
+                    .unwrap_or_default(),
+                self.link(&r.trace_id.to_hex())
+            ),
+            _ => format!(
+                "{}. {TODO}: what was done, and when.",
+                a.recovery_note
+                    .as_deref()
+                    .unwrap_or("Not recovered at capture time")
+            ),
+        };
+        let contributing: Vec<String> = a
+            .suspects
+            .iter()
+            .take(3)
+            .map(|sp| {
+                format!(
+                    "{} = {}{} on {:.0}% of the origin's failing calls, {} of its successful calls in the same minutes, {} of its calls before the incident",
+                    sp.key,
+                    sp.value,
+                    if sp.also.is_empty() { String::new() } else { format!(" (with {})", sp.also.join(", ")) },
+                    sp.failing_share * 100.0,
+                    sp.healthy_share.map_or("—".into(), |h| format!("{:.0}%", h * 100.0)),
+                    sp.baseline_share.map_or("—".into(), |b| format!("{:.0}%", b * 100.0)),
+                )
+            })
+            .chain(a.propagation.iter().map(|p| {
+                format!(
+                    "failure spread from {} to {} (first at {}, {} trace(s))",
+                    p.to,
+                    p.from,
+                    p.first_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    p.traces
+                )
+            }))
+            .chain(
+                a.ranking
+                    .iter()
+                    .filter(|c| c.pre_existing)
+                    .map(|c| format!("pre-existing: {}", c.reason)),
+            )
+            .collect();
+        Facts {
+            summary,
+            impact,
+            detection,
+            mitigation,
+            contributing,
+            time_to_detect,
+            time_to_recover,
+        }
+    }
+
     fn value(&self) -> Value {
         let i = self.incident;
+        let facts = self.facts();
         let timeline: Vec<Value> = self
             .timeline
             .entries
@@ -65,28 +251,6 @@ impl Draft<'_> {
                 })
             })
             .collect();
-        let contributing: Vec<Value> = self
-            .analysis
-            .propagation
-            .iter()
-            .map(|p| {
-                Value::from(format!(
-                    "failure spread from {} to {} (first at {}, {} trace(s))",
-                    p.to,
-                    p.from,
-                    p.first_seen
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    p.traces
-                ))
-            })
-            .chain(
-                self.analysis
-                    .ranking
-                    .iter()
-                    .filter(|c| c.pre_existing)
-                    .map(|c| Value::from(c.reason.clone())),
-            )
-            .collect();
         let origin = &self.analysis.origin;
         json!({
             "incident": {
@@ -101,14 +265,21 @@ impl Draft<'_> {
                 },
                 "services": i.services(),
                 "evidence_status": self.status,
+                "time_to_detect": facts.time_to_detect,
+                "time_to_recover": facts.time_to_recover,
             },
+            "summary": facts.summary,
+            "impact": facts.impact,
+            "detection": facts.detection,
             "timeline": timeline,
             "root_cause": {
                 "description": self.description(),
                 "origin_service": origin.as_ref().map(|o| o.service.clone()),
                 "origin_span": origin.as_ref().map(|o| format!("{} (span {} in trace {})", o.operation, o.span_id, o.trace_id)),
-                "contributing_factors": contributing,
+                "contributing_factors": facts.contributing,
             },
+            "mitigation_and_recovery": facts.mitigation,
+            "lessons_learned": TODO,
             "action_items": [
                 {"description": TODO, "owner": "TODO", "due": "TODO", "priority": "TODO"},
             ],
@@ -125,65 +296,87 @@ impl Draft<'_> {
 
     pub fn markdown(&self) -> String {
         let i = self.incident;
-        let mut md = String::new();
-        md.push_str(&format!(
+        let f = self.facts();
+        let mut md_out = String::new();
+        let w = &mut md_out;
+        w.push_str(&format!(
             "# Postmortem draft: {} — {}\n\n",
-            i.id(),
-            i.title().unwrap_or("(untitled)")
+            md(i.id().as_str()),
+            md(i.title().unwrap_or("(untitled)"))
         ));
-        md.push_str(&format!(
-            "- Severity: {}\n- Declared: {}\n- Started: {}\n- Window: {} → {}\n- Evidence: {} ({} error traces, {} slow traces, {} baseline traces, {} more sampled traces)\n\n",
-            i.severity().unwrap_or("—"),
-            i.declared_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            i.started_at().map_or("—".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            self.window.start().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            self.window.end().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        w.push_str("Blameless: the facts below are about systems and conditions. Review them, then write what the draft leaves to people.\n\n");
+        w.push_str(&format!(
+            "- Severity: {}\n- Started: {}\n- Declared: {}\n- Recovered: {}\n- Time to detect: {}\n- Time to recover: {}\n- Window: {} → {}\n- Evidence: {} ({} error traces, {} slow traces, {} baseline traces, {} more sampled traces)\n",
+            md(i.severity().unwrap_or("—")),
+            i.started_at().map_or("—".into(), rfc),
+            rfc(i.declared_at()),
+            self.analysis.recovery.as_ref().map_or("not at capture time".into(), |r| rfc(r.time)),
+            f.time_to_detect.as_deref().unwrap_or("—"),
+            f.time_to_recover.as_deref().unwrap_or("—"),
+            rfc(self.window.start()),
+            rfc(self.window.end()),
             self.status,
             self.counts.error_traces,
             self.counts.slow_traces,
             self.counts.baseline_traces,
             self.counts.sample_traces,
         ));
-        md.push_str("## Timeline\n\n| time (UTC) | event | trace |\n|---|---|---|\n");
+        for (name, url) in i.links() {
+            if url.starts_with("https://") || url.starts_with("http://") {
+                w.push_str(&format!(
+                    "- {}: <{}>\n",
+                    md(name),
+                    url.replace(['<', '>', ' ', '\n'], "")
+                ));
+            }
+        }
+        w.push_str(&format!("\n## Summary\n\n{}\n\n", md(&f.summary)));
+        w.push_str("## Impact\n\n");
+        for line in &f.impact {
+            w.push_str(&format!("- {}\n", md(line)));
+        }
+        w.push_str(&format!("\n## Detection\n\n{}\n\n", md(&f.detection)));
+        w.push_str("## Timeline\n\n| time (UTC) | event | trace |\n|---|---|---|\n");
         for e in &self.timeline.entries {
             let trace = e.trace_id.to_hex();
             let link = match self.trace_url {
                 Some(t) => format!(
-                    "[{}]({})",
-                    &trace[..8.min(trace.len())],
+                    "[{trace}]({})",
                     t.replace("{trace_id}", &trace)
+                        .replace("{span_id}", &e.span_id.to_hex())
                 ),
                 None => format!("`{trace}`"),
             };
-            md.push_str(&format!(
+            w.push_str(&format!(
                 "| {} | {} | {} |\n",
-                e.time.format("%H:%M:%S%.3f"),
-                e.evidence.replace('|', "\\|"),
+                e.time.format("%Y-%m-%d %H:%M:%S%.3f"),
+                md(&e.evidence),
                 link
             ));
         }
-        md.push_str("\n## Root cause\n\n");
-        md.push_str(&self.description());
-        md.push_str("\n\n");
+        w.push_str("\n## Root cause\n\n");
+        w.push_str(&md(&self.description()));
+        w.push_str("\n\n");
         if let Some(o) = &self.analysis.origin {
-            md.push_str(&format!(
-                "- Origin: **{}** `{}` (span `{}` in trace {})\n",
-                o.service,
-                o.operation,
+            w.push_str(&format!(
+                "- Origin: **{}** {} (span `{}` in trace {})\n",
+                md(&o.service),
+                md(&o.operation),
                 o.span_id,
                 self.link(&o.trace_id.to_hex())
             ));
         }
-        for p in &self.analysis.propagation {
-            md.push_str(&format!(
-                "- Spread: {} → {} first at {}\n",
-                p.to,
-                p.from,
-                p.first_seen
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ));
+        w.push_str("\n## Contributing factors\n\n");
+        for c in &f.contributing {
+            w.push_str(&format!("- {}\n", md(c)));
         }
-        md.push_str("\n## Action items\n\n- [ ] TODO (owner, due date)\n");
-        md
+        if f.contributing.is_empty() {
+            w.push_str("- None found in the traces.\n");
+        }
+        w.push_str(&format!(
+            "\n## Mitigation and recovery\n\n{}\n\n## Lessons learned\n\n{TODO}\n\n## Action items\n\n- [ ] TODO (owner, due date)\n",
+            md(&f.mitigation)
+        ));
+        md_out
     }
 }

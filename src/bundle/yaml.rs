@@ -1,6 +1,8 @@
-//! A small YAML writer for JSON values: block style, every string double-quoted with JSON's
-//! escapes (which YAML's double-quoted scalars share), so no value can change type or break the
-//! document. Enough for the postmortem draft; no dependency on an unmaintained YAML crate.
+//! A small YAML writer for JSON values: block style, every string double-quoted, and every
+//! character outside YAML's printable set escaped (C0 and C1 controls, DEL, NEL, the line and
+//! paragraph separators, BOM, non-characters), so no value can change type, change silently
+//! (NEL and U+2028 are line breaks to a YAML reader) or make the document unreadable. Enough for
+//! the postmortem draft; no dependency on an unmaintained YAML crate.
 
 use serde_json::Value;
 
@@ -19,7 +21,7 @@ fn scalar(v: &Value) -> Option<String> {
         Value::Null => Some("null".into()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())),
+        Value::String(s) => Some(quote(s)),
         Value::Array(a) if a.is_empty() => Some("[]".into()),
         Value::Object(o) if o.is_empty() => Some("{}".into()),
         _ => None,
@@ -30,8 +32,36 @@ fn key(k: &str) -> String {
     if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         k.to_owned()
     } else {
-        serde_json::to_string(k).unwrap_or_default()
+        quote(k)
     }
+}
+
+/// A YAML double-quoted scalar holding exactly `s`.
+pub fn quote(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{85}' => out.push_str("\\N"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            c if (c as u32) < 0x20 || (0x7f..=0x9f).contains(&(c as u32)) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn write_value(out: &mut String, v: &Value, indent: usize, in_list: bool) {
