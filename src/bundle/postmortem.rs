@@ -24,20 +24,31 @@ pub struct Draft<'a> {
 const TODO: &str = "TODO: to be filled in by the postmortem author";
 
 /// Text from the traces or the incident as Markdown inline text: one line (line breaks of any
-/// kind become spaces) and every ASCII punctuation character backslash-escaped, so that no
-/// value can open a heading, a list, a checkbox, a link, an HTML element or a table cell.
+/// kind become spaces), the characters that open emphasis, code, links, images, HTML, entities
+/// and table cells backslash-escaped everywhere, and a leading `#`, `-`, `+`, `=`, `>` or
+/// `1.` escaped, so that no value can open a heading, a list, a checkbox, a link, an element or
+/// a cell.
 pub fn md(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{b}' | '\u{c}' => out.push(' '),
             c if c.is_control() => {}
-            c if c.is_ascii_punctuation() => {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '&' | '!' => {
                 out.push('\\');
                 out.push(c);
             }
             c => out.push(c),
         }
+    }
+    let start = out.len() - out.trim_start().len();
+    let rest = &out[start..];
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let opens_block = rest.starts_with(['#', '-', '+', '='])
+        || (digits > 0 && rest[digits..].starts_with(['.', ')']));
+    if opens_block {
+        let at = if digits > 0 { start + digits } else { start };
+        out.insert(at, '\\');
     }
     out
 }
@@ -57,14 +68,14 @@ fn span_of(d: chrono::Duration) -> String {
 }
 
 /// What the draft states, each fact worded about systems and conditions, not people.
-struct Facts {
-    summary: String,
-    impact: Vec<String>,
-    detection: String,
-    mitigation: String,
-    contributing: Vec<String>,
-    time_to_detect: Option<String>,
-    time_to_recover: Option<String>,
+pub(crate) struct Facts {
+    pub summary: String,
+    pub impact: Vec<String>,
+    pub detection: String,
+    pub mitigation: String,
+    pub contributing: Vec<String>,
+    pub time_to_detect: Option<String>,
+    pub time_to_recover: Option<String>,
 }
 
 impl Draft<'_> {
@@ -91,7 +102,7 @@ impl Draft<'_> {
         }
     }
 
-    fn facts(&self) -> Facts {
+    pub(crate) fn facts(&self) -> Facts {
         let i = self.incident;
         let a = self.analysis;
         let began = i.started_at();
@@ -110,6 +121,7 @@ impl Draft<'_> {
                     .iter()
                     .map(|f| f.service.as_str())
                     .filter(|s| *s != o.service)
+                    .filter(|s| !a.ranking.iter().any(|c| c.pre_existing && c.service == *s))
                     .collect();
                 let mut t = format!("{} {} failed{first}", o.service, o.operation);
                 if !spread.is_empty() {

@@ -38,9 +38,12 @@ fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;padding:0 1rem}
+const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:1100px;color:#1d2330;padding:0 .8rem;overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%}svg{max-width:100%;height:auto}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem}.facts dt{color:#667}.facts dd{margin:0}
+.pre{background:#eef;color:#335;border-radius:1rem;padding:0 .5rem;font-size:11px}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.2rem}
-table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eef}
+table{border-collapse:collapse;width:100%;font-size:13px;display:block;overflow-x:auto}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eef}
 th{background:#f5f6fa}code{font-size:12px;background:#f2f3f7;padding:0 .2rem;border-radius:3px}
 .badge{display:inline-block;padding:.1rem .6rem;border-radius:1rem;font-weight:600;font-size:12px}
 .complete{background:#d7f5de;color:#11602a}.partial{background:#ffe6bf;color:#7a4a00}
@@ -48,12 +51,119 @@ th{background:#f5f6fa}code{font-size:12px;background:#f2f3f7;padding:0 .2rem;bor
 .muted{color:#667}.kind{font-family:monospace;font-size:12px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1rem}";
 
+/// What happened, in one place at the top: the sentence, origin and top suspect, the times,
+/// completeness.
+fn summary(h: &mut String, r: &ReportInput<'_>) {
+    let draft = super::postmortem::Draft {
+        incident: r.incident,
+        window: r.window,
+        timeline: r.timeline,
+        analysis: r.analysis,
+        trace_url: r.trace_url,
+        status: r.status,
+        counts: r.counts,
+    };
+    let f = draft.facts();
+    let i = r.incident;
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("—".to_owned(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        })
+    };
+    let _ = write!(
+        h,
+        "<p class=\"origin\">{}</p><dl class=\"facts\">",
+        esc(&f.summary)
+    );
+    let mut row = |k: &str, v: String| {
+        let _ = write!(h, "<dt>{k}</dt><dd>{v}</dd>");
+    };
+    if let Some(o) = &r.analysis.origin {
+        row(
+            "origin",
+            format!(
+                "{} {} ({:.0}% of the evidence)",
+                esc(&o.service),
+                esc(&o.operation),
+                o.confidence * 100.0
+            ),
+        );
+    }
+    if let Some(s) = r.analysis.suspects.first() {
+        row(
+            "top suspect",
+            format!(
+                "<code>{} = {}</code>: {:.0}% of failing calls, {} of healthy calls in the same minutes, {} before",
+                esc(&s.key),
+                esc(&s.value),
+                s.failing_share * 100.0,
+                s.healthy_share
+                    .map_or("—".into(), |x| format!("{:.0}%", x * 100.0)),
+                s.baseline_share
+                    .map_or("—".into(), |x| format!("{:.0}%", x * 100.0)),
+            ),
+        );
+    }
+    row("started", when(i.started_at()));
+    row(
+        "declared",
+        format!(
+            "{}{}",
+            when(Some(i.declared_at())),
+            f.time_to_detect
+                .as_ref()
+                .map(|t| format!(" ({t} after it started)"))
+                .unwrap_or_default()
+        ),
+    );
+    row(
+        "recovered",
+        match &r.analysis.recovery {
+            Some(rec) => format!(
+                "{}{}",
+                when(Some(rec.time)),
+                f.time_to_recover
+                    .as_ref()
+                    .map(|t| format!(" ({t} after it started)"))
+                    .unwrap_or_default()
+            ),
+            None => esc(r
+                .analysis
+                .recovery_note
+                .as_deref()
+                .unwrap_or("not at capture time")),
+        },
+    );
+    row(
+        "evidence",
+        format!(
+            "<span class=\"badge {}\">{}</span>{}",
+            r.status,
+            r.status,
+            if r.gaps.is_empty() {
+                String::new()
+            } else {
+                format!(" {} gap(s), listed below", r.gaps.len())
+            }
+        ),
+    );
+    for (name, url) in i.links() {
+        if url.starts_with("https://") || url.starts_with("http://") {
+            row(
+                &esc(name),
+                format!("<a href=\"{}\">{}</a>", esc(url), esc(url)),
+            );
+        }
+    }
+    h.push_str("</dl>");
+}
+
 pub fn render(r: &ReportInput<'_>) -> String {
     let i = r.incident;
     let mut h = String::with_capacity(64 * 1024);
     let _ = write!(
         h,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{id} evidence</title><style>{STYLE}</style></head><body>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{id} evidence</title><style>{STYLE}</style></head><body>",
         id = esc(i.id().as_str())
     );
     let _ = write!(
@@ -74,6 +184,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
         "<p>{} traces ({} spans): <b>{}</b> with errors, <b>{}</b> slow, <b>{}</b> baseline, <b>{}</b> more sampled from all traffic during the window.</p>",
         c.traces, c.spans, c.error_traces, c.slow_traces, c.baseline_traces, c.sample_traces
     );
+    summary(&mut h, r);
     if r.redaction.enabled {
         let n: usize = r.redaction.rules.values().sum();
         let rules: Vec<String> = r
@@ -137,11 +248,23 @@ pub fn render(r: &ReportInput<'_>) -> String {
         );
     }
 
-    h.push_str("<h2>Timeline</h2><table><tr><th>time (UTC)</th><th>kind</th><th>service</th><th>what</th><th>trace</th></tr>");
+    h.push_str("<h2>Timeline</h2><div class=\"scroll\"><table><tr><th>time (UTC)</th><th>kind</th><th>service</th><th>what</th><th>trace</th></tr>");
+    let pre_existing: std::collections::BTreeSet<&str> = r
+        .analysis
+        .ranking
+        .iter()
+        .filter(|c| c.pre_existing)
+        .map(|c| c.service.as_str())
+        .collect();
     for e in &r.timeline.entries {
+        let marker = if e.kind == "first_error" && pre_existing.contains(e.service.as_str()) {
+            " <span class=\"pre\" title=\"failed at a similar rate before the incident\">pre-existing</span>"
+        } else {
+            ""
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td class=\"kind\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"kind\">{}{marker}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             e.time.format("%H:%M:%S%.3f"),
             e.kind,
             esc(&e.service),
@@ -149,14 +272,20 @@ pub fn render(r: &ReportInput<'_>) -> String {
             trace_link(r.trace_url, &e.trace_id.to_hex(), &e.span_id.to_hex())
         );
     }
-    h.push_str("</table>");
+    h.push_str("</table></div>");
 
     h.push_str("<h2>Error rate per service over time</h2><div class=\"grid\">");
     error_rate_charts(&mut h, r);
     h.push_str("</div>");
 
     h.push_str("<h2>Propagation</h2>");
-    propagation_graph(&mut h, r.analysis);
+    if r.counts.traces == 0 {
+        h.push_str("<p class=\"muted\">No traces were captured, so nothing can be said about how a failure spread.</p>");
+    } else {
+        h.push_str("<div class=\"scroll\">");
+        propagation_graph(&mut h, r.analysis);
+        h.push_str("</div>");
+    }
 
     h.push_str("<h2>Root-cause ranking</h2><table><tr><th>#</th><th>service</th><th>operation</th><th>score</th><th>why</th></tr>");
     for (n, c) in r.analysis.ranking.iter().take(15).enumerate() {
@@ -217,23 +346,29 @@ pub fn render(r: &ReportInput<'_>) -> String {
         }
         h.push_str("</table>");
     }
-    h.push_str("<p class=\"muted\">Generated by evidence-locker from the captured traces; <code>manifest.json</code> lists every file with its SHA-256.</p></body></html>\n");
+    h.push_str("<h2>How to verify and open this evidence</h2><ul>\
+<li><code>manifest.json</code> lists every file of the bundle with its size and SHA-256 (and, where a signing key is configured, an ed25519 signature): <code>evidence-locker audit --store DIR --trusted-keys keys.pem</code> checks them all, or by hand <code>jq -r '.files[] | \"\\(.sha256)  \\(.path)\"' manifest.json | sha256sum -c</code>.</li>\
+<li><code>traces/jaeger-ui.json</code> opens in Jaeger UI without any server data: Search → <i>JSON File</i> → choose the file.</li>\
+<li><code>evidence-locker replay &lt;bundle&gt; --otlp http://collector:4318</code> sends every trace, with its original ids and times, to the team's Jaeger, Tempo or collector.</li></ul>");
+    h.push_str("<p class=\"muted\">Generated by evidence-locker from the captured traces.</p></body></html>\n");
     h
 }
 
+/// A trace id in full (copyable), linked to the trace UI when a template is known
+/// (`{trace_id}`, `{span_id}`).
 fn trace_link(template: Option<&str>, trace_id: &str, span_id: &str) -> String {
-    let short = &trace_id[..trace_id.len().min(12)];
     match template {
         Some(t) => format!(
-            "<a href=\"{}\"><code>{}</code></a> <code>{}</code>",
-            esc(&t.replace("{trace_id}", trace_id)),
-            short,
+            "<a href=\"{}\"><code>{}</code></a> span <code>{}</code>",
+            esc(&t
+                .replace("{trace_id}", trace_id)
+                .replace("{span_id}", span_id)),
+            esc(trace_id),
             esc(span_id)
         ),
         None => format!(
-            "<code title=\"{}\">{}</code> <code>{}</code>",
+            "<code>{}</code> span <code>{}</code>",
             esc(trace_id),
-            short,
             esc(span_id)
         ),
     }
@@ -244,7 +379,17 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
     let end = (r.window.end().timestamp() + 59) / 60;
     let minutes = (end - start).clamp(1, 24 * 60) as f64;
     let (w, ht) = (320.0, 90.0);
-    for (service, stats) in &r.analysis.services {
+    // Services by impact: most failing requests first.
+    let mut services: Vec<(&String, &crate::analyze::ServiceStats)> =
+        r.analysis.services.iter().collect();
+    services.sort_by(|a, b| {
+        b.1.incident
+            .error_rate
+            .total_cmp(&a.1.incident.error_rate)
+            .then(b.1.error_spans.cmp(&a.1.error_spans))
+            .then(a.0.cmp(b.0))
+    });
+    for (service, stats) in services {
         if stats.per_minute.is_empty() {
             continue;
         }
