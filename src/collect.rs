@@ -252,6 +252,8 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
         retention: req.retention,
         kind: None,
         previous: None,
+        trace_url: (!settings.report.trace_url.is_empty())
+            .then(|| settings.report.trace_url.clone()),
         signer: crate::sign::ManifestSigner::from_settings(&settings.signing)
             .map_err(anyhow::Error::msg)?
             .map(std::sync::Arc::new),

@@ -38,6 +38,16 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub redaction: crate::redact::RedactionSettings,
     pub signing: crate::sign::SigningSettings,
+    pub report: ReportSettings,
+}
+
+/// How reports link to the team's trace UI.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    /// A link template with `{trace_id}` (and optionally `{span_id}`); empty: the backend's
+    /// own UI where it has one, else ids shown whole.
+    pub trace_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -443,6 +453,16 @@ impl Settings {
         }
         if let Err(e) = crate::sign::ManifestSigner::from_settings(&self.signing) {
             return bad(e);
+        }
+        let t = &self.report.trace_url;
+        if !t.is_empty()
+            && (!t.contains("{trace_id}")
+                || url::Url::parse(&t.replace("{trace_id}", "0").replace("{span_id}", "0"))
+                    .is_err())
+        {
+            return bad(format!(
+                "report.trace_url {t:?} must be a URL holding {{trace_id}} (for example https://jaeger.example/trace/{{trace_id}}?uiFind={{span_id}})"
+            ));
         }
         if self.capture.concurrency == 0 {
             return bad("capture.concurrency must be at least 1".into());

@@ -721,3 +721,36 @@ fn hostile_text_never_becomes_markdown_html_or_yaml_structure() {
     let title: String = serde_json::from_slice(&read.stdout).unwrap();
     assert_eq!(title, hostile);
 }
+
+#[test]
+fn trace_ids_link_to_the_team_s_trace_ui_when_a_template_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "https://jaeger.example/trace/{trace_id}?uiFind={span_id}";
+    let out = run_cli(
+        &["demo", "--out", dir.path().join("e").to_str().unwrap()],
+        &[("EVIDENCE_LOCKER__REPORT__TRACE_URL", template.into())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = PathBuf::from(stdout(&out).lines().next().unwrap());
+    let html = std::fs::read_to_string(&report).unwrap();
+    let analysis = read_json(&report.parent().unwrap().join("analysis.json"));
+    let link = format!(
+        "href=\"https://jaeger.example/trace/{}?uiFind={}\"",
+        analysis["origin"]["trace_id"].as_str().unwrap(),
+        analysis["origin"]["span_id"].as_str().unwrap()
+    );
+    assert!(html.contains(&link), "{link} not in the report");
+    let out = run_cli(
+        &["demo", "--out", dir.path().join("f").to_str().unwrap()],
+        &[(
+            "EVIDENCE_LOCKER__REPORT__TRACE_URL",
+            "https://jaeger.example/".into(),
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("report.trace_url"),
+        "{}",
+        stderr(&out)
+    );
+}

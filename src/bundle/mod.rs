@@ -36,6 +36,8 @@ pub struct BundleOptions {
     pub previous: Option<PreviousCapture>,
     /// Signs the manifest, where a key is configured.
     pub signer: Option<std::sync::Arc<crate::sign::ManifestSigner>>,
+    /// `[report] trace_url`: the trace UI link template, over the backend's own.
+    pub trace_url: Option<String>,
 }
 
 /// What was written, for the caller to report.
@@ -260,11 +262,13 @@ pub fn write_bundle(
             ))
         })
         .collect();
-    let trace_url = input
-        .capture
-        .sources
-        .iter()
-        .find_map(|s| s.trace_url.clone());
+    let trace_url = opts.trace_url.clone().or_else(|| {
+        input
+            .capture
+            .sources
+            .iter()
+            .find_map(|s| s.trace_url.clone())
+    });
     let counts = Counts {
         traces: picks.errors.len()
             + picks.slow.len()

@@ -81,7 +81,7 @@ pub(crate) struct Facts {
 impl Draft<'_> {
     fn link(&self, trace_id: &str) -> String {
         match self.trace_url {
-            Some(t) => t.replace("{trace_id}", trace_id),
+            Some(t) => t.replace("{trace_id}", trace_id).replace("{span_id}", ""),
             None => format!("trace {trace_id} (traces/errors.jsonl.zst or traces/jaeger-ui.json)"),
         }
     }

@@ -466,6 +466,8 @@ impl Worker {
             retention,
             kind: Some(job.kind.name().to_owned()),
             previous,
+            trace_url: (!self.settings.report.trace_url.is_empty())
+                .then(|| self.settings.report.trace_url.clone()),
             signer: crate::sign::ManifestSigner::from_settings(&self.settings.signing)
                 .map_err(Failure::Permanent)?
                 .map(std::sync::Arc::new),
