@@ -43,7 +43,7 @@ const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:1.5rem auto
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem}.facts dt{color:#667}.facts dd{margin:0}
 .pre{background:#eef;color:#335;border-radius:1rem;padding:0 .5rem;font-size:11px}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.2rem}
-table{border-collapse:collapse;width:100%;font-size:13px;display:block;overflow-x:auto}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eef}
+table{border-collapse:collapse;width:100%;font-size:13px;display:block;overflow-x:auto}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eef;vertical-align:top}
 th{background:#f5f6fa}code{font-size:12px;background:#f2f3f7;padding:0 .2rem;border-radius:3px}
 .badge{display:inline-block;padding:.1rem .6rem;border-radius:1rem;font-weight:600;font-size:12px}
 .complete{background:#d7f5de;color:#11602a}.partial{background:#ffe6bf;color:#7a4a00}
@@ -222,7 +222,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
         h.push_str("</ul>");
     }
 
-    h.push_str("<h2>Summary</h2>");
+    h.push_str("<h2>Likely origin</h2>");
     match &r.analysis.origin {
         Some(o) => {
             let _ = write!(
@@ -274,7 +274,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
     }
     h.push_str("</table></div>");
 
-    h.push_str("<h2>Error rate per service over time</h2><div class=\"grid\">");
+    h.push_str("<h2>Error rate and p95 latency per service over time</h2><div class=\"grid\">");
     error_rate_charts(&mut h, r);
     h.push_str("</div>");
 
@@ -330,13 +330,35 @@ pub fn render(r: &ReportInput<'_>) -> String {
                 first.failing_calls, first.healthy_calls, first.baseline_calls
             );
         }
-        h.push_str("<table><tr><th>attribute</th><th>value</th><th>failing</th><th>healthy, same minutes</th><th>baseline</th><th>lift</th><th>always with</th></tr>");
-        for s in &r.analysis.suspects {
+        h.push_str("<table><tr><th>attribute = value</th><th>share of calls: <span style=\"color:#d33\">failing</span> · <span style=\"color:#2a7\">healthy, same minutes</span> · <span style=\"color:#889\">before</span></th><th>lift</th><th>always with</th></tr>");
+        for s in r.analysis.suspects.iter().take(10) {
+            // BubbleUp-style: the selection (failing) against the healthy and the baseline.
+            let bars: String = [
+                (Some(s.failing_share), "#d33", "failing"),
+                (s.healthy_share, "#2a7", "healthy in the same minutes"),
+                (s.baseline_share, "#889", "before the incident"),
+            ]
+            .iter()
+            .enumerate()
+            .map(|(k, (v, colour, what))| {
+                let v = v.unwrap_or(0.0);
+                format!(
+                    "<rect x=\"0\" y=\"{}\" width=\"{:.1}\" height=\"6\" fill=\"{colour}\"><title>{what}: {:.0}%</title></rect>",
+                    k * 8,
+                    (v * 160.0).max(0.5),
+                    v * 100.0
+                )
+            })
+            .collect();
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                "<tr><td><code>{} = {}</code></td><td><svg width=\"200\" height=\"24\" viewBox=\"0 0 200 24\" role=\"img\" aria-label=\"failing {:.0}%, healthy {}, before {}\">{bars}<text x=\"166\" y=\"15\" font-size=\"10\" fill=\"#445\">{:.0}%</text></svg><br><span class=\"muted\">{:.0}% · {} · {}</span></td><td>{:.1}</td><td>{}</td></tr>",
                 esc(&s.key),
                 esc(&s.value),
+                s.failing_share * 100.0,
+                share(s.healthy_share),
+                share(s.baseline_share),
+                s.failing_share * 100.0,
                 s.failing_share * 100.0,
                 share(s.healthy_share),
                 share(s.baseline_share),
@@ -374,14 +396,21 @@ fn trace_link(template: Option<&str>, trace_id: &str, span_id: &str) -> String {
     }
 }
 
+/// Per service, by impact: the error rate per minute with its 95% interval as a band, p95
+/// latency as a line (its own scale, labelled), gridlines and an axis, and marks for when the
+/// incident started, was declared and recovered.
 fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
-    let start = r.window.start().timestamp() / 60;
-    let end = (r.window.end().timestamp() + 59) / 60;
-    let minutes = (end - start).clamp(1, 24 * 60) as f64;
-    let (w, ht) = (320.0, 90.0);
-    // Services by impact: most failing requests first.
+    let t0 = r.window.start().timestamp() as f64;
+    let t1 = (r.window.end().timestamp() as f64).max(t0 + 60.0);
+    let (w, ht) = (340.0, 140.0);
+    let (left, right, top, bottom) = (34.0, 8.0, 10.0, 22.0);
+    let pw = w - left - right;
+    let ph = ht - top - bottom;
+    let x_of = |t: f64| left + (t - t0) / (t1 - t0) * pw;
+    let y_of = |rate: f64| top + (1.0 - rate.clamp(0.0, 1.0)) * ph;
     let mut services: Vec<(&String, &crate::analyze::ServiceStats)> =
         r.analysis.services.iter().collect();
+    // By impact: most failing requests first.
     services.sort_by(|a, b| {
         b.1.incident
             .error_rate
@@ -389,42 +418,127 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
             .then(b.1.error_spans.cmp(&a.1.error_spans))
             .then(a.0.cmp(b.0))
     });
+    let marks: Vec<(f64, &str, &str)> = [
+        (r.incident.started_at(), "started", "#c60"),
+        (Some(r.incident.declared_at()), "declared", "#36c"),
+        (
+            r.analysis.recovery.as_ref().map(|e| e.time),
+            "recovered",
+            "#2a2",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(t, name, colour)| t.map(|t| (t.timestamp() as f64, name, colour)))
+    .filter(|(t, _, _)| (t0..=t1).contains(t))
+    .collect();
     for (service, stats) in services {
         if stats.per_minute.is_empty() {
             continue;
         }
         let _ = write!(
             h,
-            "<div><b>{}</b> <span class=\"muted\">{} error spans</span><svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"error rate of {}\"><rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{ht}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/>",
+            "<div><b>{}</b> <span class=\"muted\">≈{:.1}% errors during the incident, {} error spans</span><svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"error rate and p95 latency of {}\"><rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/>",
             esc(service),
+            (stats.incident.error_rate * 100.0).max(0.0),
             stats.error_spans,
             esc(service)
         );
-        let bar = (w / minutes).max(1.0);
-        for m in &stats.per_minute {
-            let x = ((m.minute.timestamp() / 60 - start) as f64 / minutes) * w;
-            if !(0.0..w).contains(&x) {
-                continue;
-            }
-            let rate = m.error_rate;
-            let bh = rate * (ht - 10.0);
+        for g in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let y = y_of(g);
             let _ = write!(
                 h,
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#d33\"><title>{} ≈{:.0}% errors ({} of {} sampled requests)</title></rect>",
-                ht - bh,
-                (bar - 0.5).max(0.5),
-                m.minute.format("%H:%M"),
-                rate * 100.0,
-                m.errors,
-                m.requests
+                "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e3e6ee\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"end\" fill=\"#667\">{:.0}%</text>",
+                left + pw,
+                left - 3.0,
+                y + 3.0,
+                g * 100.0
             );
         }
-        let _ = write!(
-            h,
-            "</svg><div class=\"muted\" style=\"display:flex;justify-content:space-between;width:{w}px;font-size:11px\"><span>{}</span><span>error rate per minute (bar height = 100%)</span><span>{}</span></div></div>",
-            r.window.start().format("%H:%M"),
-            r.window.end().format("%H:%M")
-        );
+        let bar = (pw / ((t1 - t0) / 60.0)).max(1.0);
+        for m in &stats.per_minute {
+            let x = x_of(m.minute.timestamp() as f64);
+            if !(left..left + pw).contains(&x) {
+                continue;
+            }
+            let bw = (bar - 0.5).max(0.5).min(left + pw - x);
+            if let Some([lo, hi]) = m.error_rate_ci {
+                let _ = write!(
+                    h,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"#f4b4b4\" opacity=\".6\"/>",
+                    y_of(hi),
+                    (y_of(lo) - y_of(hi)).max(0.5)
+                );
+            }
+            let y = y_of(m.error_rate);
+            let _ = write!(
+                h,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"#d33\"><title>{} ≈{:.0}% errors{} ({} of {} sampled requests); p95 {}</title></rect>",
+                (top + ph - y).max(0.0),
+                m.minute.format("%H:%M"),
+                m.error_rate * 100.0,
+                m.error_rate_ci
+                    .map(|c| format!(", 95% CI {:.0}–{:.0}%", c[0] * 100.0, c[1] * 100.0))
+                    .unwrap_or_default(),
+                m.errors,
+                m.requests,
+                m.p95_ms.map_or("—".into(), |p| format!("{p:.0} ms"))
+            );
+        }
+        // p95 latency, on its own scale.
+        let p95: Vec<(f64, f64)> = stats
+            .per_minute
+            .iter()
+            .filter_map(|m| {
+                m.p95_ms
+                    .map(|p| (x_of(m.minute.timestamp() as f64 + 30.0), p))
+            })
+            .filter(|(x, _)| (left..=left + pw).contains(x))
+            .collect();
+        let max_p95 = p95.iter().map(|(_, p)| *p).fold(0.0, f64::max);
+        if max_p95 > 0.0 && p95.len() > 1 {
+            let points: Vec<String> = p95
+                .iter()
+                .map(|(x, p)| format!("{x:.1},{:.1}", top + (1.0 - p / max_p95) * ph))
+                .collect();
+            let _ = write!(
+                h,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"#345\" stroke-width=\"1.2\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"end\" fill=\"#345\">p95 (line) up to {max_p95:.0} ms</text>",
+                points.join(" "),
+                left + pw - 2.0,
+                top + 9.0
+            );
+        }
+        for (t, name, colour) in &marks {
+            let x = x_of(*t);
+            let _ = write!(
+                h,
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-dasharray=\"3,2\"><title>{name}</title></line><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"8\" fill=\"{colour}\">{name}</text>",
+                top + ph,
+                x + 2.0,
+                top + ph - 3.0
+            );
+        }
+        for k in 0..=3 {
+            let t = t0 + (t1 - t0) * f64::from(k) / 3.0;
+            let label = chrono::DateTime::from_timestamp(t as i64, 0)
+                .map(|d| d.format("%H:%M").to_string())
+                .unwrap_or_default();
+            let anchor = match k {
+                0 => "start",
+                3 => "end",
+                _ => "middle",
+            };
+            let _ = write!(
+                h,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"{anchor}\" fill=\"#667\">{label}</text>",
+                x_of(t),
+                ht - 8.0
+            );
+        }
+        h.push_str("</svg></div>");
+    }
+    if !marks.is_empty() {
+        h.push_str("<p class=\"muted\" style=\"grid-column:1/-1\">Bars: error rate per minute (UTC) from the sampled requests, the pale band its 95% interval; line: p95 latency; dashed: when the incident started, was declared and recovered.</p>");
     }
 }
 
