@@ -254,8 +254,8 @@ impl S3Store {
         }
     }
 
-    /// The object's bytes, or `None` when it does not exist.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
+    /// The object's body, or `None` when it does not exist.
+    async fn open(&self, key: &str) -> Result<Option<ByteStream>, S3Error> {
         match self
             .client
             .get_object()
@@ -264,17 +264,19 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(out) => {
-                let body = out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| self.body_failed(key, e))?;
-                Ok(Some(body.to_vec()))
-            }
+            Ok(out) => Ok(Some(out.body)),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.failed("GetObject", key, e)),
         }
+    }
+
+    /// The object's bytes, or `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
+        let Some(body) = self.open(key).await? else {
+            return Ok(None);
+        };
+        let body = body.collect().await.map_err(|e| self.body_failed(key, e))?;
+        Ok(Some(body.to_vec()))
     }
 
     /// Every object whose key starts with the store's prefix, as (key without the prefix and
@@ -314,19 +316,9 @@ impl S3Store {
     /// Reads an object to its end, hashing as it streams: (bytes read, SHA-256 hex), or `None`
     /// when it does not exist.
     pub async fn digest(&self, key: &str) -> Result<Option<(u64, String)>, S3Error> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(self.failed("GetObject", key, e)),
+        let Some(mut body) = self.open(key).await? else {
+            return Ok(None);
         };
-        let mut body = out.body;
         let mut hasher = Sha256::new();
         let mut n = 0u64;
         while let Some(chunk) = body
