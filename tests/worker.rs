@@ -1282,3 +1282,32 @@ async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_for_a_busy_slot_stay_the_worker_s_past_the_ack_wait() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let mut first = w.start_worker("first", &[]);
+    w.declare("INC-WARM").await;
+    w.ready(1, &first).await;
+    first.terminate();
+    for id in ["INC-SLOW-1", "INC-SLOW-2", "INC-SLOW-3"] {
+        w.declare(id).await;
+    }
+    // Every search takes 400 ms: one capture outlasts the 3 s ack wait, while the other two
+    // wait for the only slot.
+    w.backend
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let worker = w.start_worker(
+        "busy",
+        &[("EVIDENCE_LOCKER__CAPTURE__CONCURRENCY", "1".into())],
+    );
+    w.ready(4, &worker).await;
+    let log = worker.log();
+    let captures = log.lines().filter(|l| l.contains(" capturing")).count();
+    assert_eq!(captures, 3, "{log}");
+    assert!(
+        !log.contains("delivery=2"),
+        "a waiting message was delivered again: {log}"
+    );
+}

@@ -196,10 +196,19 @@ pub async fn serve(
         async_nats::jetstream::Message,
     )> = Vec::new();
     let room = (settings.capture.concurrency * 2).clamp(4, 64);
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.context("worker slots closed")?,
-            _ = stopped(&mut stop) => break,
+    // While every slot is busy, the waiting messages are kept ours all the same.
+    let keep_every = (actual.ack_wait / 3).max(Duration::from_millis(300));
+    'pull: loop {
+        let permit = loop {
+            tokio::select! {
+                p = slots.clone().acquire_owned() => break p.context("worker slots closed")?,
+                _ = tokio::time::sleep(keep_every), if !waiting.is_empty() => {
+                    for (_, m) in &waiting {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                }
+                _ = stopped(&mut stop) => break 'pull,
+            }
         };
         // With messages waiting, only a quick look for more; else a long wait for any.
         let wait_for = if waiting.is_empty() {
