@@ -80,14 +80,12 @@ struct Groups<'a> {
 
 impl<'a> Groups<'a> {
     fn of(forest: &'a [TraceTree<'a>], origin: &Origin, input: &AnalysisInput) -> Self {
-        let mut calls: Vec<&Span> = forest
+        let calls: Vec<&Span> = forest
             .iter()
             .flat_map(|t| t.trace.spans.iter())
             .filter(|s| **s.service() == *origin.service && *s.operation == *origin.operation)
             .collect();
-        // The same trace can be captured twice (a file and a backend): one call, counted once.
-        calls.sort_by_key(|s| (s.trace_id, s.span_id));
-        calls.dedup_by_key(|s| (s.trace_id, s.span_id));
+        // Traces arrive merged by id (`capture::run`), so each call is here once.
         let (incident, before): (Vec<&Span>, Vec<&Span>) = calls
             .into_iter()
             .partition(|s| s.start_ns >= input.began_ns);
@@ -238,30 +236,29 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
     };
     let mut ranked: Vec<(f64, Suspect)> = Vec::new();
 
-    // Values that always occur together are one suspect.
-    let mut together: BTreeMap<Vec<u32>, Vec<(&str, String)>> = BTreeMap::new();
+    // Values that always occur together (the same calls, so the same shares) are one suspect.
+    // Per set of calls: its shares, difference and lift, and the values on exactly those calls.
+    type Group<'k> = (Cover, f64, f64, Vec<(&'k str, String)>);
+    let mut together: BTreeMap<Vec<u32>, Group<'_>> = BTreeMap::new();
     for ((key, value), at) in occurs {
         if distribution_keys.contains(key) {
             continue;
         }
-        let mut counts = [0usize; 3];
-        for &i in &at {
-            counts[group_of(i as usize)] += 1;
+        if let Some(group) = together.get_mut(&at) {
+            group.3.push((key, value));
+            continue;
         }
-        if keep(&cover(counts)).is_some() {
-            together.entry(at).or_default().push((key, value));
-        }
-    }
-    for (at, mut values) in together {
-        values.sort_by(|a, b| (key_rank(a.0), a.0, &a.1).cmp(&(key_rank(b.0), b.0, &b.1)));
         let mut counts = [0usize; 3];
         for &i in &at {
             counts[group_of(i as usize)] += 1;
         }
         let c = cover(counts);
-        let Some((difference, lift)) = keep(&c) else {
-            continue;
-        };
+        if let Some((difference, lift)) = keep(&c) {
+            together.insert(at, (c, difference, lift, vec![(key, value)]));
+        }
+    }
+    for (c, difference, lift, mut values) in together.into_values() {
+        values.sort_by(|a, b| (key_rank(a.0), a.0, &a.1).cmp(&(key_rank(b.0), b.0, &b.1)));
         let (key, value) = values.remove(0);
         let also = values
             .into_iter()
