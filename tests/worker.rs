@@ -204,6 +204,15 @@ impl World {
         }
     }
 
+    /// Makes the stream and the consumer with a first worker (one warm-up incident, captured),
+    /// then stops it: incidents published next queue up until another worker starts.
+    async fn no_worker_running(&self) {
+        let mut first = self.start_worker("first", &[]);
+        self.declare("INC-WARMUP").await;
+        self.ready(1, &first).await;
+        first.terminate();
+    }
+
     /// Publishes the test incident `id` on `incidents.declared`; returns it.
     async fn declare(&self, id: &str) -> Value {
         let inc = incident(id);
@@ -1198,11 +1207,7 @@ async fn the_worker_captures_every_error_trace_from_a_real_jaeger_2_13() {
 async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_expired_part_is_a_gap()
  {
     let w = world(NatsServer::start(), Kind::S3sFs, false).await;
-    // A first worker makes the stream and the consumer, then stops: the incidents queue up.
-    let mut first = w.start_worker("first", &[]);
-    w.declare("INC-WARMUP").await;
-    w.ready(1, &first).await;
-    first.terminate();
+    w.no_worker_running().await;
     let now = Utc::now();
     let hours = |h: i64, m: i64| {
         (now - chrono::Duration::hours(h) + chrono::Duration::minutes(m)).to_rfc3339()
@@ -1286,10 +1291,7 @@ async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_waiting_for_a_busy_slot_stay_the_worker_s_past_the_ack_wait() {
     let w = world(NatsServer::start(), Kind::S3sFs, false).await;
-    let mut first = w.start_worker("first", &[]);
-    w.declare("INC-WARM").await;
-    w.ready(1, &first).await;
-    first.terminate();
+    w.no_worker_running().await;
     for id in ["INC-SLOW-1", "INC-SLOW-2", "INC-SLOW-3"] {
         w.declare(id).await;
     }

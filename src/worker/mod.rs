@@ -202,11 +202,7 @@ pub async fn serve(
         let permit = loop {
             tokio::select! {
                 p = slots.clone().acquire_owned() => break p.context("worker slots closed")?,
-                _ = tokio::time::sleep(keep_every), if !waiting.is_empty() => {
-                    for (_, m) in &waiting {
-                        let _ = m.ack_with(AckKind::Progress).await;
-                    }
-                }
+                _ = tokio::time::sleep(keep_every), if !waiting.is_empty() => keep_ours(&waiting).await,
                 _ = stopped(&mut stop) => break 'pull,
             }
         };
@@ -235,9 +231,7 @@ pub async fn serve(
         });
         if let Ok(Some(_)) = &fetched {
             // The others stay ours while they wait.
-            for (_, m) in &waiting {
-                let _ = m.ack_with(AckKind::Progress).await;
-            }
+            keep_ours(&waiting).await;
         }
         match fetched {
             Ok(Some(msg)) => {
@@ -309,6 +303,18 @@ pub async fn serve(
     worker.report_spool();
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Tells JetStream the pulled messages waiting for a slot are still ours.
+async fn keep_ours(
+    waiting: &[(
+        chrono::DateTime<chrono::Utc>,
+        async_nats::jetstream::Message,
+    )],
+) {
+    for (_, m) in waiting {
+        let _ = m.ack_with(AckKind::Progress).await;
+    }
 }
 
 /// Completes once the stop signal is given.
