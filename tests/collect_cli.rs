@@ -316,6 +316,62 @@ fn the_demo_writes_a_complete_bundle_and_prints_its_report() {
     // Self-contained: inline SVG, no scripts, nothing fetched from the network.
     assert!(html.contains("<svg"));
     assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("<link"));
+    // Moments within a second share a row: fewer rows than entries, yet every entry's trace is
+    // there to open.
+    let entries = timeline["entries"].as_array().unwrap();
+    let timeline_html = &html[html.find("<h2>Timeline</h2>").unwrap()..];
+    let timeline_html = &timeline_html[..timeline_html.find("</table>").unwrap()];
+    let rows = timeline_html.matches("<tr").count() - 1; // the header row
+    assert!(
+        rows < entries.len(),
+        "{rows} rows for {} entries",
+        entries.len()
+    );
+    assert!(timeline_html.contains("moments within"));
+    for e in entries {
+        let id = e["trace_id"].as_str().unwrap();
+        assert!(
+            timeline_html.contains(id),
+            "timeline entry {id} is not shown"
+        );
+    }
+    // The charts show load as well as errors; the propagation graph names every failing service.
+    assert!(html.contains("requests per minute"));
+    let graph = &html[html.find("<h2>Propagation</h2>").unwrap()..];
+    let graph = &graph[..graph.find("</svg>").unwrap()];
+    for service in [
+        "payment-service",
+        "checkout-service",
+        "frontend",
+        "catalog-service",
+    ] {
+        assert!(
+            graph.contains(service),
+            "{service} is missing from the graph"
+        );
+    }
+    // Every claim of the draft cites the span it rests on, and that trace is in the bundle.
+    let mut section = "";
+    for line in draft.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h;
+        } else if !line.trim().is_empty()
+            && [
+                "Summary",
+                "Impact",
+                "Contributing factors",
+                "Mitigation and recovery",
+            ]
+            .contains(&section)
+        {
+            assert!(line.contains("(evidence: "), "{section}: {line}");
+        }
+    }
+    let example = analysis["suspects"][0]["example"]["trace_id"]
+        .as_str()
+        .expect("the top suspect names an example failing call");
+    assert!(in_bundle.contains(example));
+    assert!(yaml.contains("evidence:"), "{yaml}");
 }
 
 #[test]

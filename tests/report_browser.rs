@@ -21,11 +21,13 @@ fn chromium() -> PathBuf {
     panic!("no Chromium: scripts/test installs Debian's chromium when it is missing");
 }
 
-/// Renders `report` in a frame `width` px wide and returns what the page measured:
-/// `scrollWidth,clientWidth|h2 texts|img count|script count`.
-fn measure(report: &Path, width: u32) -> String {
+/// Renders `report` in a frame `width` px wide and returns what the page measured
+/// (`scrollWidth,clientWidth|h2 texts|img count|script count`) and every network request the
+/// page made, read from Chromium's own net log.
+fn measure(report: &Path, width: u32) -> (String, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let harness = dir.path().join("harness.html");
+    let net_log = dir.path().join("net-log.json");
     std::fs::write(
         &harness,
         format!(
@@ -56,16 +58,40 @@ document.getElementById('f').onload = function () {{
             "--user-data-dir={}",
             dir.path().join("profile").display()
         ))
+        .arg(format!("--log-net-log={}", net_log.display()))
         .arg("--dump-dom")
         .arg(format!("file://{}", harness.display()))
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    dom.split("data-m=\"")
+    let measured = dom
+        .split("data-m=\"")
         .nth(1)
         .and_then(|r| r.split('"').next())
         .unwrap_or_else(|| panic!("the frame was not measured: {dom}"))
-        .to_owned()
+        .to_owned();
+    (measured, page_requests(&net_log))
+}
+
+/// The URLs of the requests a page started, from a Chromium net log: the browser's own
+/// background requests (component updates and the like) have no origin and are left out.
+fn page_requests(net_log: &Path) -> Vec<String> {
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(net_log).expect("Chromium wrote its net log"),
+    )
+    .expect("the net log is JSON");
+    let start = &log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"];
+    assert!(start.is_u64(), "the net log names its event types");
+    log["events"]
+        .as_array()
+        .expect("the net log lists events")
+        .iter()
+        .filter(|e| &e["type"] == start)
+        .filter(|e| e["params"]["initiator"] != "not an origin")
+        .filter_map(|e| e["params"]["url"].as_str())
+        .filter(|url| !url.starts_with("file:") && !url.starts_with("data:"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn demo_report(dir: &Path) -> PathBuf {
@@ -90,7 +116,11 @@ fn the_demo_report_fits_a_phone_and_a_desktop_with_every_section_and_fetches_not
         "the report refers to an outside resource"
     );
     for width in [390, 1280] {
-        let m = measure(&report, width);
+        let (m, requests) = measure(&report, width);
+        assert!(
+            requests.is_empty(),
+            "at {width} px the report fetched {requests:?}"
+        );
         let parts: Vec<&str> = m.split('|').collect();
         let (scroll, client) = parts[0].split_once(',').unwrap();
         let (scroll, client): (u32, u32) = (scroll.parse().unwrap(), client.parse().unwrap());
@@ -101,7 +131,7 @@ fn the_demo_report_fits_a_phone_and_a_desktop_with_every_section_and_fetches_not
         for section in [
             "Likely origin",
             "Timeline",
-            "Error rate and p95 latency per service over time",
+            "Error rate, p95 latency and request rate per service over time",
             "Propagation",
             "Root-cause ranking",
             "Suspects",
@@ -147,8 +177,25 @@ fn a_hostile_incident_never_becomes_an_element_of_the_report() {
     let report = bundle_dir(&out).join("report.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(!html.contains("javascript:"), "a javascript: link was made");
-    let m = measure(&report, 1280);
+    let (m, requests) = measure(&report, 1280);
     let parts: Vec<&str> = m.split('|').collect();
     assert_eq!(parts[2], "0", "an <img> element was made: {m}");
     assert_eq!(parts[3], "0", "a <script> element was made: {m}");
+    assert!(requests.is_empty(), "the report fetched {requests:?}");
+}
+
+#[test]
+fn the_net_log_catches_a_page_that_fetches_something() {
+    // The control for the checks above: a page that loads one image from outside is seen doing
+    // so (the name never resolves; the request is logged before that).
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("fetches.html");
+    std::fs::write(
+        &page,
+        "<!doctype html><h2>Timeline</h2><img src=\"http://example.invalid/x.png\">",
+    )
+    .unwrap();
+    let (m, requests) = measure(&page, 1280);
+    assert!(m.contains("Timeline"), "{m}");
+    assert_eq!(requests, ["http://example.invalid/x.png"], "{m}");
 }

@@ -104,6 +104,8 @@ pub struct Suspect {
     pub failing_calls: usize,
     pub healthy_calls: usize,
     pub baseline_calls: usize,
+    /// The first failing call that carries it: the trace a person opens to see it.
+    pub example: Option<Evidence>,
 }
 
 /// Time per service and operation in slow and failing traces against the baseline.

@@ -35,6 +35,11 @@ pub struct MinuteStats {
     pub minute: DateTime<Utc>,
     pub requests: usize,
     pub requests_sampled: usize,
+    /// The sampled requests weighted as the error rate weighs them (a normal trace behind
+    /// sampling stands for 1 ÷ `kept_normal_share`, or 1 ÷ its `th` probability): the request
+    /// rate the captured traces show. The capture takes at most `capture.sample_per_minute`
+    /// traces of normal traffic per scope and minute, so it is a floor on the real rate.
+    pub requests_weighted: f64,
     pub errors: usize,
     pub error_rate: f64,
     pub error_rate_ci: Option<[f64; 2]>,
@@ -238,11 +243,13 @@ pub fn service_stats(
                         .minutes
                         .into_iter()
                         .map(|(m, calls)| {
+                            let weighted = round4(calls.iter().map(|c| c.2).sum());
                             let l = summarize(calls);
                             MinuteStats {
                                 minute: time(m * 60_000_000_000),
                                 requests: l.requests,
                                 requests_sampled: l.requests_sampled,
+                                requests_weighted: weighted,
                                 errors: l.errors,
                                 error_rate: l.error_rate,
                                 error_rate_ci: l.error_rate_ci,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::tree::TraceTree;
-use super::{AnalysisInput, Origin, Suspect, round4};
+use super::{AnalysisInput, Evidence, Origin, Suspect, round4, time};
 use crate::model::{AttrValue, Span};
 
 /// Failing calls a value must cover, at least, to be a suspect.
@@ -222,7 +222,23 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
         (c.failing >= MIN_SUPPORT && difference >= MIN_DIFFERENCE && lift >= 1.5)
             .then_some((difference, lift))
     };
-    let suspect = |key: &str, value: String, c: &Cover, lift: f64, also: Vec<String>| Suspect {
+    // The first failing call among `at` (indices into `all`; failing calls come first).
+    let example = |at: &mut dyn Iterator<Item = usize>| -> Option<Evidence> {
+        at.filter(|&i| i < nf)
+            .map(|i| all[i])
+            .min_by_key(|s| (s.end_ns, s.trace_id, s.span_id))
+            .map(|s| Evidence {
+                time: time(s.end_ns),
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+            })
+    };
+    let suspect = |key: &str,
+                   value: String,
+                   c: &Cover,
+                   lift: f64,
+                   also: Vec<String>,
+                   example: Option<Evidence>| Suspect {
         key: key.to_owned(),
         value,
         failing_share: round4(c.failing),
@@ -233,6 +249,7 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
         failing_calls: nf,
         healthy_calls: nh,
         baseline_calls: g.baseline.len(),
+        example,
     };
     let mut ranked: Vec<(f64, Suspect)> = Vec::new();
 
@@ -257,14 +274,15 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
             together.insert(at, (c, difference, lift, vec![(key, value)]));
         }
     }
-    for (c, difference, lift, mut values) in together.into_values() {
+    for (at, (c, difference, lift, mut values)) in together {
         values.sort_by(|a, b| (key_rank(a.0), a.0, &a.1).cmp(&(key_rank(b.0), b.0, &b.1)));
         let (key, value) = values.remove(0);
         let also = values
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        ranked.push((difference, suspect(key, value, &c, lift, also)));
+        let first = example(&mut at.iter().map(|&i| i as usize));
+        ranked.push((difference, suspect(key, value, &c, lift, also, first)));
     }
 
     // Numeric keys: the threshold that best separates the failing calls.
@@ -282,7 +300,7 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
             below.push(next);
         }
         let total = below[xs.len()];
-        let mut best: Option<(f64, f64, String, Cover)> = None;
+        let mut best: Option<(f64, f64, String, Cover, char, f64)> = None;
         let mut j = 0;
         while j < xs.len() {
             let t = xs[j].0;
@@ -296,13 +314,17 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
                 if let Some((difference, lift)) = keep(&c)
                     && best.as_ref().is_none_or(|b| difference > b.0)
                 {
-                    best = Some((difference, lift, format!("{sign} {t}"), c));
+                    best = Some((difference, lift, format!("{sign} {t}"), c, sign, t));
                 }
             }
             j = end;
         }
-        if let Some((difference, lift, value, c)) = best {
-            ranked.push((difference, suspect(key, value, &c, lift, Vec::new())));
+        if let Some((difference, lift, value, c, sign, t)) = best {
+            let first = example(&mut numbers[key].iter().filter_map(|&(i, x)| {
+                let on = if sign == '≥' { x >= t } else { x <= t };
+                on.then_some(i)
+            }));
+            ranked.push((difference, suspect(key, value, &c, lift, Vec::new(), first)));
         }
     }
 

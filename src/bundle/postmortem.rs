@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::Counts;
 use super::yaml::to_yaml;
 use crate::analyze::{Analysis, Timeline};
-use crate::model::{Incident, TimeWindow};
+use crate::model::{Incident, SpanId, TimeWindow, TraceId};
 
 pub struct Draft<'a> {
     pub incident: &'a Incident,
@@ -67,22 +67,71 @@ fn span_of(d: chrono::Duration) -> String {
     }
 }
 
-/// What the draft states, each fact worded about systems and conditions, not people.
+/// One statement of the draft and the span that shows it.
+pub(crate) struct Claim {
+    pub text: String,
+    pub evidence: Option<(TraceId, SpanId)>,
+}
+
+impl Claim {
+    fn new(text: String, evidence: Option<(TraceId, SpanId)>) -> Self {
+        Self { text, evidence }
+    }
+}
+
+/// What the draft states, each fact worded about systems and conditions, not people, and each
+/// linked to the trace that shows it where one does.
 pub(crate) struct Facts {
-    pub summary: String,
-    pub impact: Vec<String>,
+    pub summary: Claim,
+    pub impact: Vec<Claim>,
     pub detection: String,
-    pub mitigation: String,
-    pub contributing: Vec<String>,
+    pub mitigation: Claim,
+    pub contributing: Vec<Claim>,
     pub time_to_detect: Option<String>,
     pub time_to_recover: Option<String>,
 }
 
 impl Draft<'_> {
-    fn link(&self, trace_id: &str) -> String {
+    /// Where a span is seen, as plain text: the trace UI's address, or the ids and the files
+    /// that hold them.
+    fn link(&self, trace_id: TraceId, span_id: SpanId) -> String {
         match self.trace_url {
-            Some(t) => t.replace("{trace_id}", trace_id).replace("{span_id}", ""),
-            None => format!("trace {trace_id} (traces/errors.jsonl.zst or traces/jaeger-ui.json)"),
+            Some(t) => t
+                .replace("{trace_id}", &trace_id.to_hex())
+                .replace("{span_id}", &span_id.to_hex()),
+            None => format!(
+                "span {span_id} in trace {trace_id} (traces/*.jsonl.zst, traces/jaeger-ui.json)"
+            ),
+        }
+    }
+
+    /// The same as Markdown: a link to the trace UI, or the ids as code.
+    fn md_link(&self, trace_id: TraceId, span_id: SpanId) -> String {
+        let trace = trace_id.to_hex();
+        match self.trace_url {
+            Some(t) => format!(
+                "[{trace}](<{}>)",
+                t.replace("{trace_id}", &trace)
+                    .replace("{span_id}", &span_id.to_hex())
+                    .replace(['<', '>', ' ', '\n'], "")
+            ),
+            None => format!("`{trace}` span `{span_id}`"),
+        }
+    }
+
+    /// A claim for the YAML: its text, then where it is seen.
+    fn plain(&self, c: &Claim) -> String {
+        match c.evidence {
+            Some((t, s)) => format!("{} (evidence: {})", c.text, self.link(t, s)),
+            None => c.text.clone(),
+        }
+    }
+
+    /// A claim for the Markdown: its text escaped, then the link to its trace.
+    fn markdown_claim(&self, c: &Claim) -> String {
+        match c.evidence {
+            Some((t, s)) => format!("{} (evidence: {})", md(&c.text), self.md_link(t, s)),
+            None => md(&c.text),
         }
     }
 
@@ -145,11 +194,17 @@ impl Draft<'_> {
                     Some(r) => t.push_str(&format!("; it recovered at {}.", rfc(r))),
                     None => t.push_str("; it had not recovered when the evidence was captured."),
                 }
-                t
+                Claim::new(t, Some((o.trace_id, o.span_id)))
             }
-            None => self.description(),
+            None => Claim::new(self.description(), None),
         };
-        let mut impact: Vec<String> = a
+        let first_error = |service: &str| {
+            a.services
+                .get(service)
+                .and_then(|s| s.first_error.as_ref())
+                .map(|e| (e.trace_id, e.span_id))
+        };
+        let mut impact: Vec<Claim> = a
             .services
             .iter()
             .filter(|(_, s)| s.error_spans > 0 && s.incident.requests_sampled > 0)
@@ -159,20 +214,24 @@ impl Draft<'_> {
                     .error_rate_ci
                     .map(|c| format!(" (95% CI {:.0}–{:.0}%)", c[0] * 100.0, c[1] * 100.0))
                     .unwrap_or_default();
-                format!(
-                    "{name}: error rate ≈ {:.1}%{ci} of {} sampled requests during the incident, against {:.1}% of {} before it",
-                    s.incident.error_rate * 100.0,
-                    s.incident.requests_sampled,
-                    s.baseline.error_rate * 100.0,
-                    s.baseline.requests_sampled
+                Claim::new(
+                    format!(
+                        "{name}: error rate ≈ {:.1}%{ci} of {} sampled requests during the incident, against {:.1}% of {} before it",
+                        s.incident.error_rate * 100.0,
+                        s.incident.requests_sampled,
+                        s.baseline.error_rate * 100.0,
+                        s.baseline.requests_sampled
+                    ),
+                    first_error(name),
                 )
             })
             .collect();
         if impact.is_empty() {
-            impact.push(
+            impact.push(Claim::new(
                 "No failing requests were captured; see the latency breakdown in report.html."
                     .into(),
-            );
+                None,
+            ));
         }
         let time_to_detect = began.map(|b| span_of(i.declared_at() - b));
         let time_to_recover = began.zip(recovered).map(|(b, r)| span_of(r - b));
@@ -185,53 +244,61 @@ impl Draft<'_> {
                 .unwrap_or_default()
         );
         let mitigation = match (&a.recovery, recovered) {
-            (Some(r), Some(t)) => format!(
-                "The first successful call of the origin operation after its last failure ended at {}{} (trace {}). {TODO}: what was done, and when.",
-                rfc(t),
-                time_to_recover
-                    .as_ref()
-                    .map(|d| format!(", {d} after the incident began"))
-                    .unwrap_or_default(),
-                self.link(&r.trace_id.to_hex())
+            (Some(r), Some(t)) => Claim::new(
+                format!(
+                    "The first successful call of the origin operation after its last failure ended at {}{}. {TODO}: what was done, and when.",
+                    rfc(t),
+                    time_to_recover
+                        .as_ref()
+                        .map(|d| format!(", {d} after the incident began"))
+                        .unwrap_or_default(),
+                ),
+                Some((r.trace_id, r.span_id)),
             ),
-            _ => format!(
-                "{}. {TODO}: what was done, and when.",
-                a.recovery_note
-                    .as_deref()
-                    .unwrap_or("Not recovered at capture time")
+            _ => Claim::new(
+                format!(
+                    "{}. {TODO}: what was done, and when.",
+                    a.recovery_note
+                        .as_deref()
+                        .unwrap_or("Not recovered at capture time")
+                ),
+                None,
             ),
         };
-        let contributing: Vec<String> = a
+        let contributing: Vec<Claim> = a
             .suspects
             .iter()
             .take(3)
             .map(|sp| {
-                format!(
-                    "{} = {}{} on {:.0}% of the origin's failing calls, {} of its successful calls in the same minutes, {} of its calls before the incident",
-                    sp.key,
-                    sp.value,
-                    if sp.also.is_empty() { String::new() } else { format!(" (with {})", sp.also.join(", ")) },
-                    sp.failing_share * 100.0,
-                    sp.healthy_share.map_or("—".into(), |h| format!("{:.0}%", h * 100.0)),
-                    sp.baseline_share.map_or("—".into(), |b| format!("{:.0}%", b * 100.0)),
+                Claim::new(
+                    format!(
+                        "{} = {}{} on {:.0}% of the origin's failing calls, {} of its successful calls in the same minutes, {} of its calls before the incident",
+                        sp.key,
+                        sp.value,
+                        if sp.also.is_empty() { String::new() } else { format!(" (with {})", sp.also.join(", ")) },
+                        sp.failing_share * 100.0,
+                        sp.healthy_share.map_or("—".into(), |h| format!("{:.0}%", h * 100.0)),
+                        sp.baseline_share.map_or("—".into(), |b| format!("{:.0}%", b * 100.0)),
+                    ),
+                    sp.example.as_ref().map(|e| (e.trace_id, e.span_id)),
                 )
             })
             .chain(a.propagation.iter().map(|p| {
-                format!(
-                    "failure spread from {} to {} (first at {}, {} trace(s))",
-                    p.to,
-                    p.from,
-                    p.first_seen
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    p.traces
+                Claim::new(
+                    format!(
+                        "failure spread from {} to {} (first at {}, {} trace(s))",
+                        p.to,
+                        p.from,
+                        p.first_seen
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        p.traces
+                    ),
+                    Some((p.trace_id, p.span_id)),
                 )
             }))
-            .chain(
-                a.ranking
-                    .iter()
-                    .filter(|c| c.pre_existing)
-                    .map(|c| format!("pre-existing: {}", c.reason)),
-            )
+            .chain(a.ranking.iter().filter(|c| c.pre_existing).map(|c| {
+                Claim::new(format!("pre-existing: {}", c.reason), first_error(&c.service))
+            }))
             .collect();
         Facts {
             summary,
@@ -259,7 +326,8 @@ impl Draft<'_> {
                     "kind": e.kind,
                     "service": e.service,
                     "trace_id": trace,
-                    "evidence": format!("span {} — {}", e.span_id, self.link(&trace)),
+                    "span_id": e.span_id.to_hex(),
+                    "evidence": self.link(e.trace_id, e.span_id),
                 })
             })
             .collect();
@@ -280,17 +348,17 @@ impl Draft<'_> {
                 "time_to_detect": facts.time_to_detect,
                 "time_to_recover": facts.time_to_recover,
             },
-            "summary": facts.summary,
-            "impact": facts.impact,
+            "summary": self.plain(&facts.summary),
+            "impact": facts.impact.iter().map(|c| self.plain(c)).collect::<Vec<_>>(),
             "detection": facts.detection,
             "timeline": timeline,
             "root_cause": {
                 "description": self.description(),
                 "origin_service": origin.as_ref().map(|o| o.service.clone()),
                 "origin_span": origin.as_ref().map(|o| format!("{} (span {} in trace {})", o.operation, o.span_id, o.trace_id)),
-                "contributing_factors": facts.contributing,
+                "contributing_factors": facts.contributing.iter().map(|c| self.plain(c)).collect::<Vec<_>>(),
             },
-            "mitigation_and_recovery": facts.mitigation,
+            "mitigation_and_recovery": self.plain(&facts.mitigation),
             "lessons_learned": TODO,
             "action_items": [
                 {"description": TODO, "owner": "TODO", "due": "TODO", "priority": "TODO"},
@@ -342,23 +410,18 @@ impl Draft<'_> {
                 ));
             }
         }
-        w.push_str(&format!("\n## Summary\n\n{}\n\n", md(&f.summary)));
+        w.push_str(&format!(
+            "\n## Summary\n\n{}\n\n",
+            self.markdown_claim(&f.summary)
+        ));
         w.push_str("## Impact\n\n");
-        for line in &f.impact {
-            w.push_str(&format!("- {}\n", md(line)));
+        for c in &f.impact {
+            w.push_str(&format!("- {}\n", self.markdown_claim(c)));
         }
         w.push_str(&format!("\n## Detection\n\n{}\n\n", md(&f.detection)));
         w.push_str("## Timeline\n\n| time (UTC) | event | trace |\n|---|---|---|\n");
         for e in &self.timeline.entries {
-            let trace = e.trace_id.to_hex();
-            let link = match self.trace_url {
-                Some(t) => format!(
-                    "[{trace}]({})",
-                    t.replace("{trace_id}", &trace)
-                        .replace("{span_id}", &e.span_id.to_hex())
-                ),
-                None => format!("`{trace}`"),
-            };
+            let link = self.md_link(e.trace_id, e.span_id);
             w.push_str(&format!(
                 "| {} | {} | {} |\n",
                 e.time.format("%Y-%m-%d %H:%M:%S%.3f"),
@@ -371,23 +434,22 @@ impl Draft<'_> {
         w.push_str("\n\n");
         if let Some(o) = &self.analysis.origin {
             w.push_str(&format!(
-                "- Origin: **{}** {} (span `{}` in trace {})\n",
+                "- Origin: **{}** {} (evidence: {})\n",
                 md(&o.service),
                 md(&o.operation),
-                o.span_id,
-                self.link(&o.trace_id.to_hex())
+                self.md_link(o.trace_id, o.span_id)
             ));
         }
         w.push_str("\n## Contributing factors\n\n");
         for c in &f.contributing {
-            w.push_str(&format!("- {}\n", md(c)));
+            w.push_str(&format!("- {}\n", self.markdown_claim(c)));
         }
         if f.contributing.is_empty() {
             w.push_str("- None found in the traces.\n");
         }
         w.push_str(&format!(
             "\n## Mitigation and recovery\n\n{}\n\n## Lessons learned\n\n{TODO}\n\n## Action items\n\n- [ ] TODO (owner, due date)\n",
-            md(&f.mitigation)
+            self.markdown_claim(&f.mitigation)
         ));
         md_out
     }

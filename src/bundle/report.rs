@@ -49,7 +49,9 @@ th{background:#f5f6fa}code{font-size:12px;background:#f2f3f7;padding:0 .2rem;bor
 .complete{background:#d7f5de;color:#11602a}.partial{background:#ffe6bf;color:#7a4a00}
 .origin{background:#fff3f3;border-left:4px solid #d33;padding:.6rem 1rem;margin:1rem 0}
 .muted{color:#667}.kind{font-family:monospace;font-size:12px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1rem}";
+.moments{margin:0;padding-left:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1rem}
+@media (max-width:640px){table.stack,table.stack tbody,table.stack tr,table.stack td{display:block}table.stack tr:first-child{display:none}table.stack tr{border-bottom:1px solid #dde;padding:.4rem 0}table.stack td{border:0;padding:.1rem 0}table.stack td:nth-child(-n+3){display:inline-block;margin-right:.6rem;font-weight:600}}";
 
 /// What happened, in one place at the top: the sentence, origin and top suspect, the times,
 /// completeness.
@@ -72,8 +74,15 @@ fn summary(h: &mut String, r: &ReportInput<'_>) {
     };
     let _ = write!(
         h,
-        "<p class=\"origin\">{}</p><dl class=\"facts\">",
-        esc(&f.summary)
+        "<p class=\"origin\">{}{}</p><dl class=\"facts\">",
+        esc(&f.summary.text),
+        f.summary
+            .evidence
+            .map(|(t, s)| format!(
+                " <span class=\"muted\">Evidence: {}</span>",
+                trace_link(r.trace_url, &t.to_hex(), &s.to_hex())
+            ))
+            .unwrap_or_default()
     );
     let mut row = |k: &str, v: String| {
         let _ = write!(h, "<dt>{k}</dt><dd>{v}</dd>");
@@ -248,7 +257,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
         );
     }
 
-    h.push_str("<h2>Timeline</h2><div class=\"scroll\"><table><tr><th>time (UTC)</th><th>kind</th><th>service</th><th>what</th><th>trace</th></tr>");
+    h.push_str("<h2>Timeline</h2><div class=\"scroll\"><table class=\"stack\"><tr><th>time (UTC)</th><th>kind</th><th>service</th><th>what</th><th>trace</th></tr>");
     let pre_existing: std::collections::BTreeSet<&str> = r
         .analysis
         .ranking
@@ -256,25 +265,87 @@ pub fn render(r: &ReportInput<'_>) -> String {
         .filter(|c| c.pre_existing)
         .map(|c| c.service.as_str())
         .collect();
-    for e in &r.timeline.entries {
-        let marker = if e.kind == "first_error" && pre_existing.contains(e.service.as_str()) {
-            " <span class=\"pre\" title=\"failed at a similar rate before the incident\">pre-existing</span>"
-        } else {
-            ""
+    // Moments within a second of each other (a failure crossing four services in 2 ms) share
+    // one row: its first time, then each moment with how long after it came.
+    let entries = &r.timeline.entries;
+    let mut k = 0;
+    while k < entries.len() {
+        let first = &entries[k];
+        let end = k + entries[k..]
+            .iter()
+            .take_while(|e| e.time - first.time <= chrono::Duration::seconds(1))
+            .count();
+        let group = &entries[k..end];
+        k = end;
+        let marker = |e: &crate::analyze::TimelineEntry| {
+            if e.kind == "first_error" && pre_existing.contains(e.service.as_str()) {
+                " <span class=\"pre\" title=\"failed at a similar rate before the incident\">pre-existing</span>"
+            } else {
+                ""
+            }
         };
+        if let [e] = group {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"kind\">{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                e.time.format("%H:%M:%S%.3f"),
+                e.kind,
+                marker(e),
+                esc(&e.service),
+                esc(&e.evidence),
+                trace_link(r.trace_url, &e.trace_id.to_hex(), &e.span_id.to_hex())
+            );
+            continue;
+        }
+        let mut services: Vec<&str> = Vec::new();
+        for e in group {
+            if !services.contains(&e.service.as_str()) {
+                services.push(&e.service);
+            }
+        }
+        let spread_ms = (group[group.len() - 1].time - first.time)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e3;
+        let items: String = group
+            .iter()
+            .map(|e| {
+                let after = (e.time - first.time).num_microseconds().unwrap_or(0) as f64 / 1e3;
+                format!(
+                    "<li><span class=\"kind\">+{after:.1} ms {}</span>{} {}{}</li>",
+                    e.kind,
+                    marker(e),
+                    esc(&e.evidence),
+                    if e.trace_id == first.trace_id {
+                        format!(
+                            " <span class=\"muted\">span <code>{}</code></span>",
+                            e.span_id
+                        )
+                    } else {
+                        format!(
+                            " <span class=\"muted\">{}</span>",
+                            trace_link(r.trace_url, &e.trace_id.to_hex(), &e.span_id.to_hex())
+                        )
+                    }
+                )
+            })
+            .collect();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td class=\"kind\">{}{marker}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            e.time.format("%H:%M:%S%.3f"),
-            e.kind,
-            esc(&e.service),
-            esc(&e.evidence),
-            trace_link(r.trace_url, &e.trace_id.to_hex(), &e.span_id.to_hex())
+            "<tr><td>{}</td><td class=\"kind\">{} moments within {spread_ms:.1} ms</td><td>{}</td><td><ul class=\"moments\">{items}</ul></td><td>{}</td></tr>",
+            first.time.format("%H:%M:%S%.3f"),
+            group.len(),
+            esc(&services.join(", ")),
+            trace_link(
+                r.trace_url,
+                &first.trace_id.to_hex(),
+                &first.span_id.to_hex()
+            )
         );
     }
     h.push_str("</table></div>");
 
-    h.push_str("<h2>Error rate and p95 latency per service over time</h2><div class=\"grid\">");
+    h.push_str("<h2>Error rate, p95 latency and request rate per service over time</h2><div class=\"grid\">");
     error_rate_charts(&mut h, r);
     h.push_str("</div>");
 
@@ -283,7 +354,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
         h.push_str("<p class=\"muted\">No traces were captured, so nothing can be said about how a failure spread.</p>");
     } else {
         h.push_str("<div class=\"scroll\">");
-        propagation_graph(&mut h, r.analysis);
+        propagation_graph(&mut h, r);
         h.push_str("</div>");
     }
 
@@ -330,7 +401,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
                 first.failing_calls, first.healthy_calls, first.baseline_calls
             );
         }
-        h.push_str("<table><tr><th>attribute = value</th><th>share of calls: <span style=\"color:#d33\">failing</span> · <span style=\"color:#2a7\">healthy, same minutes</span> · <span style=\"color:#889\">before</span></th><th>lift</th><th>always with</th></tr>");
+        h.push_str("<table><tr><th>attribute = value</th><th>share of calls: <span style=\"color:#d33\">failing</span> · <span style=\"color:#2a7\">healthy, same minutes</span> · <span style=\"color:#889\">before</span></th><th>lift</th><th>always with</th><th>example failing call</th></tr>");
         for s in r.analysis.suspects.iter().take(10) {
             // BubbleUp-style: the selection (failing) against the healthy and the baseline.
             let bars: String = [
@@ -352,7 +423,7 @@ pub fn render(r: &ReportInput<'_>) -> String {
             .collect();
             let _ = write!(
                 h,
-                "<tr><td><code>{} = {}</code></td><td><svg width=\"200\" height=\"24\" viewBox=\"0 0 200 24\" role=\"img\" aria-label=\"failing {:.0}%, healthy {}, before {}\">{bars}<text x=\"166\" y=\"15\" font-size=\"10\" fill=\"#445\">{:.0}%</text></svg><br><span class=\"muted\">{:.0}% · {} · {}</span></td><td>{:.1}</td><td>{}</td></tr>",
+                "<tr><td><code>{} = {}</code></td><td><svg width=\"200\" height=\"24\" viewBox=\"0 0 200 24\" role=\"img\" aria-label=\"failing {:.0}%, healthy {}, before {}\">{bars}<text x=\"166\" y=\"15\" font-size=\"10\" fill=\"#445\">{:.0}%</text></svg><br><span class=\"muted\">{:.0}% · {} · {}</span></td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
                 esc(&s.key),
                 esc(&s.value),
                 s.failing_share * 100.0,
@@ -363,7 +434,12 @@ pub fn render(r: &ReportInput<'_>) -> String {
                 share(s.healthy_share),
                 share(s.baseline_share),
                 s.lift,
-                esc(&s.also.join(", "))
+                esc(&s.also.join(", ")),
+                s.example.as_ref().map_or("—".to_owned(), |e| trace_link(
+                    r.trace_url,
+                    &e.trace_id.to_hex(),
+                    &e.span_id.to_hex()
+                ))
             );
         }
         h.push_str("</table>");
@@ -402,10 +478,14 @@ fn trace_link(template: Option<&str>, trace_id: &str, span_id: &str) -> String {
 fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
     let t0 = r.window.start().timestamp() as f64;
     let t1 = (r.window.end().timestamp() as f64).max(t0 + 60.0);
-    let (w, ht) = (340.0, 140.0);
+    // Two panels over one time axis: the error rate (with its interval and p95 latency), then
+    // the request rate.
+    let (w, ht) = (340.0, 196.0);
     let (left, right, top, bottom) = (34.0, 8.0, 10.0, 22.0);
+    let (rh, rgap) = (44.0, 12.0);
     let pw = w - left - right;
-    let ph = ht - top - bottom;
+    let ph = ht - top - bottom - rh - rgap;
+    let rtop = top + ph + rgap;
     let x_of = |t: f64| left + (t - t0) / (t1 - t0) * pw;
     let y_of = |rate: f64| top + (1.0 - rate.clamp(0.0, 1.0)) * ph;
     let mut services: Vec<(&String, &crate::analyze::ServiceStats)> =
@@ -437,9 +517,9 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
         }
         let _ = write!(
             h,
-            "<div><b>{}</b> <span class=\"muted\">≈{:.1}% errors during the incident, {} error spans</span><svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"error rate and p95 latency of {}\"><rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/>",
+            "<div><b>{}</b> <span class=\"muted\">≈{:.1}% errors during the incident, {} error spans</span><svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"error rate, p95 latency and request rate of {}\"><rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/><rect x=\"{left}\" y=\"{rtop}\" width=\"{pw}\" height=\"{rh}\" fill=\"#fafbfd\" stroke=\"#e3e6ee\"/>",
             esc(service),
-            (stats.incident.error_rate * 100.0).max(0.0),
+            (stats.incident.error_rate * 100.0).max(0.0) + 0.0, // never "-0.0"
             stats.error_spans,
             esc(service)
         );
@@ -484,6 +564,40 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
                 m.p95_ms.map_or("—".into(), |p| format!("{p:.0} ms"))
             );
         }
+        // Requests per minute, on their own scale, under the error rate.
+        let max_requests = stats
+            .per_minute
+            .iter()
+            .map(|m| m.requests_weighted)
+            .fold(0.0, f64::max);
+        if max_requests > 0.0 {
+            for m in &stats.per_minute {
+                let x = x_of(m.minute.timestamp() as f64);
+                if !(left..left + pw).contains(&x) {
+                    continue;
+                }
+                let bw = (bar - 0.5).max(0.5).min(left + pw - x);
+                let bh = m.requests_weighted / max_requests * rh;
+                let _ = write!(
+                    h,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"#7a9cc6\"><title>{} ≈{:.0} requests ({} sampled)</title></rect>",
+                    rtop + rh - bh,
+                    m.minute.format("%H:%M"),
+                    m.requests_weighted,
+                    m.requests_sampled
+                );
+            }
+            let _ = write!(
+                h,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"end\" fill=\"#667\">{max_requests:.0}/min</text><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"end\" fill=\"#667\">0</text><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#445\">requests per minute</text>",
+                left - 3.0,
+                rtop + 8.0,
+                left - 3.0,
+                rtop + rh,
+                left + 3.0,
+                rtop + 9.0
+            );
+        }
         // p95 latency, on its own scale.
         let p95: Vec<(f64, f64)> = stats
             .per_minute
@@ -513,7 +627,7 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
             let _ = write!(
                 h,
                 "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-dasharray=\"3,2\"><title>{name}</title></line><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"8\" fill=\"{colour}\">{name}</text>",
-                top + ph,
+                rtop + rh,
                 x + 2.0,
                 top + ph - 3.0
             );
@@ -537,66 +651,131 @@ fn error_rate_charts(h: &mut String, r: &ReportInput<'_>) {
         }
         h.push_str("</svg></div>");
     }
-    if !marks.is_empty() {
-        h.push_str("<p class=\"muted\" style=\"grid-column:1/-1\">Bars: error rate per minute (UTC) from the sampled requests, the pale band its 95% interval; line: p95 latency; dashed: when the incident started, was declared and recovered.</p>");
+    {
+        h.push_str("<p class=\"muted\" style=\"grid-column:1/-1\">Top: error rate per minute (UTC) from the sampled requests, the pale band its 95% interval; line: p95 latency. Bottom: requests per minute in the captured traces, weighted as the error rate is (normal traffic is sampled, at most <code>capture.sample_per_minute</code> traces per minute, so this is a floor on the real rate). Dashed: when the incident started, was declared and recovered.</p>");
     }
 }
 
-fn propagation_graph(h: &mut String, a: &Analysis) {
+/// Services laid out in layers: the first row holds the services whose failure came from no
+/// failing callee, each next row the callers they failed, at most three to a line so that any
+/// number of services fits a phone; below it, every edge in words.
+fn propagation_graph(h: &mut String, r: &ReportInput<'_>) {
+    let a = r.analysis;
     if a.propagation.is_empty() {
         h.push_str("<p class=\"muted\">No failure crossed from one service to another.</p>");
         return;
     }
-    // Nodes in the order they started failing.
-    let mut nodes: Vec<(&str, chrono::DateTime<chrono::Utc>)> = a
-        .services
+    let mut first: std::collections::BTreeMap<&str, Option<chrono::DateTime<chrono::Utc>>> = a
+        .propagation
         .iter()
-        .filter_map(|(s, st)| st.first_error.as_ref().map(|e| (s.as_str(), e.time)))
+        .flat_map(|p| [p.from.as_str(), p.to.as_str()])
+        .map(|s| (s, None))
         .collect();
-    nodes.sort_by(|x, y| x.1.cmp(&y.1).then(x.0.cmp(y.0)));
-    let index: std::collections::HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| (*n, i))
-        .collect();
-    let pos = |name: &str| index.get(name).copied();
-    let (bw, gap, y) = (150.0, 40.0, 70.0);
-    let width = nodes.len() as f64 * (bw + gap) + gap;
+    for (s, t) in first.iter_mut() {
+        *t = a
+            .services
+            .get(*s)
+            .and_then(|st| st.first_error.as_ref())
+            .map(|e| e.time);
+    }
+    // Layer: one more than the deepest failing callee; a cycle stops growing after as many
+    // rounds as there are services.
+    let mut layer: std::collections::BTreeMap<&str, usize> =
+        first.keys().map(|s| (*s, 0)).collect();
+    for _ in 0..first.len() {
+        let mut changed = false;
+        for p in &a.propagation {
+            let want = layer[p.to.as_str()] + 1;
+            if p.from != p.to && layer[p.from.as_str()] < want && want < first.len() {
+                layer.insert(p.from.as_str(), want);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut rows: Vec<Vec<&str>> = Vec::new();
+    let deepest = layer.values().copied().max().unwrap_or(0);
+    for l in 0..=deepest {
+        let mut in_layer: Vec<&str> = layer
+            .iter()
+            .filter(|(_, v)| **v == l)
+            .map(|(s, _)| *s)
+            .collect();
+        in_layer.sort_by_key(|s| (first[s], *s));
+        for chunk in in_layer.chunks(3) {
+            rows.push(chunk.to_vec());
+        }
+    }
+    let (bw, bh, gap, row_h) = (104.0, 36.0, 12.0, 70.0);
+    let width = 3.0 * bw + 4.0 * gap;
+    let height = rows.len() as f64 * row_h + 10.0;
+    let mut at: std::collections::HashMap<&str, (f64, f64)> = std::collections::HashMap::new();
+    for (ri, row) in rows.iter().enumerate() {
+        let used = row.len() as f64 * bw + (row.len() as f64 - 1.0) * gap;
+        let x0 = (width - used) / 2.0;
+        for (ci, s) in row.iter().enumerate() {
+            at.insert(s, (x0 + ci as f64 * (bw + gap), 10.0 + ri as f64 * row_h));
+        }
+    }
     let _ = write!(
         h,
-        "<svg width=\"{width}\" height=\"160\" viewBox=\"0 0 {width} 160\" role=\"img\" aria-label=\"propagation graph\"><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#b33\"/></marker></defs>"
+        "<svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"propagation graph of {} services\"><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#b33\"/></marker></defs>",
+        first.len()
     );
     for p in &a.propagation {
-        let (Some(from), Some(to)) = (pos(&p.to), pos(&p.from)) else {
+        let (Some(&(fx, fy)), Some(&(tx, ty))) = (at.get(p.to.as_str()), at.get(p.from.as_str()))
+        else {
             continue;
         };
-        let x1 = gap + from as f64 * (bw + gap) + bw / 2.0;
-        let x2 = gap + to as f64 * (bw + gap) + bw / 2.0;
-        let lift = 25.0 + 10.0 * (from as f64 - to as f64).abs();
+        // From the failing callee to the caller it failed.
+        let (x1, x2) = (fx + bw / 2.0, tx + bw / 2.0);
+        let (y1, y2) = if ty > fy {
+            (fy + bh, ty)
+        } else {
+            (fy, ty + bh)
+        };
+        let bend = if (ty - fy).abs() < 1.0 { -30.0 } else { 0.0 };
         let _ = write!(
             h,
-            "<path d=\"M{x1:.0},{:.0} C{x1:.0},{:.0} {x2:.0},{:.0} {x2:.0},{:.0}\" fill=\"none\" stroke=\"#b33\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"><title>{} → {}</title></path>",
-            y - 18.0,
-            y - 18.0 - lift,
-            y - 18.0 - lift,
-            y - 18.0,
+            "<path d=\"M{x1:.0},{y1:.0} C{x1:.0},{:.0} {x2:.0},{:.0} {x2:.0},{y2:.0}\" fill=\"none\" stroke=\"#b33\" stroke-width=\"1.5\" marker-end=\"url(#arrow)\"><title>{} → {}: {} trace(s)</title></path>",
+            (y1 + y2) / 2.0 + bend,
+            (y1 + y2) / 2.0 + bend,
             esc(&p.to),
-            esc(&p.from)
+            esc(&p.from),
+            p.traces
         );
     }
-    for (n, (name, t)) in nodes.iter().enumerate() {
-        let x = gap + n as f64 * (bw + gap);
+    for (s, (x, y)) in &at {
+        let label: String = if s.chars().count() > 15 {
+            s.chars().take(14).chain(['…']).collect()
+        } else {
+            (*s).to_owned()
+        };
         let _ = write!(
             h,
-            "<rect x=\"{x:.0}\" y=\"{:.0}\" width=\"{bw}\" height=\"36\" rx=\"6\" fill=\"#fff0f0\" stroke=\"#d33\"/><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"12\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#667\">{}</text>",
-            y - 18.0,
+            "<g><title>{}</title><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{bw}\" height=\"{bh}\" rx=\"6\" fill=\"#fff0f0\" stroke=\"#d33\"/><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"11\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"9\" fill=\"#667\">{}</text></g>",
+            esc(s),
             x + bw / 2.0,
-            y,
-            esc(name),
+            y + 15.0,
+            esc(&label),
             x + bw / 2.0,
-            y + 12.0,
-            t.format("%H:%M:%S%.3f")
+            y + 28.0,
+            first[s].map_or("—".to_owned(), |t| t.format("%H:%M:%S%.3f").to_string())
         );
     }
-    h.push_str("</svg><p class=\"muted\">Services in the order they started failing; arrows run from the service that failed to the caller it failed.</p>");
+    h.push_str("</svg><p class=\"muted\">Top row: services whose failure came from no failing callee; each arrow runs from a service that failed to the caller it failed, with the time each first failed.</p><table><tr><th>failed</th><th>failed its caller</th><th>first seen (UTC)</th><th>traces</th><th>example</th></tr>");
+    for p in &a.propagation {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.to),
+            esc(&p.from),
+            p.first_seen.format("%H:%M:%S%.3f"),
+            p.traces,
+            trace_link(r.trace_url, &p.trace_id.to_hex(), &p.span_id.to_hex())
+        );
+    }
+    h.push_str("</table>");
 }
