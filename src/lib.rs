@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod formats;
 pub mod intake;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod queue;

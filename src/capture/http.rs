@@ -190,7 +190,14 @@ impl HttpBackend {
         }
         loop {
             record.attempts += 1;
+            let sent = Instant::now();
             let outcome = self.send(url.clone()).await;
+            crate::metrics::get().backend_request(
+                self.settings.kind.name(),
+                label.purpose,
+                outcome.as_ref().ok().map(|(status, _, _)| *status),
+                sent.elapsed(),
+            );
             let (retry_after, failure) = match outcome {
                 Ok((status, headers, body)) if status == 429 || status >= 500 => {
                     record.status = Some(status);

@@ -27,7 +27,6 @@ use crate::config::{IntakeSettings, Settings};
 use crate::model::Incident;
 use crate::queue::{DECLARED, Queue, QueueError, RESOLVED};
 use alertmanager::Outcome;
-use metrics::Metrics;
 
 /// The longest any request may take before it is answered 503.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -66,7 +65,6 @@ pub struct Intake {
     /// How far ahead of our clock an incident's times may be.
     clock_skew: chrono::Duration,
     queue: Arc<Queue>,
-    metrics: Metrics,
     deliveries: Mutex<RecentIds>,
 }
 
@@ -134,7 +132,7 @@ impl Intake {
             .await
         {
             Ok(p) => {
-                self.metrics.published(subject, p.duplicate);
+                metrics::published(incident.source(), subject, p.duplicate);
                 tracing::info!(incident = %incident.id(), occurrence = incident.occurrence(), subject, duplicate = p.duplicate, sequence = p.sequence, "incident published");
                 answer(
                     StatusCode::ACCEPTED,
@@ -155,7 +153,7 @@ impl Intake {
     async fn outcome(&self, outcome: Outcome) -> Response {
         match outcome {
             Outcome::Ignored(reason) => {
-                self.metrics.ignored();
+                metrics::ignored();
                 answer(StatusCode::OK, json!({"ignored": reason}))
             }
             Outcome::Publish(subject, incident) => self.publish(subject, &incident).await,
@@ -229,7 +227,7 @@ async fn post_pagerduty(State(i): State<Arc<Intake>>, headers: HeaderMap, body: 
             .unwrap_or_else(|p| p.into_inner())
             .contains(id)
     {
-        i.metrics.duplicate_delivery();
+        metrics::duplicate_delivery();
         return answer(
             StatusCode::ACCEPTED,
             json!({"duplicate": true, "webhook_id": id}),
@@ -265,15 +263,20 @@ async fn readyz(State(i): State<Arc<Intake>>) -> Response {
 
 async fn metrics_page(State(i): State<Arc<Intake>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        i.metrics.render(i.queue.is_connected()),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics::render(i.queue.is_connected()),
     )
         .into_response()
 }
 
 /// Bounds every answer to 5 s and counts it.
-async fn bounded(State(i): State<Arc<Intake>>, req: Request, next: Next) -> Response {
-    let route = req.uri().path().to_owned();
+async fn bounded(req: Request, next: Next) -> Response {
+    // The route's template, never the path sent: a scanner cannot add series.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
     let response = match tokio::time::timeout(ANSWER_WITHIN, next.run(req)).await {
         Ok(r) => r,
         Err(_) => refuse(
@@ -281,7 +284,11 @@ async fn bounded(State(i): State<Arc<Intake>>, req: Request, next: Next) -> Resp
             "no answer within 5 s; retry later",
         ),
     };
-    i.metrics.request(&route, response.status().as_u16());
+    metrics::request(
+        route.as_deref(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -296,7 +303,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(intake.clone(), bounded))
+        .layer(middleware::from_fn(bounded))
         .with_state(intake)
 }
 
@@ -317,7 +324,6 @@ pub async fn serve(
         clock_skew: chrono::Duration::from_std(settings.capture.clock_skew)
             .unwrap_or(chrono::Duration::zero()),
         queue,
-        metrics: Metrics::default(),
         deliveries: Mutex::new(RecentIds::default()),
     });
     let listener = tokio::net::TcpListener::bind(&settings.intake.listen)

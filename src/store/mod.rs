@@ -123,6 +123,18 @@ impl Store {
         })
     }
 
+    /// Checks that the store answers: the bucket (see [`S3Store::check`]), or that the
+    /// directory exists or can be made.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Fs(f) => std::fs::create_dir_all(f.root()).map_err(|source| StoreError::Io {
+                path: f.root().display().to_string(),
+                source,
+            }),
+            Self::S3(s) => Ok(s.check().await?),
+        }
+    }
+
     /// Where bundles go, for logs.
     pub fn describe(&self) -> String {
         match self {

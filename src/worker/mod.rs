@@ -11,7 +11,6 @@ mod process;
 pub mod spool;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -28,7 +27,6 @@ use crate::store::Store;
 pub use job::{CaptureKind, Job, JobRules};
 
 use claim::{Announced, Claims};
-use metrics::Metrics;
 use spool::Spool;
 
 /// Everything the steps share.
@@ -39,7 +37,6 @@ pub(crate) struct Worker {
     spool: Spool,
     claims: Claims,
     announced: Announced,
-    metrics: Metrics,
     http: reqwest::Client,
     rules: JobRules,
     /// The consumer's own `max_deliver` and `ack_wait` (an existing consumer keeps its
@@ -67,6 +64,9 @@ pub async fn serve(
     let spool = Spool::open(std::path::Path::new(&w.spool), spool_max)?;
     // A worker without a trace source could only dead-letter: refuse to start instead.
     crate::collect::configured_sources(settings).context("worker")?;
+    // Probes and metrics answer from the start: /healthz while NATS or the store is still
+    // awaited, /readyz only once both answer.
+    serve_metrics(settings.metrics.listen.clone()).await;
     let queue = Arc::new(Queue::connect(&settings.nats, PUBLISH_TIMEOUT).await?);
     let mut wait = Duration::from_millis(200);
     loop {
@@ -121,13 +121,15 @@ pub async fn serve(
     )
     .await?;
     let store = Store::from_settings(&settings.store).await?;
-    if let Store::S3(s3) = &store {
-        match s3.check().await {
-            Ok(()) => {}
-            Err(e @ crate::store::S3Error::Settings(_)) => return Err(e.into()),
-            // Not fatal: bundles wait in the spool until the store answers.
-            Err(e) => tracing::warn!(error = %e, "the bucket does not answer yet"),
+    match store.check().await {
+        Ok(()) => {
+            crate::metrics::get().store_reachable.set(1);
         }
+        Err(e @ crate::store::StoreError::S3(crate::store::S3Error::Settings(_))) => {
+            return Err(e.into());
+        }
+        // Not fatal: bundles wait in the spool until the store answers.
+        Err(e) => tracing::warn!(error = %e, "the store does not answer yet"),
     }
     let (hand_back, handing_back) = watch::channel(false);
     let worker = Arc::new(Worker {
@@ -137,7 +139,6 @@ pub async fn serve(
         spool,
         claims,
         announced,
-        metrics: Metrics::default(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -156,7 +157,9 @@ pub async fn serve(
         handing_back,
         conflicts: Default::default(),
     });
-    worker.metrics.spool_max.store(spool_max, Ordering::Relaxed);
+    crate::metrics::get()
+        .spool_max_bytes
+        .set(i64::try_from(spool_max).unwrap_or(i64::MAX));
     worker.report_spool();
     tracing::info!(
         nats = %crate::capture::redact_url(&settings.nats.url),
@@ -166,7 +169,7 @@ pub async fn serve(
         concurrency = settings.capture.concurrency,
         "worker started"
     );
-    serve_metrics(worker.clone()).await;
+    watch_health(queue.clone(), worker.store.clone());
 
     let (stop_tx, mut stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -217,7 +220,7 @@ pub async fn serve(
             _ = stopped(&mut stop) => break,
         };
         while tasks.try_join_next().is_some() {}
-        if fetched.is_ok() && worker.metrics.pull_failing.swap(0, Ordering::Relaxed) == 1 {
+        if fetched.is_ok() && crate::metrics::get().pull_failing.set(0) == 1 {
             tracing::info!("pulling incident messages again");
         }
         let fetched = fetched.map(|msgs| {
@@ -237,16 +240,16 @@ pub async fn serve(
             Ok(Some(msg)) => {
                 let worker = worker.clone();
                 tasks.spawn(async move {
-                    worker.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::get().captures_in_flight.inc();
                     // The slot is freed as soon as the bundle is spooled: a message waiting for
                     // the store must not keep new incidents from being captured.
                     worker.process_one(msg, permit).await;
-                    worker.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    crate::metrics::get().captures_in_flight.dec();
                 });
             }
             Ok(None) => {}
             Err(e) => {
-                worker.metrics.pull_failing.store(1, Ordering::Relaxed);
+                crate::metrics::get().pull_failing.set(1);
                 tracing::warn!(error = %e, "cannot pull incident messages; making sure the stream and consumer exist, then retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -369,11 +372,48 @@ async fn fetch(
     Ok(out)
 }
 
+/// Keeps the gauges /readyz reads current: NATS every 5 s, the store every 30 s.
+fn watch_health(queue: Arc<Queue>, store: Store) {
+    tokio::spawn(async move {
+        let m = crate::metrics::get();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        for round in 0u64.. {
+            tick.tick().await;
+            m.worker_nats_connected.set(i64::from(queue.is_connected()));
+            if round % 6 == 0 {
+                let reachable = match store.check().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the store does not answer");
+                        false
+                    }
+                };
+                m.store_reachable.set(i64::from(reachable));
+            }
+        }
+    });
+}
+
+/// Why the worker is not ready, if it is not: NATS disconnected, the consumer failing, or the
+/// store not answering.
+fn not_ready() -> Option<&'static str> {
+    let m = crate::metrics::get();
+    if m.worker_nats_connected.get() != 1 {
+        Some("NATS is not connected")
+    } else if m.pull_failing.get() == 1 {
+        Some("cannot pull incident messages from the consumer")
+    } else if m.store_reachable.get() != 1 {
+        Some("the store does not answer")
+    } else {
+        None
+    }
+}
+
 /// `/metrics`, `/healthz`, `/readyz` on `metrics.listen` (a bind failure is logged, not fatal:
 /// the evidence matters more than the metrics).
-async fn serve_metrics(worker: Arc<Worker>) {
+async fn serve_metrics(listen: String) {
+    use axum::http::StatusCode;
     use axum::routing::get;
-    let listen = worker.settings.metrics.listen.clone();
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -381,29 +421,26 @@ async fn serve_metrics(worker: Arc<Worker>) {
             return;
         }
     };
-    let metrics = worker.clone();
-    let ready = worker.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || async move { metrics.metrics.render(metrics.queue.is_connected()) }),
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    crate::metrics::get().render_worker(),
+                )
+            }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
-            get(move || async move {
-                if !ready.queue.is_connected() {
-                    (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "NATS not connected",
-                    )
-                } else if ready.metrics.pull_failing.load(Ordering::Relaxed) == 1 {
-                    (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "cannot pull incident messages from the consumer",
-                    )
-                } else {
-                    (axum::http::StatusCode::OK, "ready")
+            get(|| async {
+                match not_ready() {
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    None => (StatusCode::OK, "ready\n".to_owned()),
                 }
             }),
         );

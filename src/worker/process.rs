@@ -3,7 +3,6 @@
 //! in exactly one of: acked, nak'ed with a growing delay, or dead-lettered and terminated.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
@@ -12,7 +11,7 @@ use sha2::Digest;
 
 use super::Worker;
 use super::job::{CaptureKind, Job, capture_base, numbered, position_in};
-use super::metrics::Outcome;
+use super::metrics::{self, Outcome};
 use crate::bundle::{BundleOptions, PreviousCapture};
 use crate::model::IncidentId;
 use crate::notify::{EvidenceReady, post_webhook};
@@ -56,6 +55,8 @@ impl Worker {
     /// Handles one message to the end.
     pub(crate) async fn process_one(&self, msg: Message, slot: tokio::sync::OwnedSemaphorePermit) {
         let mut slot = Some(slot);
+        let started = std::time::Instant::now();
+        crate::metrics::get().incidents_received.inc();
         let (deliveries, published, sequence) = match msg.info() {
             Ok(i) => (i.delivered, i.published, i.stream_sequence),
             Err(e) => {
@@ -73,7 +74,7 @@ impl Worker {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(sequence, reason, "refusing an incident message");
-                self.dead_letter(&msg, &reason, deliveries).await;
+                self.dead_letter(&msg, "refused", &reason, deliveries).await;
                 return;
             }
         };
@@ -94,12 +95,12 @@ impl Worker {
                 if deliveries >= self.max_deliver {
                     // JetStream would not deliver it again: record it rather than lose it.
                     let reason = "the worker shut down during the message's last delivery; a spooled bundle, if any, is stored by the next worker start";
-                    self.dead_letter(&msg, reason, deliveries).await;
+                    self.dead_letter(&msg, "shutdown", reason, deliveries).await;
                     return;
                 }
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 tracing::warn!(parent: &span, "handed back unfinished (shutdown)");
-                self.metrics.outcome(Outcome::HandedBack);
+                metrics::outcome(Outcome::HandedBack);
                 return;
             }
         };
@@ -110,31 +111,41 @@ impl Worker {
                     tracing::warn!(parent: &span, error = %e, "cannot acknowledge");
                 }
                 let outcome = match done {
-                    Done::Stored => Outcome::Stored,
+                    Done::Stored => {
+                        crate::metrics::get()
+                            .capture_duration
+                            .observe(started.elapsed().as_secs_f64());
+                        Outcome::Stored
+                    }
                     Done::AlreadyCaptured => Outcome::AlreadyCaptured,
                 };
                 tracing::info!(parent: &span, outcome = ?outcome, "done");
-                self.metrics.outcome(outcome);
+                metrics::outcome(outcome);
             }
             Err(Failure::Permanent(reason)) => {
                 tracing::error!(parent: &span, reason, "cannot be captured");
-                self.dead_letter(&msg, &reason, deliveries).await;
+                metrics::failed("permanent");
+                self.dead_letter(&msg, "permanent", &reason, deliveries)
+                    .await;
             }
             Err(Failure::Transient(error)) if deliveries >= self.max_deliver => {
                 tracing::error!(parent: &span, error, "failed on its last delivery");
+                metrics::failed("transient");
                 let reason = format!("failed {deliveries} times; last error: {error}");
-                self.dead_letter(&msg, &reason, deliveries).await;
+                self.dead_letter(&msg, "max_deliver", &reason, deliveries)
+                    .await;
             }
             Err(Failure::Transient(error)) => {
+                metrics::failed("transient");
                 let delay = self.retry_delay(deliveries);
                 tracing::warn!(parent: &span, error, retry_in = ?delay, "failed; will be retried");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                self.metrics.outcome(Outcome::Retried);
+                metrics::outcome(Outcome::Retried);
             }
             Err(Failure::NotDue(delay)) => {
                 tracing::info!(parent: &span, due_in = ?delay, "not due yet: handed back until the window has passed");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                self.metrics.outcome(Outcome::Waiting);
+                metrics::outcome(Outcome::Waiting);
             }
         }
     }
@@ -299,10 +310,14 @@ impl Worker {
             return Ok(Done::AlreadyCaptured);
         }
         let attempts = self.settings.worker.upload_attempts;
+        let bytes = super::spool::dir_bytes(dir);
         let manifest = match self.store.put_bundle(dir, id, capture, attempts).await {
-            Ok(manifest) => manifest,
+            Ok(manifest) => {
+                crate::metrics::get().stored_bytes.inc_by(bytes);
+                manifest
+            }
             Err(e) => {
-                self.metrics.upload_failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().upload_failures.inc();
                 if e.is_conflict() {
                     self.conflicts
                         .lock()
@@ -361,11 +376,11 @@ impl Worker {
         );
         let url = &self.settings.notify.webhook_url;
         if !url.is_empty()
-            && let Err(e) = post_webhook(&self.http, url, &ready.webhook_body()).await
+            && let Err(e) = post_webhook(&self.http, url, &ready.webhook_body())
+                .await
+                .inspect(|_| metrics::webhook(true))
         {
-            self.metrics
-                .webhook_failures
-                .fetch_add(1, Ordering::Relaxed);
+            metrics::webhook(false);
             tracing::error!(
                 webhook = %webhook_host(url),
                 error = e,
@@ -422,7 +437,7 @@ impl Worker {
         let sources = crate::collect::configured_sources(&self.settings)
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
         let plan = crate::collect::plan(&self.settings, job.incident.clone(), window);
-        self.check_margin(&plan.window);
+        let _margin = self.check_margin(&plan.window);
         tracing::info!(
             window.start = %plan.window.start(),
             window.end = %plan.window.end(),
@@ -481,9 +496,7 @@ impl Worker {
                 }
             };
         let dir = self.spool.publish(&staged).map_err(transient)?;
-        if !summary.gaps.is_empty() {
-            self.metrics.partial(&summary.gaps);
-        }
+        metrics::captured(summary.status, &summary.counts, &summary.gaps);
         tracing::info!(
             status = summary.status,
             traces = summary.counts.traces,
@@ -538,24 +551,20 @@ impl Worker {
     }
 
     /// Warns (log and metric) when the window's oldest part is about to leave a backend's
-    /// retention, or already has (that part is then an `expired` gap).
-    fn check_margin(&self, window: &crate::model::TimeWindow) {
-        let Some(keep) = self.shortest_retention() else {
-            return;
-        };
-        let Some(expires) = window.start().checked_add_signed(keep) else {
-            return;
-        };
+    /// retention, or already has (that part is then an `expired` gap); the margin is watched
+    /// (`evidence_locker_worker_retention_margin_seconds`) while the returned guard lives.
+    fn check_margin(
+        &self,
+        window: &crate::model::TimeWindow,
+    ) -> Option<crate::metrics::MarginWatch> {
+        let keep = self.shortest_retention()?;
+        let expires = window.start().checked_add_signed(keep)?;
+        let watch = crate::metrics::get().watch_margin(expires);
         let margin = expires - Utc::now();
-        self.metrics
-            .retention_margin_seconds
-            .store(margin.num_seconds().max(0) as u64, Ordering::Relaxed);
         let warn = chrono::Duration::from_std(self.settings.capture.retention_margin_warn)
             .unwrap_or_default();
         if margin < warn {
-            self.metrics
-                .retention_margin_warnings
-                .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().retention_margin_warnings.inc();
             if margin <= chrono::Duration::zero() {
                 tracing::warn!(
                     expired_at = %expires,
@@ -570,6 +579,7 @@ impl Worker {
                 );
             }
         }
+        Some(watch)
     }
 
     /// True when the whole window is still inside every configured backend's retention `after`
@@ -601,7 +611,9 @@ impl Worker {
     /// Publishes the message's payload and headers with the reason to `incidents.deadletter`,
     /// then terminates it. If the dead letter cannot be published, the message is retried
     /// instead: it is never dropped unrecorded.
-    async fn dead_letter(&self, msg: &Message, reason: &str, deliveries: i64) {
+    /// Publishes the message on incidents.deadletter with `reason`, counted under `kind`
+    /// (refused, permanent, max_deliver, shutdown).
+    async fn dead_letter(&self, msg: &Message, kind: &'static str, reason: &str, deliveries: i64) {
         let info = msg.info().ok();
         let sequence = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
         let mut headers = async_nats::HeaderMap::new();
@@ -666,7 +678,8 @@ impl Worker {
         {
             Ok(_) => {
                 let _ = msg.ack_with(AckKind::Term).await;
-                self.metrics.outcome(Outcome::DeadLettered);
+                metrics::outcome(Outcome::DeadLettered);
+                metrics::dead_lettered(kind);
                 tracing::warn!(sequence, reason = one_line, "dead-lettered");
             }
             Err(e) if deliveries >= self.max_deliver => {
@@ -677,14 +690,15 @@ impl Worker {
                     reason = one_line,
                     "cannot dead-letter a message on its last delivery: find it in the stream by its sequence"
                 );
-                self.metrics.outcome(Outcome::DeadLettered);
+                metrics::outcome(Outcome::DeadLettered);
+                metrics::dead_lettered(kind);
             }
             Err(e) => {
                 tracing::error!(sequence, error = %e, "cannot dead-letter; the message will be retried");
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(self.retry_delay(deliveries))))
                     .await;
-                self.metrics.outcome(Outcome::Retried);
+                metrics::outcome(Outcome::Retried);
             }
         }
     }
@@ -733,16 +747,11 @@ impl Worker {
     /// Updates the spool gauges and logs the spool's size.
     pub(crate) fn report_spool(&self) {
         let (bytes, bundles) = self.spool.usage();
-        self.metrics.spool_bytes.store(bytes, Ordering::Relaxed);
-        self.metrics
-            .spool_bundles
-            .store(bundles as u64, Ordering::Relaxed);
-        tracing::info!(
-            bundles,
-            bytes,
-            max_bytes = self.metrics.spool_max.load(Ordering::Relaxed),
-            "spool"
-        );
+        let m = crate::metrics::get();
+        m.spool_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        m.spool_bundles
+            .set(i64::try_from(bundles).unwrap_or(i64::MAX));
+        tracing::info!(bundles, bytes, max_bytes = m.spool_max_bytes.get(), "spool");
     }
 }
 
