@@ -170,6 +170,17 @@ impl Metrics {
                 let _ = family.get_or_create(&vec![(key, (*v).to_owned())]);
             }
         }
+        for source in ["alertmanager", "pagerduty", "generic"] {
+            for subject in ["incidents.declared", "incidents.resolved"] {
+                for duplicate in ["false", "true"] {
+                    let _ = m.intake_incidents.get_or_create(&vec![
+                        ("source", source.to_owned()),
+                        ("subject", subject.to_owned()),
+                        ("duplicate", duplicate.to_owned()),
+                    ]);
+                }
+            }
+        }
         m
     }
 

@@ -427,6 +427,27 @@ async fn bad_requests_are_refused_and_nothing_is_published() {
         "{metrics}"
     );
     assert!(metrics.contains("evidence_locker_intake_nats_connected 1"));
+    // Paths that are no route are counted together: a scanner adds no series.
+    reqwest::get(format!("{}/wp-login.php?x=1", intake.base))
+        .await
+        .unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", intake.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("wp-login"), "{metrics}");
+    assert!(
+        metrics.contains("route=\"other\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    // Every intake metric the alerting rules and the dashboard use is there.
+    support::deploy::assert_deploy_metrics_exported(
+        &metrics,
+        |n| n.starts_with("evidence_locker_intake_") || n == "evidence_locker_build_info",
+        &[],
+    );
 }
 
 #[tokio::test]

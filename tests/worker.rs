@@ -535,6 +535,44 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         "{}",
         worker.log()
     );
+    // What Prometheus sees: two captures stored, their traces counted, the webhook delivered
+    // twice, the backend asked; and every worker metric the alerting rules and the dashboard use.
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for sample in [
+        "evidence_locker_worker_captures_total{status=\"complete\"} 2",
+        "evidence_locker_worker_webhook_deliveries_total{result=\"delivered\"} 2",
+        "evidence_locker_worker_messages_total{outcome=\"already_captured\"} 1",
+        "evidence_locker_worker_capture_duration_seconds_count 2",
+        "evidence_locker_worker_store_reachable 1",
+        "evidence_locker_worker_nats_connected 1",
+    ] {
+        assert!(metrics.contains(sample), "{sample} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("evidence_locker_backend_requests_total{backend=\"jaeger\",purpose=\"errors\",status=\"200\"}"),
+        "{metrics}"
+    );
+    let errors_captured: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("evidence_locker_traces_captured_total{kind=\"errors\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("error traces are counted");
+    assert!(errors_captured >= 40, "{errors_captured}");
+    support::deploy::assert_deploy_metrics_exported(
+        &metrics,
+        |n| !n.starts_with("evidence_locker_intake_"),
+        // Only while a capture is in flight.
+        &["evidence_locker_worker_retention_margin_seconds"],
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", worker.metrics))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 // Handlers of the loopback servers return ready responses as errors.
 #![allow(clippy::result_large_err)]
 
+pub mod deploy;
 pub mod intake;
 pub mod jaeger;
 pub mod nats;
