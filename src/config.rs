@@ -22,6 +22,20 @@ pub enum ConfigError {
     MissingFile(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// Every problem found, each naming its key.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<String>),
+}
+
+impl ConfigError {
+    /// The problems, one per bad key.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::MissingFile(_) => vec![self.to_string()],
+            Self::Invalid(m) => vec![m.clone()],
+            Self::Problems(p) => p.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -60,9 +74,13 @@ pub struct NatsSettings {
     pub credentials: String,
     #[serde(deserialize_with = "any_scalar")]
     pub token: String,
+    /// A file holding the token.
+    pub token_file: String,
     /// An nkey seed.
     #[serde(deserialize_with = "any_scalar")]
     pub nkey: String,
+    /// A file holding the nkey seed.
+    pub nkey_file: String,
     /// How long JetStream remembers message ids to drop duplicates.
     #[serde(with = "dur")]
     pub duplicate_window: Duration,
@@ -115,8 +133,12 @@ pub struct BackendSettings {
     pub username: String,
     #[serde(deserialize_with = "any_scalar")]
     pub password: String,
+    /// A file holding the password.
+    pub password_file: String,
     #[serde(deserialize_with = "any_scalar")]
     pub bearer_token: String,
+    /// A file holding the bearer token.
+    pub bearer_token_file: String,
     /// Tempo's `X-Scope-OrgID` (multi-tenant deployments).
     pub tenant: String,
 }
@@ -150,6 +172,8 @@ impl std::fmt::Debug for BackendSettings {
                     "<set>"
                 },
             )
+            .field("password_file", &self.password_file)
+            .field("bearer_token_file", &self.bearer_token_file)
             .field("tenant", &self.tenant)
             .finish()
     }
@@ -169,7 +193,9 @@ impl Default for BackendSettings {
             kept_normal_share: 1.0,
             username: String::new(),
             password: String::new(),
+            password_file: String::new(),
             bearer_token: String::new(),
+            bearer_token_file: String::new(),
             tenant: String::new(),
         }
     }
@@ -334,12 +360,26 @@ pub struct IntakeSettings {
     pub listen: String,
     #[serde(deserialize_with = "any_scalar")]
     pub bearer_token: String,
+    pub bearer_token_file: String,
     #[serde(deserialize_with = "any_scalar")]
     pub basic_username: String,
     #[serde(deserialize_with = "any_scalar")]
     pub basic_password: String,
+    pub basic_password_file: String,
     #[serde(deserialize_with = "secret_list")]
     pub pagerduty_secrets: Vec<String>,
+    /// One secret per line, added to `pagerduty_secrets`.
+    pub pagerduty_secrets_file: String,
+    /// The intake's address as people reach it (`https://evidence.example.com`); with
+    /// `link_secret`, notifications carry a stable report link through it.
+    pub public_url: String,
+    /// The HMAC key of stable report links.
+    #[serde(deserialize_with = "any_scalar")]
+    pub link_secret: String,
+    pub link_secret_file: String,
+    /// How long a stable report link is honoured.
+    #[serde(with = "dur")]
+    pub link_ttl: Duration,
     pub body_limit: String,
     #[serde(with = "dur")]
     pub publish_timeout: Duration,
@@ -378,6 +418,16 @@ impl std::fmt::Debug for IntakeSettings {
             .field("alertmanager_matchers", &self.alertmanager_matchers)
             .field("pagerduty_services", &self.pagerduty_services)
             .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("public_url", &self.public_url)
+            .field(
+                "link_secret",
+                &if self.link_secret.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("link_ttl", &self.link_ttl)
             .finish()
     }
 }
@@ -386,6 +436,8 @@ impl std::fmt::Debug for IntakeSettings {
 #[serde(deny_unknown_fields)]
 pub struct NotifySettings {
     pub webhook_url: String,
+    /// A file holding the webhook URL (its path is the secret).
+    pub webhook_url_file: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -400,7 +452,7 @@ impl Settings {
         Self::load_with_env(file, Env::prefixed("EVIDENCE_LOCKER__").split("__"))
     }
 
-    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+    fn figment(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -408,20 +460,122 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let settings: Self = figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))?;
-        settings.check()?;
-        Ok(settings)
+        Ok(figment.merge(env))
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let figment = Self::figment(file, env)?;
+        let mut settings: Self = figment
+            .extract()
+            .map_err(|e| ConfigError::Problems(section_errors(&figment, e)))?;
+        let mut errs = Vec::new();
+        settings.read_secret_files(&mut errs);
+        settings.check(&mut errs);
+        if errs.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Problems(errs))
+        }
+    }
+
+    /// The configuration as the program sees it (defaults, the file, the environment), as TOML
+    /// with every secret masked: `<set>` where one is given inline, the `*_file` paths as they
+    /// are.
+    pub fn effective(file: Option<&Path>) -> Result<String, ConfigError> {
+        let env = Env::prefixed("EVIDENCE_LOCKER__").split("__");
+        let value: toml::Value = Self::figment(file, env)?
+            .extract()
+            .map_err(|e| ConfigError::Problems(describe_each(e)))?;
+        let mut value = value;
+        mask(&mut value, "");
+        toml::to_string_pretty(&value).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Fills each secret from its `*_file` key: the file's text without its final newline.
+    /// Both set is a mistake (which one would win?), and so is a file that cannot be read.
+    fn read_secret_files(&mut self, errs: &mut Vec<String>) {
+        let mut pairs: Vec<(String, &mut String, &mut String)> = vec![
+            ("nats.token".into(), &mut self.nats.token, &mut self.nats.token_file),
+            ("nats.nkey".into(), &mut self.nats.nkey, &mut self.nats.nkey_file),
+            (
+                "intake.bearer_token".into(),
+                &mut self.intake.bearer_token,
+                &mut self.intake.bearer_token_file,
+            ),
+            (
+                "intake.basic_password".into(),
+                &mut self.intake.basic_password,
+                &mut self.intake.basic_password_file,
+            ),
+            (
+                "intake.link_secret".into(),
+                &mut self.intake.link_secret,
+                &mut self.intake.link_secret_file,
+            ),
+            (
+                "notify.webhook_url".into(),
+                &mut self.notify.webhook_url,
+                &mut self.notify.webhook_url_file,
+            ),
+        ];
+        for (name, b) in self.backends.iter_mut() {
+            pairs.push((
+                format!("backends.{name}.password"),
+                &mut b.password,
+                &mut b.password_file,
+            ));
+            pairs.push((
+                format!("backends.{name}.bearer_token"),
+                &mut b.bearer_token,
+                &mut b.bearer_token_file,
+            ));
+        }
+        for (key, value, file) in pairs {
+            if file.is_empty() {
+                continue;
+            }
+            if !value.is_empty() {
+                errs.push(format!(
+                    "{key} and {key}_file are both set: give the secret one way"
+                ));
+                continue;
+            }
+            match std::fs::read_to_string(&*file) {
+                Ok(text) => *value = text.trim_end_matches(['\r', '\n']).to_owned(),
+                Err(e) => errs.push(format!("{key}_file: cannot read {file}: {e}")),
+            }
+        }
+        let file = &self.intake.pagerduty_secrets_file;
+        if !file.is_empty() {
+            match std::fs::read_to_string(file) {
+                // One secret per line, added to those given inline (a rotation has two).
+                Ok(text) => self.intake.pagerduty_secrets.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                ),
+                Err(e) => errs.push(format!(
+                    "intake.pagerduty_secrets_file: cannot read {file}: {e}"
+                )),
+            }
+        }
+        for (key, path) in [
+            ("nats.credentials", &self.nats.credentials),
+            ("signing.key_file", &self.signing.key_file),
+        ] {
+            if !path.is_empty() && std::fs::File::open(path).is_err() {
+                errs.push(format!("{key}: {path} does not exist or cannot be read"));
+            }
+        }
+    }
+
+    /// Every problem of the loaded values, each naming its key.
+    fn check(&self, errs: &mut Vec<String>) {
         for (name, b) in self.backends.iter().filter(|(_, b)| b.enabled()) {
             match url::Url::parse(&b.url) {
                 Err(_) => {
-                    return bad(format!(
+                    errs.push(format!(
                         "backends.{name}.url {:?} is not a URL",
                         crate::capture::redact_url(&b.url)
                     ));
@@ -429,7 +583,7 @@ impl Settings {
                 // Searches build their own query string: one in the base URL would be dropped
                 // without a word, and may hold a credential that would then be logged.
                 Ok(u) if u.query().is_some() || u.fragment().is_some() => {
-                    return bad(format!(
+                    errs.push(format!(
                         "backends.{name}.url {:?} has a query string or fragment, which searches cannot keep: give credentials as backends.{name}.bearer_token or username and password, and the tenant as backends.{name}.tenant",
                         crate::capture::redact_url(&b.url)
                     ));
@@ -437,22 +591,22 @@ impl Settings {
                 Ok(_) => {}
             }
             if b.concurrency == 0 || b.query_limit == 0 {
-                return bad(format!(
+                errs.push(format!(
                     "backends.{name}: concurrency and query_limit must be at least 1"
                 ));
             }
             if !(b.kept_normal_share > 0.0 && b.kept_normal_share <= 1.0) {
-                return bad(format!(
+                errs.push(format!(
                     "backends.{name}.kept_normal_share must be above 0 and at most 1, not {}",
                     b.kept_normal_share
                 ));
             }
         }
         if let Err(e) = crate::redact::Redactor::new(&self.redaction) {
-            return bad(e);
+            errs.push(e);
         }
         if let Err(e) = crate::sign::ManifestSigner::from_settings(&self.signing) {
-            return bad(e);
+            errs.push(e);
         }
         let t = &self.report.trace_url;
         if !t.is_empty()
@@ -460,19 +614,19 @@ impl Settings {
                 || url::Url::parse(&t.replace("{trace_id}", "0").replace("{span_id}", "0"))
                     .is_err())
         {
-            return bad(format!(
+            errs.push(format!(
                 "report.trace_url {t:?} must be a URL holding {{trace_id}} (for example https://jaeger.example/trace/{{trace_id}}?uiFind={{span_id}})"
             ));
         }
         if self.capture.concurrency == 0 {
-            return bad("capture.concurrency must be at least 1".into());
+            errs.push("capture.concurrency must be at least 1".into());
         }
-        self.check_bounds()?;
+        self.check_bounds(errs);
         if !(0.0..=1.0).contains(&self.analysis.error_rate_threshold) {
-            return bad("analysis.error_rate_threshold must be between 0 and 1".into());
+            errs.push("analysis.error_rate_threshold must be between 0 and 1".into());
         }
         if parse_size(&self.intake.body_limit).is_none() {
-            return bad(format!(
+            errs.push(format!(
                 "intake.body_limit {:?} is not a size (examples: 256KiB, 1MiB, 65536)",
                 self.intake.body_limit
             ));
@@ -483,31 +637,32 @@ impl Settings {
             .iter()
             .any(|s| s.trim().is_empty())
         {
-            return bad("intake.pagerduty_secrets holds an empty secret, which would accept anyone's signature".into());
+            errs.push("intake.pagerduty_secrets holds an empty secret, which would accept anyone's signature".into());
         }
         if self.intake.publish_timeout.is_zero()
             || self.intake.publish_timeout >= Duration::from_secs(5)
         {
-            return bad("intake.publish_timeout must be more than 0 and less than 5s (every answer is due within 5 s)".into());
+            errs.push("intake.publish_timeout must be more than 0 and less than 5s (every answer is due within 5 s)".into());
         }
         for m in &self.intake.alertmanager_matchers {
             if let Err(e) = crate::intake::alertmanager::Matcher::parse(m) {
-                return bad(format!("intake.alertmanager_matchers: {e}"));
+                errs.push(format!("intake.alertmanager_matchers: {e}"));
             }
         }
         if !matches!(self.store.kind.as_str(), "fs" | "s3") {
-            return bad(format!(
+            errs.push(format!(
                 "store.kind {:?} must be \"fs\" or \"s3\"",
                 self.store.kind
             ));
         }
-        self.check_store()?;
-        self.check_worker()
+        self.check_store(errs);
+        self.check_worker(errs);
+        self.check_addresses(errs);
     }
 
     /// Bounds every value that date arithmetic or a multiplication could overflow with, so that a
     /// huge value fails here, naming its key, rather than panicking mid-capture.
-    fn check_bounds(&self) -> Result<(), ConfigError> {
+    fn check_bounds(&self, errs: &mut Vec<String>) {
         const CENTURY: Duration = Duration::from_secs(100 * 365 * 86400);
         let c = &self.capture;
         let w = &self.worker;
@@ -541,133 +696,179 @@ impl Settings {
         }
         for (key, d) in durations {
             if d > CENTURY {
-                return Err(ConfigError::Invalid(format!(
+                errs.push(format!(
                     "{key} is {}, more than 100 years",
                     humantime::format_duration(d)
-                )));
+                ));
             }
         }
-        let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.store.object_lock_days > 36_500 {
-            return bad("store.object_lock_days must be at most 36500 (100 years)".into());
+            errs.push("store.object_lock_days must be at most 36500 (100 years)".into());
         }
         if c.max_window.is_zero() {
-            return bad("capture.max_window must be more than 0".into());
+            errs.push("capture.max_window must be more than 0".into());
         }
         if c.sample_per_minute > 10_000 {
-            return bad("capture.sample_per_minute must be at most 10000".into());
+            errs.push("capture.sample_per_minute must be at most 10000".into());
         }
         if c.max_services == 0 || c.max_traces == 0 {
-            return bad("capture.max_services and capture.max_traces must be at least 1".into());
+            errs.push("capture.max_services and capture.max_traces must be at least 1".into());
         }
         if parse_size(&c.max_bytes).is_none_or(|n| n == 0) {
-            return bad(format!(
+            errs.push(format!(
                 "capture.max_bytes {:?} is not a size (examples: 2GiB, 500MiB)",
                 c.max_bytes
             ));
         }
         if parse_size(&self.nats.stream_max_bytes).is_none_or(|n| n == 0) {
-            return bad(format!(
+            errs.push(format!(
                 "nats.stream_max_bytes {:?} is not a size (examples: 1GiB, 500MiB)",
                 self.nats.stream_max_bytes
             ));
         }
         if self.nats.stream_max_age.is_zero() {
-            return bad("nats.stream_max_age must be more than 0".into());
+            errs.push("nats.stream_max_age must be more than 0".into());
         }
         if w.max_deliver > 1000 {
-            return bad("worker.max_deliver must be at most 1000".into());
+            errs.push("worker.max_deliver must be at most 1000".into());
         }
         for (name, b) in &self.backends {
             if b.retries > 100 {
-                return bad(format!("backends.{name}.retries must be at most 100"));
+                errs.push(format!("backends.{name}.retries must be at most 100"));
             }
         }
-        Ok(())
     }
 
-    fn check_store(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    fn check_store(&self, errs: &mut Vec<String>) {
         let s = &self.store;
         if !matches!(
             s.object_lock_mode.as_str(),
             "" | "GOVERNANCE" | "COMPLIANCE"
         ) {
-            return bad(format!(
+            errs.push(format!(
                 "store.object_lock_mode {:?} must be \"\", \"GOVERNANCE\" or \"COMPLIANCE\"",
                 s.object_lock_mode
             ));
         }
         if !s.object_lock_mode.is_empty() && s.object_lock_days == 0 {
-            return bad(
+            errs.push(
                 "store.object_lock_days must be at least 1 when store.object_lock_mode is set"
                     .into(),
             );
         }
         if !matches!(s.sse.as_str(), "" | "AES256" | "aws:kms") {
-            return bad(format!(
+            errs.push(format!(
                 "store.sse {:?} must be \"\", \"AES256\" or \"aws:kms\"",
                 s.sse
             ));
         }
         if !s.sse_kms_key_id.is_empty() && s.sse != "aws:kms" {
-            return bad("store.sse_kms_key_id is set but store.sse is not \"aws:kms\"".into());
+            errs.push("store.sse_kms_key_id is set but store.sse is not \"aws:kms\"".into());
         }
         match parse_size(&s.multipart_part_size) {
             Some(n) if n >= 5 << 20 => {}
             _ => {
-                return bad(format!(
+                errs.push(format!(
                     "store.multipart_part_size {:?} must be a size of at least 5MiB (S3's smallest part)",
                     s.multipart_part_size
                 ));
             }
         }
         if s.link_ttl.is_zero() || s.link_ttl > Duration::from_secs(7 * 86400) {
-            return bad("store.link_ttl must be more than 0 and at most 7d (the longest a presigned S3 link lives)".into());
+            errs.push("store.link_ttl must be more than 0 and at most 7d (the longest a presigned S3 link lives)".into());
         }
         if s.kind == "s3" && s.bucket.trim().is_empty() {
-            return bad("store.bucket is empty but store.kind is \"s3\"".into());
+            errs.push("store.bucket is empty but store.kind is \"s3\"".into());
         }
         if !s.endpoint.is_empty() && url::Url::parse(&s.endpoint).is_err() {
-            return bad(format!(
+            errs.push(format!(
                 "store.endpoint {:?} is not a URL",
                 crate::capture::redact_url(&s.endpoint)
             ));
         }
-        Ok(())
     }
 
-    fn check_worker(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    /// URLs and listen addresses, and what the stable links need.
+    fn check_addresses(&self, errs: &mut Vec<String>) {
+        let n = &self.nats.url;
+        // async-nats takes a comma-separated list of servers.
+        for server in n.split(',').map(str::trim) {
+            let ok = url::Url::parse(server).is_ok_and(|u| {
+                matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") && u.host_str().is_some()
+            });
+            if !ok {
+                errs.push(format!(
+                    "nats.url {:?} is not a NATS URL (nats://host:4222, tls://…, ws://…)",
+                    crate::capture::redact_url(server)
+                ));
+            }
+        }
+        for (key, value) in [
+            ("notify.webhook_url", &self.notify.webhook_url),
+            ("intake.public_url", &self.intake.public_url),
+        ] {
+            if !value.is_empty()
+                && !url::Url::parse(value)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            {
+                // The webhook's path is its secret: only the scheme is worth showing.
+                errs.push(format!("{key} is not an http:// or https:// URL"));
+            }
+        }
+        for (key, value) in [
+            ("intake.listen", &self.intake.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
+            let ok = value
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                errs.push(format!(
+                    "{key} {value:?} is not an address to listen on (host:port, e.g. 0.0.0.0:8080)"
+                ));
+            }
+        }
+        let i = &self.intake;
+        if !i.public_url.is_empty() && i.link_secret.is_empty() {
+            errs.push("intake.public_url is set but intake.link_secret is empty: stable report links need both (the same on the worker and the intake)".into());
+        }
+        if !i.link_secret.is_empty() && i.link_secret.len() < 16 {
+            errs.push("intake.link_secret must be at least 16 characters (openssl rand -hex 32)".into());
+        }
+        if i.link_ttl.is_zero() || i.link_ttl > Duration::from_secs(10 * 365 * 86400) {
+            errs.push("intake.link_ttl must be more than 0 and at most 10 years".into());
+        }
+    }
+
+    fn check_worker(&self, errs: &mut Vec<String>) {
         let w = &self.worker;
         if parse_size(&w.spool_max).is_none_or(|n| n == 0) {
-            return bad(format!(
+            errs.push(format!(
                 "worker.spool_max {:?} is not a size (examples: 10GiB, 500MiB)",
                 w.spool_max
             ));
         }
         if parse_size(&w.max_message).is_none_or(|n| n == 0) {
-            return bad(format!(
+            errs.push(format!(
                 "worker.max_message {:?} is not a size (examples: 1MiB, 65536)",
                 w.max_message
             ));
         }
         if w.ack_wait < Duration::from_secs(1) {
-            return bad("worker.ack_wait must be at least 1s".into());
+            errs.push("worker.ack_wait must be at least 1s".into());
         }
         if w.max_deliver < 1 {
-            return bad("worker.max_deliver must be at least 1".into());
+            errs.push("worker.max_deliver must be at least 1".into());
         }
         if w.upload_attempts == 0 {
-            return bad("worker.upload_attempts must be at least 1".into());
+            errs.push("worker.upload_attempts must be at least 1".into());
         }
         if w.claim_ttl < Duration::from_secs(3) {
-            return bad("worker.claim_ttl must be at least 3s".into());
+            errs.push("worker.claim_ttl must be at least 3s".into());
         }
         if w.retry_delay > w.retry_delay_max {
-            return bad("worker.retry_delay must not exceed worker.retry_delay_max".into());
+            errs.push("worker.retry_delay must not exceed worker.retry_delay_max".into());
         }
-        Ok(())
     }
 }
 
@@ -690,7 +891,48 @@ pub fn parse_size(s: &str) -> Option<usize> {
     n.checked_mul(scale)
 }
 
-fn describe(e: figment::Error) -> String {
+/// Deserialisation stops at the first bad value: each section is read again on its own, so that
+/// one bad value per section is named, not only the first of the file.
+fn section_errors(figment: &Figment, first: figment::Error) -> Vec<String> {
+    fn try_section<T: serde::de::DeserializeOwned>(f: &Figment, key: &str, out: &mut Vec<String>) {
+        if let Err(e) = f.extract_inner::<T>(key) {
+            for e in e {
+                let mut path: Vec<&str> = vec![key];
+                path.extend(e.path.iter().map(String::as_str).filter(|p| *p != key));
+                let from = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (from {})", m.name))
+                    .unwrap_or_default();
+                out.push(format!("{}: {}{from}", path.join("."), e.kind));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    try_section::<NatsSettings>(figment, "nats", &mut out);
+    try_section::<BTreeMap<String, BackendSettings>>(figment, "backends", &mut out);
+    try_section::<CaptureSettings>(figment, "capture", &mut out);
+    try_section::<AnalysisSettings>(figment, "analysis", &mut out);
+    try_section::<StoreSettings>(figment, "store", &mut out);
+    try_section::<IntakeSettings>(figment, "intake", &mut out);
+    try_section::<NotifySettings>(figment, "notify", &mut out);
+    try_section::<MetricsSettings>(figment, "metrics", &mut out);
+    try_section::<WorkerSettings>(figment, "worker", &mut out);
+    try_section::<crate::redact::RedactionSettings>(figment, "redaction", &mut out);
+    try_section::<crate::sign::SigningSettings>(figment, "signing", &mut out);
+    try_section::<ReportSettings>(figment, "report", &mut out);
+    // An unknown section, or a key figment reports only on the whole.
+    let first = describe_each(first);
+    for f in first {
+        if !out.iter().any(|o| o == &f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// Each of figment's errors on its own, with its key.
+fn describe_each(e: figment::Error) -> Vec<String> {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
@@ -705,8 +947,53 @@ fn describe(e: figment::Error) -> String {
                 format!("{key}: {}{from}", e.kind)
             }
         })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect()
+}
+
+/// Keys whose values are secrets, wherever they are.
+const SECRET_KEYS: [&str; 9] = [
+    "token",
+    "nkey",
+    "password",
+    "bearer_token",
+    "basic_password",
+    "pagerduty_secrets",
+    "link_secret",
+    "key",
+    "webhook_url",
+];
+
+/// Masks the secrets of a configuration value in place: a set secret becomes `<set>`, and
+/// URLs lose their credentials.
+fn mask(v: &mut toml::Value, key: &str) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                mask(v, k);
+            }
+        }
+        toml::Value::Array(a) if SECRET_KEYS.contains(&key) => {
+            let n = a.len();
+            *v = toml::Value::String(format!("<{n} set>"));
+        }
+        toml::Value::String(s) if SECRET_KEYS.contains(&key) => {
+            if !s.is_empty() {
+                *s = "<set>".into();
+            }
+        }
+        toml::Value::String(s) if key == "url" || key == "endpoint" || key == "public_url" => {
+            // Only a URL with credentials in it is rewritten.
+            if url::Url::parse(s).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+            {
+                *s = crate::capture::redact_url(s);
+            }
+        }
+        // Numbers and booleans under a secret key (an environment variable read as a number).
+        other if SECRET_KEYS.contains(&key) && !matches!(other, toml::Value::Table(_)) => {
+            *other = toml::Value::String("<set>".into());
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -48,11 +48,28 @@ enum Command {
     /// Send a stored bundle's traces to an OTLP/HTTP endpoint (Jaeger, Tempo, a collector) with
     /// their original ids and times, to browse them after the backend deleted them.
     Replay(ReplayArgs),
+    /// Work with the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Run `collect` on the example incident and traces shipped with the tool.
     Demo {
         /// Directory to write the bundle under.
         #[arg(long, value_name = "DIR", default_value = "./evidence")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration (defaults, --config FILE, EVIDENCE_LOCKER__* variables) as
+    /// the worker and the intake would, then print it with secrets masked. Exit 0 valid, 1 not
+    /// (each bad key named on stderr).
+    Check {
+        /// Print nothing when the configuration is valid.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -152,6 +169,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Config {
+        action: ConfigAction::Check { quiet },
+    } = cli.command
+    {
+        return config_check(cli.config.as_deref(), quiet);
+    }
     if let Command::Audit(args) = cli.command {
         // Its own exit codes: 0 clean, 1 findings, 2 could not audit.
         return match runtime.block_on(run_audit(cli.config.as_deref(), args)) {
@@ -180,7 +203,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Intake => evidence_locker::intake::serve(&settings, shutdown_signal()).await,
         Command::Worker => evidence_locker::worker::serve(&settings, shutdown_signal()).await,
-        Command::Audit(_) => unreachable!("audit runs on its own"),
+        Command::Audit(_) | Command::Config { .. } => unreachable!("run on their own"),
         Command::Replay(args) => run_replay(&settings, args).await,
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
@@ -197,6 +220,59 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             report(&outcome, true)
+        }
+    }
+}
+
+/// `config check`: every problem on stderr, one per line, or the effective configuration.
+fn config_check(file: Option<&std::path::Path>, quiet: bool) -> ExitCode {
+    let source = match file {
+        Some(f) => format!("the defaults, {} and the environment", f.display()),
+        None => "the defaults and the environment".to_owned(),
+    };
+    let mut problems = match Settings::load(file) {
+        Ok(s) => evidence_locker::intake::exposure_problem(&s.intake)
+            .into_iter()
+            .collect(),
+        Err(e) => e.problems(),
+    };
+    problems.sort();
+    problems.dedup();
+    if !problems.is_empty() {
+        eprintln!(
+            "error: the configuration from {source} has {} problem(s):",
+            problems.len()
+        );
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    if quiet {
+        return ExitCode::SUCCESS;
+    }
+    match Settings::effective(file) {
+        Ok(text) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let header = format!(
+                "# the effective configuration, from {source}; secrets masked\n"
+            );
+            if out
+                .write_all(header.as_bytes())
+                .and_then(|()| out.write_all(text.as_bytes()))
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                eprintln!("error: standard output cannot be written");
+                return ExitCode::FAILURE;
+            }
+            eprintln!("the configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

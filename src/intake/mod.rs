@@ -341,17 +341,14 @@ pub async fn serve(
 /// fill the store). Listening on loopback only, or with `intake.allow_unauthenticated`, is
 /// allowed, with a warning in the latter case.
 fn check_exposure(s: &IntakeSettings) -> anyhow::Result<()> {
+    if let Some(problem) = exposure_problem(s) {
+        anyhow::bail!(problem);
+    }
     let open = s.bearer_token.is_empty() && s.basic_username.is_empty();
     if !open {
         return Ok(());
     }
     let loopback = listen_is_loopback(&s.listen);
-    if !loopback && !s.allow_unauthenticated {
-        anyhow::bail!(
-            "intake.listen {} is reachable from the network but no credentials are configured: set intake.bearer_token (or basic_username/basic_password), or intake.allow_unauthenticated = true to accept anyone's incidents",
-            s.listen
-        );
-    }
     if !loopback {
         tracing::warn!(
             listen = %s.listen,
@@ -361,6 +358,16 @@ fn check_exposure(s: &IntakeSettings) -> anyhow::Result<()> {
         tracing::info!("the intake accepts incidents without credentials (loopback only)");
     }
     Ok(())
+}
+
+/// Why the intake would refuse to start with these settings: reachable from the network
+/// without credentials (and without `allow_unauthenticated`).
+pub fn exposure_problem(s: &IntakeSettings) -> Option<String> {
+    let open = s.bearer_token.is_empty() && s.basic_username.is_empty();
+    (open && !s.allow_unauthenticated && !listen_is_loopback(&s.listen)).then(|| format!(
+        "intake.listen {} is reachable from the network but no credentials are configured: set intake.bearer_token (or basic_username/basic_password), or intake.allow_unauthenticated = true to accept anyone's incidents",
+        s.listen
+    ))
 }
 
 /// True when `listen` names only loopback addresses (`127.0.0.1:8080`, `[::1]:8080`,
