@@ -495,8 +495,16 @@ impl Settings {
     /// Both set is a mistake (which one would win?), and so is a file that cannot be read.
     fn read_secret_files(&mut self, errs: &mut Vec<String>) {
         let mut pairs: Vec<(String, &mut String, &mut String)> = vec![
-            ("nats.token".into(), &mut self.nats.token, &mut self.nats.token_file),
-            ("nats.nkey".into(), &mut self.nats.nkey, &mut self.nats.nkey_file),
+            (
+                "nats.token".into(),
+                &mut self.nats.token,
+                &mut self.nats.token_file,
+            ),
+            (
+                "nats.nkey".into(),
+                &mut self.nats.nkey,
+                &mut self.nats.nkey_file,
+            ),
             (
                 "intake.bearer_token".into(),
                 &mut self.intake.bearer_token,
@@ -560,13 +568,12 @@ impl Settings {
                 )),
             }
         }
-        for (key, path) in [
-            ("nats.credentials", &self.nats.credentials),
-            ("signing.key_file", &self.signing.key_file),
-        ] {
-            if !path.is_empty() && std::fs::File::open(path).is_err() {
-                errs.push(format!("{key}: {path} does not exist or cannot be read"));
-            }
+        // (signing.key_file is read, and named when it cannot be, by the signer's check.)
+        let creds = &self.nats.credentials;
+        if !creds.is_empty()
+            && let Err(e) = std::fs::File::open(creds)
+        {
+            errs.push(format!("nats.credentials: cannot read {creds}: {e}"));
         }
     }
 
@@ -829,11 +836,13 @@ impl Settings {
             }
         }
         let i = &self.intake;
-        if !i.public_url.is_empty() && i.link_secret.is_empty() {
+        if !i.public_url.is_empty() && i.link_secret.is_empty() && i.link_secret_file.is_empty() {
             errs.push("intake.public_url is set but intake.link_secret is empty: stable report links need both (the same on the worker and the intake)".into());
         }
         if !i.link_secret.is_empty() && i.link_secret.len() < 16 {
-            errs.push("intake.link_secret must be at least 16 characters (openssl rand -hex 32)".into());
+            errs.push(
+                "intake.link_secret must be at least 16 characters (openssl rand -hex 32)".into(),
+            );
         }
         if i.link_ttl.is_zero() || i.link_ttl > Duration::from_secs(10 * 365 * 86400) {
             errs.push("intake.link_ttl must be more than 0 and at most 10 years".into());

@@ -255,9 +255,7 @@ fn config_check(file: Option<&std::path::Path>, quiet: bool) -> ExitCode {
         Ok(text) => {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
-            let header = format!(
-                "# the effective configuration, from {source}; secrets masked\n"
-            );
+            let header = format!("# the effective configuration, from {source}; secrets masked\n");
             if out
                 .write_all(header.as_bytes())
                 .and_then(|()| out.write_all(text.as_bytes()))

@@ -18,8 +18,15 @@ pub struct EvidenceReady {
     pub status: String,
     /// Where the bundle is: `s3://bucket/prefix/incident/capture/` (or a local directory).
     pub bundle: String,
-    /// A presigned link to `report.html`, valid for `store.link_ttl`.
+    /// A presigned link to `report.html`, valid for `store.link_ttl` at most (less with
+    /// temporary credentials: it dies with them).
     pub report_url: String,
+    /// The stable link through the intake (`intake.public_url`, signed with
+    /// `intake.link_secret`), honoured until `stable_report_url_expires_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_report_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_report_url_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub manifest_sha256: String,
     pub counts: serde_json::Value,
 }
@@ -44,6 +51,8 @@ impl EvidenceReady {
             status: text(&m["completeness"]["status"]),
             bundle,
             report_url,
+            stable_report_url: None,
+            stable_report_url_expires_at: None,
             manifest_sha256: hex::encode(sha2::Sha256::digest(manifest)),
             counts: m["counts"].clone(),
         })
@@ -72,7 +81,9 @@ impl EvidenceReady {
             n("error_traces"),
             n("slow_traces"),
             n("baseline_traces"),
-            self.report_url,
+            self.stable_report_url
+                .as_deref()
+                .unwrap_or(&self.report_url),
             self.bundle,
             &self.manifest_sha256,
         );

@@ -366,9 +366,21 @@ async fn verify_stored(s3: &S3Server, incident: &str, capture: &str) -> Value {
 async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolved_capture() {
     let w = world(NatsServer::start(), Kind::Moto, true).await;
     let (hook, hooks) = webhook_sink();
+    // The intake serves the stable report links the worker signs.
+    const LINK_SECRET: &str = "a-link-secret-of-32-characters!!";
+    let mut intake_env: Vec<(&str, String)> = w.s3.env(BUCKET);
+    intake_env.push(("EVIDENCE_LOCKER__INTAKE__LINK_SECRET", LINK_SECRET.into()));
+    intake_env.push((
+        "EVIDENCE_LOCKER__INTAKE__BEARER_TOKEN",
+        "intake-token".into(),
+    ));
+    let intake_env: Vec<(&str, &str)> = intake_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let intake = support::intake::start(&w.nats.url(), &intake_env).await;
     let worker = w.start_worker(
         "a",
         &[
+            ("EVIDENCE_LOCKER__INTAKE__PUBLIC_URL", intake.base.clone()),
+            ("EVIDENCE_LOCKER__INTAKE__LINK_SECRET", LINK_SECRET.into()),
             (
                 "EVIDENCE_LOCKER__STORE__OBJECT_LOCK_MODE",
                 "COMPLIANCE".into(),
@@ -415,6 +427,67 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         "{}",
         &html[..html.len().min(300)]
     );
+
+    // The stable link: through the intake, which presigns afresh at each visit; a tampered or
+    // missing signature is refused, the intake's own credentials open it too.
+    let stable = r["stable_report_url"]
+        .as_str()
+        .expect("a stable link")
+        .to_owned();
+    assert!(
+        stable.starts_with(&format!(
+            "{}/v1/bundles/INC-E2E-1/{declared}/report?expires=",
+            intake.base
+        )),
+        "{stable}"
+    );
+    let expires: chrono::DateTime<Utc> = r["stable_report_url_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        expires > Utc::now() + chrono::Duration::days(89),
+        "intake.link_ttl is 90d: {expires}"
+    );
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let hop = no_redirect.get(&stable).send().await.unwrap();
+    assert_eq!(hop.status(), 302);
+    assert_eq!(hop.headers()["cache-control"], "no-store");
+    let fresh = hop.headers()["location"].to_str().unwrap().to_owned();
+    assert!(fresh.contains("X-Amz-Signature="), "{fresh}");
+    let page = reqwest::get(&stable).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("INC-E2E-1"));
+    let tampered = stable.replace("signature=", "signature=00");
+    assert_eq!(
+        no_redirect.get(&tampered).send().await.unwrap().status(),
+        401
+    );
+    let other = stable.replace("INC-E2E-1", "INC-E2E-2");
+    assert_eq!(no_redirect.get(&other).send().await.unwrap().status(), 401);
+    let bare = stable.split('?').next().unwrap().to_owned();
+    assert_eq!(no_redirect.get(&bare).send().await.unwrap().status(), 401);
+    let with_token = no_redirect
+        .get(&bare)
+        .bearer_auth("intake-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 302);
+    let missing = no_redirect
+        .get(format!(
+            "{}/v1/bundles/INC-E2E-1/no-such-capture/report",
+            intake.base
+        ))
+        .bearer_auth("intake-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 
     // What is stored is what the manifest says, and its hash is the one announced.
     let manifest = verify_stored(&w.s3, "INC-E2E-1", &declared).await;
@@ -481,7 +554,11 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(text.contains("INC-E2E-1") && text.contains(link), "{text}");
+    // On-call gets the link that lasts.
+    assert!(
+        text.contains("INC-E2E-1") && text.contains(&stable),
+        "{text}"
+    );
 
     // Resolution: a second capture up to resolution plus the tail, referencing the first.
     let mut resolved = inc.clone();

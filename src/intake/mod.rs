@@ -5,6 +5,7 @@
 //! 400; bad credentials or signature → 401; too large → 413; every answer within 5 s.
 
 pub mod alertmanager;
+pub mod links;
 mod metrics;
 pub mod pagerduty;
 
@@ -62,6 +63,8 @@ impl RecentIds {
 /// What the handlers share.
 pub struct Intake {
     settings: IntakeSettings,
+    /// Where the bundles are, for the stable report links; `None` when it cannot be set up.
+    store: Option<crate::store::Store>,
     /// How far ahead of our clock an incident's times may be.
     clock_skew: chrono::Duration,
     queue: Arc<Queue>,
@@ -261,6 +264,133 @@ async fn readyz(State(i): State<Arc<Intake>>) -> Response {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    expires: Option<i64>,
+    signature: Option<String>,
+}
+
+/// `GET /v1/bundles/<incident>/<capture>/report`: a signed link (from the worker's
+/// notification) or the intake's credentials; then a redirect to a freshly presigned report
+/// (S3), or the report itself (a local store). Never cached: the presigned URL is short-lived.
+async fn get_report(
+    State(i): State<Arc<Intake>>,
+    axum::extract::Path((incident, capture)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<LinkQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let counted = |result: &'static str, r: Response| {
+        crate::metrics::Metrics::inc(&crate::metrics::get().report_links, &[("result", result)]);
+        r
+    };
+    let Ok(id) = crate::model::IncidentId::parse(&incident) else {
+        return counted("refused", refuse(StatusCode::NOT_FOUND, "no such incident"));
+    };
+    if !links::valid_capture(&capture) {
+        return counted("refused", refuse(StatusCode::NOT_FOUND, "no such capture"));
+    }
+    let s = &i.settings;
+    let allowed = match (q.expires, q.signature.as_deref()) {
+        (Some(expires), Some(sig)) => links::check_signature(
+            &s.link_secret,
+            id.as_str(),
+            &capture,
+            expires,
+            sig,
+            chrono::Utc::now(),
+        ),
+        _ if headers.contains_key(header::AUTHORIZATION)
+            && !(s.bearer_token.is_empty() && s.basic_username.is_empty()) =>
+        {
+            if i.authorized(&headers) {
+                Ok(())
+            } else {
+                Err("bad credentials")
+            }
+        }
+        _ => Err("a signed link (expires, signature) or the intake's credentials are required"),
+    };
+    if let Err(why) = allowed {
+        return counted("refused", refuse(StatusCode::UNAUTHORIZED, why));
+    }
+    let Some(store) = &i.store else {
+        return counted(
+            "failed",
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is not set up; see the intake's log",
+            ),
+        );
+    };
+    match store.manifest(&id, &capture).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return counted("missing", refuse(StatusCode::NOT_FOUND, "no such bundle")),
+        Err(e) => {
+            tracing::warn!(incident = %id, capture, error = %e, "cannot reach the store for a report link");
+            return counted(
+                "failed",
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store does not answer; retry later",
+                ),
+            );
+        }
+    }
+    let no_store = (header::CACHE_CONTROL, "no-store");
+    match store {
+        crate::store::Store::S3(s3) => {
+            match s3
+                .presign(&s3.key(id.as_str(), &capture, "report.html"))
+                .await
+            {
+                Ok(url) => counted(
+                    "redirected",
+                    (
+                        StatusCode::FOUND,
+                        [(header::LOCATION, url.as_str()), no_store],
+                    )
+                        .into_response(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot presign a report link");
+                    counted(
+                        "failed",
+                        refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cannot presign the report; retry later",
+                        ),
+                    )
+                }
+            }
+        }
+        crate::store::Store::Fs(fs) => {
+            let path = fs.bundle_dir(&id, &capture).join("report.html");
+            match tokio::fs::read(&path).await {
+                Ok(html) => counted(
+                    "served",
+                    (
+                        [
+                            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                            no_store,
+                            // The report is self-contained: nothing else may load.
+                            (
+                                header::CONTENT_SECURITY_POLICY,
+                                "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                            ),
+                        ],
+                        html,
+                    )
+                        .into_response(),
+                ),
+                Err(_) => counted(
+                    "missing",
+                    refuse(StatusCode::NOT_FOUND, "the bundle has no report"),
+                ),
+            }
+        }
+    }
+}
+
 async fn metrics_page(State(i): State<Arc<Intake>>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -302,6 +432,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .route("/v1/bundles/{incident}/{capture}/report", get(get_report))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(bounded))
         .with_state(intake)
@@ -319,8 +450,16 @@ pub async fn serve(
         // Not fatal: retried before the first publish.
         tracing::warn!(error = %e, "the stream is not ready yet");
     }
+    let store = match crate::store::Store::from_settings(&settings.store).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "the store cannot be set up: report links answer 503");
+            None
+        }
+    };
     let intake = Arc::new(Intake {
         settings: settings.intake.clone(),
+        store,
         clock_skew: chrono::Duration::from_std(settings.capture.clock_skew)
             .unwrap_or(chrono::Duration::zero()),
         queue,

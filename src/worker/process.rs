@@ -362,8 +362,17 @@ impl Worker {
             .report_link(id, capture)
             .await
             .map_err(transient)?;
-        let ready = EvidenceReady::new(manifest, self.store.bundle_url(id, capture), link)
+        let mut ready = EvidenceReady::new(manifest, self.store.bundle_url(id, capture), link)
             .map_err(transient)?;
+        if let Some((url, expires)) = crate::intake::links::stable_link(
+            &self.settings.intake,
+            id.as_str(),
+            capture,
+            Utc::now(),
+        ) {
+            ready.stable_report_url = Some(url);
+            ready.stable_report_url_expires_at = Some(expires);
+        }
         ready
             .publish(&self.queue, super::PUBLISH_TIMEOUT)
             .await

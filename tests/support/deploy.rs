@@ -16,7 +16,10 @@ pub fn referenced_metrics() -> BTreeSet<String> {
     }
     let re = regex::Regex::new(r"evidence_locker_[a-z_]+").unwrap();
     let names: BTreeSet<String> = re.find_iter(&text).map(|m| m.as_str().to_owned()).collect();
-    assert!(names.len() >= 15, "too few metrics found in deploy/: {names:?}");
+    assert!(
+        names.len() >= 15,
+        "too few metrics found in deploy/: {names:?}"
+    );
     names
 }
 
