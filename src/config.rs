@@ -981,21 +981,20 @@ fn mask(v: &mut toml::Value, key: &str) {
                 mask(v, k);
             }
         }
-        toml::Value::Array(a) if SECRET_KEYS.contains(&key) => {
+        toml::Value::Array(a) if SECRET_KEYS.contains(&key) && !a.is_empty() => {
             let n = a.len();
             *v = toml::Value::String(format!("<{n} set>"));
         }
-        toml::Value::String(s) if SECRET_KEYS.contains(&key) => {
-            if !s.is_empty() {
-                *s = "<set>".into();
-            }
-        }
-        toml::Value::String(s) if key == "url" || key == "endpoint" || key == "public_url" => {
-            // Only a URL with credentials in it is rewritten.
-            if url::Url::parse(s).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
-            {
-                *s = crate::capture::redact_url(s);
-            }
+        // Nothing to mask in an empty value.
+        toml::Value::String(s) if s.is_empty() => {}
+        toml::Value::String(s) if SECRET_KEYS.contains(&key) => *s = "<set>".into(),
+        // Only a URL with credentials in it is rewritten.
+        toml::Value::String(s)
+            if (key == "url" || key == "endpoint" || key == "public_url")
+                && url::Url::parse(s)
+                    .is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) =>
+        {
+            *s = crate::capture::redact_url(s);
         }
         // Numbers and booleans under a secret key (an environment variable read as a number).
         other if SECRET_KEYS.contains(&key) && !matches!(other, toml::Value::Table(_)) => {

@@ -441,6 +441,21 @@ mod tests {
         Metrics::inc(&m.captures, &[("status", "complete")]);
         m.stored_bytes.inc_by(10);
         let text = m.render_worker();
+        let families = |t: &str| t.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        // A family is written once it has a sample; the README's table lists these (the margin
+        // only while a capture is in flight).
+        assert_eq!(families(&text), 22, "before a capture is counted");
+        m.captured(&crate::bundle::Counts::default());
+        assert_eq!(families(&m.render_worker()), 23, "worker families");
+        Metrics::inc(&m.report_links, &[("result", "served")]);
+        let _ = m
+            .intake_request_duration
+            .get_or_create(&vec![("route", "/healthz".to_owned())]);
+        Metrics::inc(
+            &m.intake_requests,
+            &[("route", "/healthz"), ("status", "200")],
+        );
+        assert_eq!(families(&m.render_intake()), 8, "intake families");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("evidence_locker_"), "{line}");
         }

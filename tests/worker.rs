@@ -650,6 +650,16 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+    // Every line of a capture names its incident and capture.
+    let log = worker.log();
+    let captured: Vec<&str> = log.lines().filter(|l| l.contains(" captured ")).collect();
+    assert!(!captured.is_empty(), "{log}");
+    for line in captured {
+        assert!(
+            line.contains("incident_id=INC-E2E-1") && line.contains("capture_id="),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

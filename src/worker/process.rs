@@ -78,10 +78,11 @@ impl Worker {
                 return;
             }
         };
+        // Every line logged while this message is worked on carries the incident and capture.
         let span = tracing::info_span!(
-            "incident",
-            id = %job.incident.id(),
-            capture = job.base_capture_id(),
+            "capture",
+            incident_id = %job.incident.id(),
+            capture_id = job.base_capture_id(),
             delivery = deliveries
         );
         let work = tracing::Instrument::instrument(
