@@ -21,8 +21,14 @@ struct Cli {
     /// variables override both.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr (json: one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "EVIDENCE_LOCKER_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -662,3 +662,81 @@ async fn a_real_alertmanager_declares_and_resolves_each_firing_episode_once() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(messages(&nats).await.len(), 4);
 }
+
+/// A stable report link on a local store: the intake serves the page itself, with a policy that
+/// lets nothing else load; a link signed for another capture, an expired one and a path that
+/// tries to leave the store are refused.
+#[tokio::test]
+async fn a_signed_report_link_serves_the_page_from_a_local_store() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::run_cli(&["demo", "--out", dir.path().to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let report = std::path::PathBuf::from(support::stdout(&out).lines().next().unwrap());
+    let capture = report
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    const LINK_SECRET: &str = "local-link-secret-0123456789";
+    let store = dir.path().to_str().unwrap().to_owned();
+    let intake = start_intake(
+        &nats,
+        &[
+            ("EVIDENCE_LOCKER__STORE__KIND", "fs"),
+            ("EVIDENCE_LOCKER__STORE__PATH", store.as_str()),
+            ("EVIDENCE_LOCKER__INTAKE__LINK_SECRET", LINK_SECRET),
+        ],
+    )
+    .await;
+    let mut settings = evidence_locker::config::Settings::load(None)
+        .unwrap()
+        .intake;
+    settings.public_url = intake.base.clone();
+    settings.link_secret = LINK_SECRET.into();
+    let now = chrono::Utc::now();
+    let link_with = |settings: &evidence_locker::config::IntakeSettings, capture: &str, at| {
+        evidence_locker::intake::links::stable_link(settings, "INC-2026-0142", capture, at)
+            .unwrap()
+            .0
+    };
+    let link = |capture: &str, at| link_with(&settings, capture, at);
+    let page = reqwest::get(link(&capture, now)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    let html = page.text().await.unwrap();
+    assert_eq!(html, std::fs::read_to_string(&report).unwrap());
+    // Signed for a capture that does not exist: no such bundle.
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    assert_eq!(status(link("20990101T000000Z", now)).await, 404);
+    // Expired: signed 91 days ago, honoured for 90.
+    let old = now - chrono::Duration::days(91);
+    assert_eq!(status(link(&capture, old)).await, 401);
+    // Another secret's signature.
+    let mut other = settings.clone();
+    other.link_secret = "someone-else-s-secret-0123".into();
+    assert_eq!(status(link_with(&other, &capture, now)).await, 401);
+    // Out of the store: refused before any file is read.
+    let escape = format!(
+        "{}/v1/bundles/INC-2026-0142/..%2F..%2Fetc/report",
+        intake.base
+    );
+    let r = reqwest::Client::new()
+        .get(&escape)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

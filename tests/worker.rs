@@ -821,6 +821,68 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
     );
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-1");
+    // Prometheus counts each dead letter under a reason (the alert's label).
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        count("evidence_locker_worker_dead_letters_total{reason=\"refused\"}")
+            + count("evidence_locker_worker_dead_letters_total{reason=\"permanent\"}"),
+        cases.len() as u64,
+        "{metrics}"
+    );
+    assert!(count("evidence_locker_worker_dead_letters_total{reason=\"refused\"}") >= 10);
+}
+
+/// `--log-format json` (here through EVIDENCE_LOCKER_LOG_FORMAT): every line is one JSON object,
+/// and every line logged during a capture names its incident and capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_name_the_capture() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let worker = w.start_worker("a", &[("EVIDENCE_LOCKER_LOG_FORMAT", "json".into())]);
+    let inc = w.declare("INC-JSON-LOG").await;
+    w.ready(1, &worker).await;
+    let log = worker.log();
+    let mut in_capture = 0;
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        if v["span"]["name"] == "capture" {
+            in_capture += 1;
+            assert_eq!(v["span"]["incident_id"], "INC-JSON-LOG", "{line}");
+            assert_eq!(
+                v["span"]["capture_id"],
+                capture_id(&inc, "declared").as_str(),
+                "{line}"
+            );
+        }
+    }
+    assert!(
+        in_capture >= 3,
+        "{in_capture} lines in the capture's span:\n{log}"
+    );
+    let captured = log
+        .lines()
+        .find(|l| l.contains("\"message\":\"captured\""))
+        .expect("a captured line");
+    assert!(
+        captured.contains("\"incident_id\":\"INC-JSON-LOG\""),
+        "{captured}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,10 +915,39 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
         "the backend is not queried again"
     );
     assert!(spooled.exists());
+    // Not ready while the store does not answer; the spool counts the waiting bundle.
+    let readyz = |worker: &Worker| {
+        let url = format!("http://{}/readyz", worker.metrics);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, why) = readyz(&worker).await;
+    assert_eq!((status, why.trim()), (503, "the store does not answer"));
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("evidence_locker_worker_spool_bundles 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("evidence_locker_worker_store_reachable 0"),
+        "{metrics}"
+    );
 
     w.s3.restart();
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["status"], "complete");
+    assert_eq!(
+        readyz(&worker).await.0,
+        200,
+        "ready again once the bundle is stored"
+    );
     verify_stored(&w.s3, "INC-S3-DOWN", &declared).await;
     assert_eq!(
         w.backend.request_count(),

@@ -314,11 +314,18 @@ impl Worker {
         let bytes = super::spool::dir_bytes(dir);
         let manifest = match self.store.put_bundle(dir, id, capture, attempts).await {
             Ok(manifest) => {
-                crate::metrics::get().stored_bytes.inc_by(bytes);
+                let m = crate::metrics::get();
+                m.stored_bytes.inc_by(bytes);
+                m.store_reachable.set(1);
                 manifest
             }
             Err(e) => {
-                crate::metrics::get().upload_failures.inc();
+                let m = crate::metrics::get();
+                m.upload_failures.inc();
+                if !e.is_conflict() {
+                    // /readyz says so at once, not at the next check.
+                    m.store_reachable.set(0);
+                }
                 if e.is_conflict() {
                     self.conflicts
                         .lock()
