@@ -569,6 +569,9 @@ impl Settings {
             }
         }
         // (signing.key_file is read, and named when it cannot be, by the signer's check.)
+        if !self.signing.key.trim().is_empty() && !self.signing.key_file.trim().is_empty() {
+            errs.push("signing.key and signing.key_file are both set: give the key one way".into());
+        }
         let creds = &self.nats.credentials;
         if !creds.is_empty()
             && let Err(e) = std::fs::File::open(creds)
@@ -988,13 +991,24 @@ fn mask(v: &mut toml::Value, key: &str) {
         // Nothing to mask in an empty value.
         toml::Value::String(s) if s.is_empty() => {}
         toml::Value::String(s) if SECRET_KEYS.contains(&key) => *s = "<set>".into(),
-        // Only a URL with credentials in it is rewritten.
-        toml::Value::String(s)
-            if (key == "url" || key == "endpoint" || key == "public_url")
-                && url::Url::parse(s)
-                    .is_ok_and(|u| !u.username().is_empty() || u.password().is_some()) =>
-        {
-            *s = crate::capture::redact_url(s);
+        // URLs lose their credentials (nats.url may list several servers, comma-separated).
+        toml::Value::String(s) if key == "url" || key == "endpoint" || key == "public_url" => {
+            *s = s
+                .split(',')
+                .map(|part| {
+                    let part = part.trim();
+                    match url::Url::parse(part) {
+                        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                            crate::capture::redact_url(part)
+                        }
+                        Ok(_) => part.to_owned(),
+                        // Unreadable: shown only when it cannot hold a credential.
+                        Err(_) if part.contains('@') => "<not a URL; not shown>".to_owned(),
+                        Err(_) => part.to_owned(),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",");
         }
         // Numbers and booleans under a secret key (an environment variable read as a number).
         other if SECRET_KEYS.contains(&key) && !matches!(other, toml::Value::Table(_)) => {
@@ -1007,6 +1021,37 @@ fn mask(v: &mut toml::Value, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_configuration_masks_every_secret_and_credentials_in_urls() {
+        let mut v: toml::Value = toml::from_str(
+            r#"
+            [nats]
+            url = "nats://u:pw1@a:4222,nats://u:pw2@b:4222"
+            token = "tk-secret-9"
+            [intake]
+            pagerduty_secrets = ["s1", "s2"]
+            bearer_token = ""
+            bearer_token_file = "/secrets/t"
+            [backends.x]
+            password = 1234
+            "#,
+        )
+        .unwrap();
+        mask(&mut v, "");
+        let text = toml::to_string(&v).unwrap();
+        for secret in ["pw1", "pw2", "tk-secret-9", "\"s1\"", "\"s2\"", "1234"] {
+            assert!(!text.contains(secret), "{secret} shown:\n{text}");
+        }
+        assert!(
+            text.contains("/secrets/t") && text.contains("nats://a:4222,nats://b:4222"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bearer_token = \"\""),
+            "an empty secret stays empty: {text}"
+        );
+    }
 
     #[test]
     fn defaults_load_and_match_the_design() {

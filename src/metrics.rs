@@ -64,6 +64,7 @@ pub struct Metrics {
     pub worker_nats_connected: Gauge,
     pub pull_failing: Gauge,
     pub store_reachable: Gauge,
+    pub upload_failing: Gauge,
     // captures (worker and collect)
     pub backend_requests: Family<Labels, Counter>,
     pub backend_request_duration: Histograms,
@@ -111,6 +112,7 @@ impl Metrics {
             worker_nats_connected: Gauge::default(),
             pull_failing: Gauge::default(),
             store_reachable: Gauge::default(),
+            upload_failing: Gauge::default(),
             backend_requests: Family::default(),
             backend_request_duration: Family::new_with_constructor(request_buckets),
             traces_captured: Family::default(),
@@ -132,7 +134,7 @@ impl Metrics {
             ])
             .set(1);
         // Every known label value starts at 0, so that rate() and alerts see the first event.
-        let known: [(&Family<Labels, Counter>, &str, &[&str]); 6] = [
+        let known: [(&Family<Labels, Counter>, &str, &[&str]); 7] = [
             (
                 &m.messages,
                 "outcome",
@@ -162,7 +164,14 @@ impl Metrics {
                     "truncated",
                     "expired",
                     "limit_reached",
+                    "unreadable_spans",
+                    "server_error",
                 ],
+            ),
+            (
+                &m.report_links,
+                "result",
+                &["redirected", "served", "refused", "missing", "failed"],
             ),
         ];
         for (family, key, values) in known {
@@ -270,6 +279,11 @@ impl Metrics {
             "worker_store_reachable",
             "1 while the store answered the last check (every 30 s)",
             self.store_reachable.clone(),
+        );
+        r.register(
+            "worker_upload_failing",
+            "1 from a failed bundle upload until one succeeds",
+            self.upload_failing.clone(),
         );
         r.register("backend_requests", "Requests to the tracing backends (each attempt), by backend kind, purpose and HTTP status (\"error\" without an answer)", self.backend_requests.clone());
         r.register(
@@ -444,9 +458,9 @@ mod tests {
         let families = |t: &str| t.lines().filter(|l| l.starts_with("# TYPE ")).count();
         // A family is written once it has a sample; the README's table lists these (the margin
         // only while a capture is in flight).
-        assert_eq!(families(&text), 22, "before a capture is counted");
+        assert_eq!(families(&text), 23, "before a capture is counted");
         m.captured(&crate::bundle::Counts::default());
-        assert_eq!(families(&m.render_worker()), 23, "worker families");
+        assert_eq!(families(&m.render_worker()), 24, "worker families");
         Metrics::inc(&m.report_links, &[("result", "served")]);
         let _ = m
             .intake_request_duration

@@ -404,6 +404,8 @@ fn not_ready() -> Option<&'static str> {
         Some("cannot pull incident messages from the consumer")
     } else if m.store_reachable.get() != 1 {
         Some("the store does not answer")
+    } else if m.upload_failing.get() == 1 {
+        Some("the last bundle upload failed (see the log); ready again after one succeeds")
     } else {
         None
     }

@@ -96,7 +96,11 @@ impl Worker {
                 if deliveries >= self.max_deliver {
                     // JetStream would not deliver it again: record it rather than lose it.
                     let reason = "the worker shut down during the message's last delivery; a spooled bundle, if any, is stored by the next worker start";
-                    self.dead_letter(&msg, "shutdown", reason, deliveries).await;
+                    tracing::Instrument::instrument(
+                        self.dead_letter(&msg, "shutdown", reason, deliveries),
+                        span.clone(),
+                    )
+                    .await;
                     return;
                 }
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -126,15 +130,21 @@ impl Worker {
             Err(Failure::Permanent(reason)) => {
                 tracing::error!(parent: &span, reason, "cannot be captured");
                 metrics::failed("permanent");
-                self.dead_letter(&msg, "permanent", &reason, deliveries)
-                    .await;
+                tracing::Instrument::instrument(
+                    self.dead_letter(&msg, "permanent", &reason, deliveries),
+                    span.clone(),
+                )
+                .await;
             }
             Err(Failure::Transient(error)) if deliveries >= self.max_deliver => {
                 tracing::error!(parent: &span, error, "failed on its last delivery");
                 metrics::failed("transient");
                 let reason = format!("failed {deliveries} times; last error: {error}");
-                self.dead_letter(&msg, "max_deliver", &reason, deliveries)
-                    .await;
+                tracing::Instrument::instrument(
+                    self.dead_letter(&msg, "max_deliver", &reason, deliveries),
+                    span.clone(),
+                )
+                .await;
             }
             Err(Failure::Transient(error)) => {
                 metrics::failed("transient");
@@ -317,14 +327,16 @@ impl Worker {
                 let m = crate::metrics::get();
                 m.stored_bytes.inc_by(bytes);
                 m.store_reachable.set(1);
+                m.upload_failing.set(0);
                 manifest
             }
             Err(e) => {
                 let m = crate::metrics::get();
                 m.upload_failures.inc();
                 if !e.is_conflict() {
-                    // /readyz says so at once, not at the next check.
-                    m.store_reachable.set(0);
+                    // /readyz says so until an upload succeeds: the periodic check (a HEAD and
+                    // a GET) passes even when uploads are refused (no s3:PutObject, KMS denied).
+                    m.upload_failing.set(1);
                 }
                 if e.is_conflict() {
                     self.conflicts
@@ -749,13 +761,13 @@ impl Worker {
                     return;
                 }
             };
-            tracing::info!(incident = %b.incident, capture = b.capture, "storing a spooled bundle");
+            tracing::info!(incident_id = %b.incident, capture_id = b.capture, "storing a spooled bundle");
             let result = self.store_spooled(&b.incident, &b.capture, &b.dir).await;
             drop(claim);
             match result {
                 Ok(_) | Err(Failure::NotDue(_)) => {}
                 Err(Failure::Transient(e)) | Err(Failure::Permanent(e)) => {
-                    tracing::warn!(incident = %b.incident, capture = b.capture, error = e, "a spooled bundle is not stored yet");
+                    tracing::warn!(incident_id = %b.incident, capture_id = b.capture, error = e, "a spooled bundle is not stored yet");
                 }
             }
         }
