@@ -428,36 +428,22 @@ fn the_configmap_s_configuration_passes_config_check_and_a_broken_one_names_each
         .replace("kind = \"s3\"", "kind = \"ftp\"")
         .replace("retention = \"72h\"", "retention = \"three days\"")
         .replace("spool_max = \"8GiB\"", "spool_max = \"lots\"");
+    // The secret files are named where none exist.
+    let missing_secrets = format!("\"{}/", dir.path().join("none").display());
     let broken_file = dir.path().join("broken.toml");
-    std::fs::write(
-        &broken_file,
-        broken.replace(
-            "\"/secrets/",
-            &format!("\"{}/", dir.path().join("none").display()),
-        ),
-    )
-    .unwrap();
-    let out = config_check(&broken_file, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let check_broken = |text: &str| {
+        std::fs::write(&broken_file, text.replace("\"/secrets/", &missing_secrets)).unwrap();
+        let out = config_check(&broken_file, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        stderr(&out)
+    };
+    let err = check_broken(&broken);
     assert!(
         err.contains("backends.default.retention"),
         "the bad duration is not named:\n{err}"
     );
     // With the type error fixed, every other problem is named at once.
-    std::fs::write(
-        &broken_file,
-        broken
-            .replace("retention = \"three days\"", "retention = \"72h\"")
-            .replace(
-                "\"/secrets/",
-                &format!("\"{}/", dir.path().join("none").display()),
-            ),
-    )
-    .unwrap();
-    let out = config_check(&broken_file, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = check_broken(&broken.replace("retention = \"three days\"", "retention = \"72h\""));
     for key in [
         "store.kind",
         "worker.spool_max",

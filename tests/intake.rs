@@ -416,12 +416,7 @@ async fn bad_requests_are_refused_and_nothing_is_published() {
         }
     }
     assert!(messages(&nats).await.is_empty(), "nothing was published");
-    let metrics = reqwest::get(format!("{}/metrics", intake.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("{}/metrics", intake.base)).await;
     assert!(
         metrics.contains("route=\"/v1/alertmanager\",status=\"401\"} 3"),
         "{metrics}"
@@ -431,12 +426,7 @@ async fn bad_requests_are_refused_and_nothing_is_published() {
     reqwest::get(format!("{}/wp-login.php?x=1", intake.base))
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("{}/metrics", intake.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("{}/metrics", intake.base)).await;
     assert!(!metrics.contains("wp-login"), "{metrics}");
     assert!(
         metrics.contains("route=\"other\",status=\"404\"} 1"),

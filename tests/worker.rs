@@ -614,12 +614,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     );
     // What Prometheus sees: two captures stored, their traces counted, the webhook delivered
     // twice, the backend asked; and every worker metric the alerting rules and the dashboard use.
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
     for sample in [
         "evidence_locker_worker_captures_total{status=\"complete\"} 2",
         "evidence_locker_worker_webhook_deliveries_total{result=\"delivered\"} 2",
@@ -822,12 +817,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-1");
     // Prometheus counts each dead letter under a reason (the alert's label).
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
     let count = |prefix: &str| -> u64 {
         metrics
             .lines()
@@ -925,12 +915,7 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     };
     let (status, why) = readyz(&worker).await;
     assert_eq!((status, why.trim()), (503, "the store does not answer"));
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
     assert!(
         metrics.contains("evidence_locker_worker_spool_bundles 1"),
         "{metrics}"
@@ -1255,12 +1240,7 @@ async fn a_partial_capture_is_superseded_by_a_later_delivery_and_left_untouched(
         before,
         "the partial capture is left as it was"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", worker_metrics(&worker)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("http://{}/metrics", worker_metrics(&worker))).await;
     assert!(
         metrics.contains(
             "evidence_locker_worker_partial_captures_total{gap=\"backend_unavailable\"} 1"
@@ -1492,12 +1472,7 @@ async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_
         log.contains("little time left before the window's oldest part"),
         "{log}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
     assert!(
         metrics.contains("evidence_locker_worker_retention_margin_warnings_total 2"),
         "{metrics}"

@@ -14,6 +14,11 @@ pub mod s3;
 pub mod tempo;
 pub mod zipkin;
 
+/// The body of a GET, as text (a /metrics page, a report).
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// Serves `app` on a free loopback port, on its own thread, for the rest of the test.
 pub fn serve(app: axum::Router) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
