@@ -391,6 +391,13 @@ pub struct IntakeSettings {
     pub allow_unauthenticated: bool,
 }
 
+impl IntakeSettings {
+    /// Whether webhooks must authenticate: a bearer token or basic credentials are set.
+    pub fn has_credentials(&self) -> bool {
+        !self.bearer_token.is_empty() || !self.basic_username.is_empty()
+    }
+}
+
 impl std::fmt::Debug for IntakeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntakeSettings")
@@ -911,12 +918,7 @@ fn section_errors(figment: &Figment, first: figment::Error) -> Vec<String> {
             for e in e {
                 let mut path: Vec<&str> = vec![key];
                 path.extend(e.path.iter().map(String::as_str).filter(|p| *p != key));
-                let from = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| format!(" (from {})", m.name))
-                    .unwrap_or_default();
-                out.push(format!("{}: {}{from}", path.join("."), e.kind));
+                out.push(describe_one(&path.join("."), &e));
             }
         }
     }
@@ -946,20 +948,22 @@ fn section_errors(figment: &Figment, first: figment::Error) -> Vec<String> {
 /// Each of figment's errors on its own, with its key.
 fn describe_each(e: figment::Error) -> Vec<String> {
     e.into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let from = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
-            if key.is_empty() {
-                format!("{}{from}", e.kind)
-            } else {
-                format!("{key}: {}{from}", e.kind)
-            }
-        })
+        .map(|e| describe_one(&e.path.join("."), &e))
         .collect()
+}
+
+/// One of figment's errors: `key: what (from where)`.
+fn describe_one(key: &str, e: &figment::Error) -> String {
+    let from = e
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{from}", e.kind)
+    } else {
+        format!("{key}: {}{from}", e.kind)
+    }
 }
 
 /// Keys whose values are secrets, wherever they are.

@@ -93,7 +93,7 @@ impl Intake {
     /// Checks `Authorization` against the bearer token or basic credentials, when configured.
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let s = &self.settings;
-        if s.bearer_token.is_empty() && s.basic_username.is_empty() {
+        if !s.has_credentials() {
             return true;
         }
         let Some(auth) = headers
@@ -299,9 +299,7 @@ async fn get_report(
             sig,
             chrono::Utc::now(),
         ),
-        _ if headers.contains_key(header::AUTHORIZATION)
-            && !(s.bearer_token.is_empty() && s.basic_username.is_empty()) =>
-        {
+        _ if headers.contains_key(header::AUTHORIZATION) && s.has_credentials() => {
             if i.authorized(&headers) {
                 Ok(())
             } else {
@@ -483,8 +481,7 @@ fn check_exposure(s: &IntakeSettings) -> anyhow::Result<()> {
     if let Some(problem) = exposure_problem(s) {
         anyhow::bail!(problem);
     }
-    let open = s.bearer_token.is_empty() && s.basic_username.is_empty();
-    if !open {
+    if s.has_credentials() {
         return Ok(());
     }
     let loopback = listen_is_loopback(&s.listen);
@@ -502,8 +499,7 @@ fn check_exposure(s: &IntakeSettings) -> anyhow::Result<()> {
 /// Why the intake would refuse to start with these settings: reachable from the network
 /// without credentials (and without `allow_unauthenticated`).
 pub fn exposure_problem(s: &IntakeSettings) -> Option<String> {
-    let open = s.bearer_token.is_empty() && s.basic_username.is_empty();
-    (open && !s.allow_unauthenticated && !listen_is_loopback(&s.listen)).then(|| format!(
+    (!s.has_credentials() && !s.allow_unauthenticated && !listen_is_loopback(&s.listen)).then(|| format!(
         "intake.listen {} is reachable from the network but no credentials are configured: set intake.bearer_token (or basic_username/basic_password), or intake.allow_unauthenticated = true to accept anyone's incidents",
         s.listen
     ))

@@ -372,7 +372,8 @@ async fn fetch(
     Ok(out)
 }
 
-/// Keeps the gauges /readyz reads current: NATS every 5 s, the store every 30 s.
+/// Keeps the gauges /readyz reads current: NATS every 5 s, the store every 30 s (the first
+/// store check is start-up's own).
 fn watch_health(queue: Arc<Queue>, store: Store) {
     tokio::spawn(async move {
         let m = crate::metrics::get();
@@ -380,7 +381,7 @@ fn watch_health(queue: Arc<Queue>, store: Store) {
         for round in 0u64.. {
             tick.tick().await;
             m.worker_nats_connected.set(i64::from(queue.is_connected()));
-            if round % 6 == 0 {
+            if round > 0 && round % 6 == 0 {
                 let reachable = match store.check().await {
                     Ok(()) => true,
                     Err(e) => {
