@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let files = FileSource::from_bytes(
         "examples/traces.jsonl.zst",
         include_bytes!("traces.jsonl.zst"),
+        Some(collect::file_spill(&settings)?),
     )?;
     let outcome = collect::collect(
         &settings,

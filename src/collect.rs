@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::bundle::{BundleInput, BundleOptions, BundleSummary, Retention, write_bundle};
 use crate::capture::file::FileSource;
 use crate::capture::jaeger::JaegerSource;
+use crate::capture::spill::Spill;
 use crate::capture::tempo::TempoSource;
 use crate::capture::zipkin::ZipkinSource;
 use crate::capture::{self, Capture, CapturePlan, Gap, TraceSource};
@@ -44,6 +45,21 @@ pub struct CollectOutcome {
     pub incident: IncidentId,
     pub bundle_dir: PathBuf,
     pub summary: BundleSummary,
+}
+
+/// Where trace files stream through as they are read (redacted by `[redaction]`, written to a
+/// temporary file, with only light spans kept in memory), so that a file of millions of spans
+/// is captured in bounded memory.
+pub fn file_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
+    let redactor = crate::redact::Redactor::new(&settings.redaction).map_err(anyhow::Error::msg)?;
+    let slow_ns = settings
+        .capture
+        .slow_threshold
+        .as_nanos()
+        .min(i64::MAX as u128) as i64;
+    let spill = Spill::new(redactor, slow_ns)
+        .context("cannot create the temporary file trace files stream through (TMPDIR)")?;
+    Ok(std::sync::Arc::new(spill))
 }
 
 /// Reads and parses an incident file.

@@ -11,6 +11,7 @@ use evidence_locker::capture::file::FileSource;
 use evidence_locker::collect::{self, CollectOutcome, CollectRequest, TraceInput};
 use evidence_locker::config::{BackendKind, Settings};
 use evidence_locker::model::Incident;
+
 use evidence_locker::store::{S3Store, Store, s3::parse_location};
 
 /// Preserves the trace evidence of an incident before the tracing backend deletes it.
@@ -213,7 +214,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Replay(args) => run_replay(&settings, args).await,
         Command::Demo { out } => {
             let incident = Incident::parse(DEMO_INCIDENT).context("the built-in demo incident")?;
-            let files = FileSource::from_bytes("examples/traces.jsonl.zst", DEMO_TRACES)?;
+            let files = FileSource::from_bytes(
+                "examples/traces.jsonl.zst",
+                DEMO_TRACES,
+                Some(collect::file_spill(&settings)?),
+            )?;
             let outcome = collect::collect(
                 &settings,
                 CollectRequest {
@@ -462,8 +467,9 @@ async fn run_collect(settings: &Settings, args: CollectArgs) -> Result<CollectOu
     let input = if !args.traces_file.is_empty() {
         let paths = args.traces_file.clone();
         let clock = std::time::Instant::now();
+        let spill = collect::file_spill(settings)?;
         let files = TraceInput::Files(
-            tokio::task::spawn_blocking(move || FileSource::read(&paths))
+            tokio::task::spawn_blocking(move || FileSource::read(&paths, Some(spill)))
                 .await
                 .context("the file reader stopped unexpectedly")??,
         );

@@ -171,9 +171,19 @@ impl Redactor {
         }
     }
 
+    /// Whether redaction is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Redacts every trace in place. Resources, scopes and operation names shared by many spans
     /// are redacted once and stay shared.
     pub fn apply(&self, traces: &mut [(Trace, Purposes)]) -> RedactionReport {
+        self.apply_each(traces.iter_mut().map(|(t, _)| t))
+    }
+
+    /// Redacts each of `traces` in place (see [`Redactor::apply`]).
+    pub fn apply_each<'a>(&self, traces: impl Iterator<Item = &'a mut Trace>) -> RedactionReport {
         let mut counts = BTreeMap::new();
         if !self.enabled {
             return RedactionReport {
@@ -184,7 +194,7 @@ impl Redactor {
         let mut resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut scopes: HashMap<*const Scope, Arc<Scope>> = HashMap::new();
         let mut names: HashMap<Arc<str>, Arc<str>> = HashMap::new();
-        for (trace, _) in traces.iter_mut() {
+        for trace in traces {
             for span in &mut trace.spans {
                 let r = resources
                     .entry(Arc::as_ptr(&span.resource))
@@ -236,11 +246,26 @@ impl Redactor {
     }
 }
 
-/// Redacts a capture's traces as the settings say, and records what was done in it.
+impl RedactionReport {
+    /// Adds the counts of another run of the same rules (another part of the same capture).
+    pub fn add(&mut self, other: RedactionReport) {
+        self.enabled |= other.enabled;
+        for (rule, n) in other.rules {
+            *self.rules.entry(rule).or_default() += n;
+        }
+    }
+}
+
+/// Redacts a capture's traces as the settings say, and records what was done in it. Traces
+/// streamed through a spill were redacted as they were read: their report is taken as it is.
 pub fn redact_capture(
     settings: &RedactionSettings,
     capture: &mut crate::capture::Capture,
 ) -> Result<(), RedactionError> {
+    if let Some(spill) = &capture.spill {
+        capture.redaction = spill.redaction();
+        return Ok(());
+    }
     let r = Redactor::new(settings).map_err(RedactionError)?;
     capture.redaction = r.apply(&mut capture.traces);
     Ok(())

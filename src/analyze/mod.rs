@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::capture::spill_attrs::SpanRecord;
 use crate::capture::{Purpose, Purposes};
 use crate::model::{Span, SpanId, Trace, TraceId};
 
@@ -180,8 +181,34 @@ fn is_incident_trace(p: Purposes) -> bool {
     p.has(Purpose::Errors) || p.has(Purpose::Slow) || p.has(Purpose::Sample)
 }
 
-/// Analyses the captured traces.
+/// Where the attributes of light spans (`Span::slim`) are read back, for the one analysis that
+/// compares attributes (the suspects).
+pub trait SpanDetails: Sync {
+    /// The attributes of every span of the traces `ids`.
+    fn attributes(&self, ids: &[TraceId]) -> std::io::Result<Vec<(TraceId, SpanRecord)>>;
+}
+
+impl SpanDetails for crate::capture::spill::Spill {
+    fn attributes(&self, ids: &[TraceId]) -> std::io::Result<Vec<(TraceId, SpanRecord)>> {
+        crate::capture::spill::Spill::attributes(self, ids)
+    }
+}
+
+/// Analyses the captured traces (whole ones: see [`analyze_with`] for light spans).
 pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis, Timeline) {
+    match analyze_with(traces, input, None) {
+        Ok(done) => done,
+        Err(e) => unreachable!("nothing is read back without details: {e}"),
+    }
+}
+
+/// Analyses the captured traces; where they hold light spans, the attributes the suspects
+/// compare are read back from `details`, which fails only when that reading fails.
+pub fn analyze_with(
+    traces: &[(Trace, Purposes)],
+    input: &AnalysisInput,
+    details: Option<&dyn SpanDetails>,
+) -> std::io::Result<(Analysis, Timeline)> {
     let forest: Vec<tree::TraceTree<'_>> = traces
         .iter()
         .map(|(t, p)| tree::TraceTree::new(t, *p))
@@ -248,10 +275,31 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         // Per service: its first successful request after its last failing one.
         stats.recovery = recovery_by(&forest, |t, i, s| **s.service() == **name && t.is_entry(i));
     }
-    let suspects = origin
-        .as_ref()
-        .map(|o| suspects::suspects(&forest, o, input))
-        .unwrap_or_default();
+    let suspects = match &origin {
+        None => Vec::new(),
+        Some(o) => {
+            let read_back = match details {
+                None => None,
+                Some(d) => {
+                    let ids: Vec<TraceId> = forest
+                        .iter()
+                        .filter(|t| t.trace.spans.iter().any(|s| suspects::is_compared(s, o)))
+                        .map(|t| t.trace.id)
+                        .collect();
+                    let clock = std::time::Instant::now();
+                    let read = d.attributes(&ids)?;
+                    tracing::debug!(
+                        traces = ids.len(),
+                        spans = read.len(),
+                        ms = clock.elapsed().as_millis() as u64,
+                        "attributes read back for the suspects"
+                    );
+                    Some(suspects::SpanAttributes::new(read))
+                }
+            };
+            suspects::suspects(&forest, o, input, read_back.as_ref())
+        }
+    };
     let failure_order = failure_order(&services, &propagation);
     let sampled: Vec<&Trace> = traces
         .iter()
@@ -279,7 +327,7 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
         recovery_note,
     };
     let timeline = timeline::build(&forest, &analysis, input);
-    (analysis, timeline)
+    Ok((analysis, timeline))
 }
 
 /// Services in the order they started failing: a topological order of the propagation edges

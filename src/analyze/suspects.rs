@@ -8,10 +8,12 @@
 //! calls (`payment.gateway.pool.active ≥ 50`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::tree::TraceTree;
 use super::{AnalysisInput, Evidence, Origin, Suspect, round4, time};
-use crate::model::{AttrValue, Span};
+use crate::capture::spill_attrs::SpanRecord;
+use crate::model::{AttrValue, Attribute, Span, SpanId, TraceId};
 
 /// Failing calls a value must cover, at least, to be a suspect.
 const MIN_SUPPORT: f64 = 0.2;
@@ -56,11 +58,52 @@ fn key_rank(key: &str) -> usize {
     ORDER.iter().position(|k| *k == key).unwrap_or(ORDER.len())
 }
 
-fn attributes(s: &Span) -> impl Iterator<Item = &crate::model::Attribute> {
-    s.attributes
-        .iter()
+/// The attributes of light spans (`Span::slim`), read back from where the capture streamed
+/// the whole traces, keyed by what tells two spans apart.
+pub struct SpanAttributes {
+    by_span: HashMap<(TraceId, SpanId, i64, i64, Arc<str>), Vec<Attribute>>,
+}
+
+impl SpanAttributes {
+    /// The attributes of the spans read back (a span read twice keeps its first copy).
+    pub fn new(spans: Vec<(TraceId, SpanRecord)>) -> Self {
+        let mut by_span = HashMap::with_capacity(spans.len());
+        for (t, s) in spans {
+            by_span
+                .entry((t, s.span_id, s.start_ns, s.end_ns, s.service))
+                .or_insert(s.attributes);
+        }
+        Self { by_span }
+    }
+
+    fn of(&self, s: &Span) -> &[Attribute] {
+        let key = (
+            s.trace_id,
+            s.span_id,
+            s.start_ns,
+            s.end_ns,
+            s.service().clone(),
+        );
+        self.by_span.get(&key).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn attributes<'a>(
+    s: &'a Span,
+    read_back: Option<&'a SpanAttributes>,
+) -> impl Iterator<Item = &'a Attribute> {
+    let own = match read_back {
+        Some(r) => r.of(s),
+        None => &s.attributes,
+    };
+    own.iter()
         .chain(s.resource.attributes.iter())
         .filter(|a| !is_outcome(&a.key))
+}
+
+/// Whether a span is one of the calls the suspects of `origin` compare.
+pub fn is_compared(s: &Span, origin: &Origin) -> bool {
+    **s.service() == *origin.service && *s.operation == *origin.operation
 }
 
 fn number(v: &AttrValue) -> Option<f64> {
@@ -83,7 +126,7 @@ impl<'a> Groups<'a> {
         let calls: Vec<&Span> = forest
             .iter()
             .flat_map(|t| t.trace.spans.iter())
-            .filter(|s| **s.service() == *origin.service && *s.operation == *origin.operation)
+            .filter(|s| is_compared(s, origin))
             .collect();
         // Traces arrive merged by id (`capture::run`), so each call is here once.
         let (incident, before): (Vec<&Span>, Vec<&Span>) = calls
@@ -142,8 +185,13 @@ fn share(n: usize, of: usize) -> Option<f64> {
     (of > 0).then(|| n as f64 / of as f64)
 }
 
-/// The suspects for `origin`, best first.
-pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput) -> Vec<Suspect> {
+/// The suspects for `origin`, best first. Light spans' attributes come from `read_back`.
+pub fn suspects(
+    forest: &[TraceTree<'_>],
+    origin: &Origin,
+    input: &AnalysisInput,
+    read_back: Option<&SpanAttributes>,
+) -> Vec<Suspect> {
     let g = Groups::of(forest, origin, input);
     let compare_healthy = g.healthy.len() >= MIN_HEALTHY;
     if g.failing.len() < MIN_FAILING || (!compare_healthy && g.baseline.is_empty()) {
@@ -191,7 +239,7 @@ pub fn suspects(forest: &[TraceTree<'_>], origin: &Origin, input: &AnalysisInput
     let mut not_numeric: BTreeSet<&str> = BTreeSet::new();
     for (i, s) in all.iter().enumerate() {
         let mut seen: BTreeSet<(&str, String)> = BTreeSet::new();
-        for a in attributes(s) {
+        for a in attributes(s, read_back) {
             match number(&a.value) {
                 Some(x) => numbers.entry(&a.key).or_default().push((i, x)),
                 None => {

@@ -13,7 +13,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::analyze::{Analysis, AnalysisInput, Timeline, analyze};
+use crate::analyze::{Analysis, AnalysisInput, SpanDetails, Timeline, analyze_with};
+use crate::capture::spill::Spill;
 use crate::capture::{Capture, CapturePlan, Gap, Purpose};
 use crate::formats::{jaeger, otlp};
 use crate::model::Trace;
@@ -93,17 +94,23 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
     s
 }
 
+/// Writes the traces `picks` as OTLP JSON Lines, zstd-compressed: copied from the spill where
+/// the capture streamed them out, else written from memory.
 fn write_traces(
     dir: &Path,
     rel: &str,
     traces: &[(Trace, crate::capture::Purposes)],
     picks: &[usize],
     level: i32,
+    spill: Option<&Spill>,
 ) -> std::io::Result<FileEntry> {
     writer::write_file(dir, rel, |out| {
         let mut enc = zstd::stream::write::Encoder::new(out, level)?;
         for &i in picks {
-            otlp::write_trace_line(&traces[i].0, &mut enc)?;
+            match spill {
+                Some(s) => s.write_otlp(&traces[i].0, &mut enc)?,
+                None => otlp::write_trace_line(&traces[i].0, &mut enc)?,
+            }
         }
         enc.finish()?;
         Ok(())
@@ -185,27 +192,36 @@ pub fn write_bundle(
     let mut w = BundleWriter::new(dir);
     // The analysis and the four trace files only read the traces: one thread each.
     let level = opts.zstd_level;
-    let ((analysis, timeline), written) = std::thread::scope(|scope| {
+    let spill = input.capture.spill.as_deref();
+    let (analysed, written) = std::thread::scope(|scope| {
         let jobs = [
             ("traces/errors.jsonl.zst", &picks.errors),
             ("traces/slow.jsonl.zst", &picks.slow),
             ("traces/baseline.jsonl.zst", &picks.baseline),
             ("traces/sample.jsonl.zst", &picks.sample),
         ]
-        .map(|(rel, p)| scope.spawn(move || write_traces(dir, rel, traces, p, level)));
+        .map(|(rel, p)| scope.spawn(move || write_traces(dir, rel, traces, p, level, spill)));
         let ui = scope.spawn(|| {
             writer::write_file(dir, "traces/jaeger-ui.json", |out| {
-                jaeger::write_api_response(
+                jaeger::write_api_response_with(
                     picks
                         .errors
                         .iter()
                         .chain(&picks.slow)
                         .map(|&i| &traces[i].0),
                     out,
+                    |t, out| match spill {
+                        Some(s) => s.write_jaeger(t, out),
+                        None => jaeger::write_api_trace(t, out),
+                    },
                 )
             })
         });
-        let analysed = analyze(traces, &analysis_input);
+        let analysed = analyze_with(
+            traces,
+            &analysis_input,
+            spill.map(|s| s as &dyn SpanDetails),
+        );
         lap("analysed");
         let written: Vec<std::io::Result<FileEntry>> = jobs
             .into_iter()
@@ -218,6 +234,7 @@ pub fn write_bundle(
             .collect();
         (analysed, written)
     });
+    let (analysis, timeline) = analysed?;
     for entry in written {
         w.record(entry?);
     }
@@ -229,6 +246,7 @@ pub fn write_bundle(
         traces,
         &context,
         level,
+        spill,
     )?);
     #[derive(Serialize)]
     struct TimelineFile<'a> {

@@ -1,13 +1,15 @@
 //! Trace files as a source (`collect --traces-file`): any format `formats` reads, plain or zstd.
 //! Files are read once, before the plan exists, because without an incident the window is the
-//! span range of the data.
+//! span range of the data. Given a [`Spill`], the traces stream through it as they are read
+//! (redacted and written out on every core) and only light spans are kept in memory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
+use super::spill::Spill;
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::formats::{Collected, ReadError, TraceCollector, open_trace_file};
 
@@ -31,12 +33,21 @@ pub struct FileError {
 pub struct FileSource {
     paths: Vec<PathBuf>,
     collected: Mutex<Option<Collected>>,
+    spill: Option<Arc<Spill>>,
+}
+
+fn collector(spill: Option<&Arc<Spill>>) -> TraceCollector {
+    match spill {
+        Some(s) => TraceCollector::streaming(s.clone()),
+        None => TraceCollector::default(),
+    }
 }
 
 impl FileSource {
     /// Reads every file; the first that cannot be read is an error (nothing is captured then).
-    pub fn read(paths: &[PathBuf]) -> Result<Self, FileError> {
-        let mut collector = TraceCollector::default();
+    /// With a spill, the traces stream through it.
+    pub fn read(paths: &[PathBuf], spill: Option<Arc<Spill>>) -> Result<Self, FileError> {
+        let mut collector = collector(spill.as_ref());
         for path in paths {
             let err = |source: ReadError| FileError {
                 path: path.display().to_string(),
@@ -48,16 +59,21 @@ impl FileSource {
         Ok(Self {
             paths: paths.to_vec(),
             collected: Mutex::new(Some(collector.finish())),
+            spill,
         })
     }
 
     /// Reads traces from bytes in memory (plain or zstd), as from a file called `name`.
-    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, FileError> {
+    pub fn from_bytes(
+        name: &str,
+        bytes: &[u8],
+        spill: Option<Arc<Spill>>,
+    ) -> Result<Self, FileError> {
         let err = |source: ReadError| FileError {
             path: name.to_owned(),
             source,
         };
-        let mut collector = TraceCollector::default();
+        let mut collector = collector(spill.as_ref());
         if bytes.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
             let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| err(e.into()))?;
             collector
@@ -69,6 +85,7 @@ impl FileSource {
         Ok(Self {
             paths: vec![PathBuf::from(name)],
             collected: Mutex::new(Some(collector.finish())),
+            spill,
         })
     }
 
@@ -200,5 +217,9 @@ impl FileSource {
 impl TraceSource for FileSource {
     fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture> {
         Box::pin(async move { self.classify(plan) })
+    }
+
+    fn spill(&self) -> Option<Arc<Spill>> {
+        self.spill.clone()
     }
 }

@@ -9,6 +9,8 @@ pub mod file;
 pub mod http;
 pub mod jaeger;
 pub mod search;
+pub mod spill;
+pub mod spill_attrs;
 pub mod sweep;
 pub mod tempo;
 pub mod zipkin;
@@ -300,6 +302,12 @@ pub struct SourceCapture {
 pub trait TraceSource: Send + Sync {
     /// Captures what the plan asks for. Failures become gaps; this never fails as a whole.
     fn capture<'a>(&'a self, plan: &'a CapturePlan) -> BoxFuture<'a, SourceCapture>;
+
+    /// Where the source wrote its traces out as it read them (a large file), leaving only light
+    /// spans in what it returns.
+    fn spill(&self) -> Option<std::sync::Arc<spill::Spill>> {
+        None
+    }
 }
 
 /// All sources' results merged: traces deduplicated by id, each with its purposes.
@@ -311,6 +319,9 @@ pub struct Capture {
     pub finished: DateTime<Utc>,
     /// What redaction did to the traces (see `redact`); not run until the caller runs it.
     pub redaction: crate::redact::RedactionReport,
+    /// The full, redacted traces, where a source streamed them out (`traces` then holds light
+    /// spans: the bundle copies the trace files' lines from here).
+    pub spill: Option<std::sync::Arc<spill::Spill>>,
 }
 
 /// Runs every source concurrently and merges their answers.
@@ -376,6 +387,7 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
         started,
         finished: Utc::now(),
         redaction: Default::default(),
+        spill: sources.iter().find_map(|s| s.spill()),
     }
 }
 

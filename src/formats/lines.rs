@@ -82,26 +82,34 @@ pub(super) fn read_rest<R: BufRead>(
         let mut format = format;
         let mut no = 0;
         while let Some(batch) = next_batch(&mut input, no, &mut line_no)? {
-            format = parse_lines(c, &batch.bytes, batch.first_line, format)?;
+            let mut part = c.part();
+            format = parse_lines(&mut part, &batch.bytes, batch.first_line, format)?;
+            part.hand_over(batch.first_line)?;
+            c.absorb(part);
             no += 1;
         }
         return Ok(());
     }
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(workers * 2);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<TraceCollector, FormatError>)>();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<TraceCollector, ReadError>)>();
     let mut parsed: Vec<(usize, TraceCollector)> = Vec::new();
-    let mut failure: Option<(usize, FormatError)> = None;
+    let mut failure: Option<(usize, ReadError)> = None;
     let read_result = std::thread::scope(|scope| {
         for _ in 0..workers {
             let rx = Arc::clone(&batch_rx);
             let tx = done_tx.clone();
+            let template = c.part();
             scope.spawn(move || {
                 loop {
                     let next = rx.lock().map(|r| r.recv());
                     let Ok(Ok(batch)) = next else { break };
-                    let mut part = TraceCollector::default();
+                    let mut part = template.part();
+                    // Each batch is parsed, then handed over (redacted and written out, when
+                    // streaming) on this worker, so every core does that work too.
                     let result = parse_lines(&mut part, &batch.bytes, batch.first_line, format)
+                        .map_err(ReadError::from)
+                        .and_then(|_| part.hand_over(batch.first_line).map_err(ReadError::from))
                         .map(|_| part);
                     if tx.send((batch.no, result)).is_err() {
                         break;
@@ -144,7 +152,7 @@ pub(super) fn read_rest<R: BufRead>(
     });
     read_result?;
     if let Some((_, e)) = failure {
-        return Err(e.into());
+        return Err(e);
     }
     parsed.sort_by_key(|(n, _)| *n);
     for (_, part) in parsed {

@@ -73,10 +73,20 @@ impl Interner {
     }
 }
 
+/// Takes each part of an input as soon as it is read (a batch of JSON Lines, or a whole
+/// document), so that a large input never sits in memory whole: the file source redacts the
+/// part's traces, writes them out, and leaves only light spans (`Span::slim`) behind.
+pub trait TraceSink: Send + Sync {
+    /// `part` orders the parts as the input holds them (it is the part's first line number).
+    fn take(&self, part: usize, traces: &mut [Trace]) -> std::io::Result<()>;
+}
+
 /// Collects parsed spans into traces, keeping the order in which traces first appear, and counts
 /// what had to be skipped.
 #[derive(Default)]
 pub struct TraceCollector {
+    /// Where each part goes once read, when the input is streamed rather than kept.
+    sink: Option<Arc<dyn TraceSink>>,
     pub interner: Interner,
     resources: HashMap<Arc<str>, Vec<Arc<Resource>>>,
     scopes: Vec<Arc<Scope>>,
@@ -91,6 +101,42 @@ pub struct TraceCollector {
 }
 
 impl TraceCollector {
+    /// A collector that hands every part it reads to `sink` (see [`TraceSink`]).
+    pub fn streaming(sink: Arc<dyn TraceSink>) -> Self {
+        Self {
+            sink: Some(sink),
+            ..Self::default()
+        }
+    }
+
+    /// An empty collector for one part of this one's input, handing over to the same sink.
+    fn part(&self) -> Self {
+        Self {
+            sink: self.sink.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Gives this part's traces to the sink, if there is one, with repeated spans dropped first
+    /// (and counted) so that what is written is what is analysed.
+    fn hand_over(&mut self, part: usize) -> std::io::Result<()> {
+        let Some(sink) = self.sink.clone() else {
+            return Ok(());
+        };
+        let duplicates: usize = self.traces.iter_mut().map(dedupe_spans).sum();
+        self.count_duplicates(duplicates);
+        sink.take(part, &mut self.traces)
+    }
+
+    fn count_duplicates(&mut self, duplicates: usize) {
+        if duplicates > 0 {
+            *self
+                .notes
+                .entry("spans read twice (same id, service, operation and start), kept once".into())
+                .or_default() += duplicates;
+        }
+    }
+
     /// The shared copy of an equal resource seen before, or this one.
     pub fn resource(&mut self, resource: Resource) -> Arc<Resource> {
         let same = self.resources.entry(resource.service.clone()).or_default();
@@ -198,8 +244,13 @@ impl TraceCollector {
                 break;
             }
         }
-        let first_error = match self.add_document(&line) {
-            Ok(format) => return lines::read_rest(self, input, line_no, format),
+        let mut first = self.part();
+        let first_error = match first.add_document(&line) {
+            Ok(format) => {
+                first.hand_over(line_no)?;
+                self.absorb(first);
+                return lines::read_rest(self, input, line_no, format);
+            }
             Err(e) => e,
         };
         let first_len = line.len();
@@ -207,9 +258,10 @@ impl TraceCollector {
         input.read_to_end(&mut line)?;
         let error = if matches!(first_error, FormatError::NotJson(_)) {
             // Not a document on its own: perhaps the input is one (multi-line) document.
-            let mut whole = TraceCollector::default();
+            let mut whole = self.part();
             match whole.add_document(&line) {
                 Ok(_) => {
+                    whole.hand_over(line_no)?;
                     self.absorb(whole);
                     return Ok(());
                 }
@@ -219,7 +271,7 @@ impl TraceCollector {
             line_error(line_no, first_error)
         };
         // Or JSON Lines whose first line is damaged: that costs the line, not the file.
-        let mut rest = TraceCollector::default();
+        let mut rest = self.part();
         lines::parse_lines(
             &mut rest,
             &line[first_len..],
@@ -229,6 +281,7 @@ impl TraceCollector {
         if rest.formats.is_empty() {
             return Err(error.into());
         }
+        rest.hand_over(line_no + 1)?;
         self.bad_line(line_no, first_message);
         self.absorb(rest);
         Ok(())
@@ -277,12 +330,7 @@ impl TraceCollector {
                 *count,
             );
         }
-        if duplicates > 0 {
-            *self
-                .notes
-                .entry("spans read twice (same id, service, operation and start), kept once".into())
-                .or_default() += duplicates;
-        }
+        self.count_duplicates(duplicates);
         Collected {
             traces: self.traces,
             skipped: self.skipped,

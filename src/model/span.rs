@@ -220,6 +220,21 @@ impl Span {
         threshold_probability(state)
     }
 
+    /// Drops what only the bundle's trace files need (attributes, events, links) once they are
+    /// written, keeping what the analysis reads: ids, names, times, kind, status, resource, and
+    /// the trace state (Jaeger's `w3c.tracestate` tag moved into it), so that
+    /// [`Span::sampling_probability`] answers as before.
+    pub fn slim(&mut self) {
+        if self.trace_state.is_none()
+            && let Some(AttrValue::Str(s)) = self.attribute("w3c.tracestate")
+        {
+            self.trace_state = Some(s.clone());
+        }
+        self.attributes = Vec::new();
+        self.events = Vec::new();
+        self.links = Vec::new();
+    }
+
     /// The first attribute with this key.
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
         self.attributes

@@ -209,13 +209,29 @@ pub fn write_api_response<'a, W: Write + ?Sized>(
     traces: impl IntoIterator<Item = &'a Trace>,
     out: &mut W,
 ) -> std::io::Result<()> {
+    write_api_response_with(traces, out, |t, out| write_api_trace(t, out))
+}
+
+/// One trace as an element of a Jaeger v1 API response's `data`.
+pub fn write_api_trace<W: Write + ?Sized>(trace: &Trace, out: &mut W) -> std::io::Result<()> {
+    serde_json::to_writer(out, &trace_out(trace))?;
+    Ok(())
+}
+
+/// A Jaeger v1 API response whose traces `write_one` writes (as [`write_api_trace`] does, or
+/// by copying what it wrote before).
+pub fn write_api_response_with<W: Write + ?Sized, T>(
+    traces: impl IntoIterator<Item = T>,
+    out: &mut W,
+    mut write_one: impl FnMut(T, &mut W) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     out.write_all(b"{\"data\":[")?;
     let mut n = 0usize;
     for t in traces {
         if n > 0 {
             out.write_all(b",\n")?;
         }
-        serde_json::to_writer(&mut *out, &trace_out(t))?;
+        write_one(t, out)?;
         n += 1;
     }
     write!(
