@@ -184,13 +184,21 @@ fn is_incident_trace(p: Purposes) -> bool {
 /// Where the attributes of light spans (`Span::slim`) are read back, for the one analysis that
 /// compares attributes (the suspects).
 pub trait SpanDetails: Sync {
-    /// The attributes of every span of the traces `ids`.
-    fn attributes(&self, ids: &[TraceId]) -> std::io::Result<Vec<(TraceId, SpanRecord)>>;
+    /// The attributes of the spans of the traces `ids` for which `wanted(service, operation)`.
+    fn attributes(
+        &self,
+        ids: &[TraceId],
+        wanted: &dyn Fn(&str, &str) -> bool,
+    ) -> std::io::Result<Vec<(TraceId, SpanRecord)>>;
 }
 
 impl SpanDetails for crate::capture::spill::Spill {
-    fn attributes(&self, ids: &[TraceId]) -> std::io::Result<Vec<(TraceId, SpanRecord)>> {
-        crate::capture::spill::Spill::attributes(self, ids)
+    fn attributes(
+        &self,
+        ids: &[TraceId],
+        wanted: &dyn Fn(&str, &str) -> bool,
+    ) -> std::io::Result<Vec<(TraceId, SpanRecord)>> {
+        crate::capture::spill::Spill::attributes(self, ids, wanted)
     }
 }
 
@@ -287,7 +295,9 @@ pub fn analyze_with(
                         .map(|t| t.trace.id)
                         .collect();
                     let clock = std::time::Instant::now();
-                    let read = d.attributes(&ids)?;
+                    let read = d.attributes(&ids, &|service, operation| {
+                        service == o.service && operation == o.operation
+                    })?;
                     tracing::debug!(
                         traces = ids.len(),
                         spans = read.len(),

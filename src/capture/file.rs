@@ -5,13 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use super::spill::Spill;
+use super::spill::{Held, Spill};
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
-use crate::formats::{Collected, ReadError, TraceCollector, open_trace_file};
+use crate::formats::{Collected, ReadError, SPANS_READ_TWICE, TraceCollector, open_trace_file};
+use crate::model::Trace;
 
 /// The source notes that count what of a file lies outside the incident window and the baseline
 /// period (the collect summary names them).
@@ -33,7 +35,93 @@ pub struct FileError {
 pub struct FileSource {
     paths: Vec<PathBuf>,
     collected: Mutex<Option<Collected>>,
+    /// The compact traces, when they streamed through `spill` (`collected` then holds none).
+    held: Mutex<Option<Vec<Held>>>,
     spill: Option<Arc<Spill>>,
+    /// Traces the plan asked for that `capture.max_traces` left out (counted by `capture::run`).
+    not_kept: AtomicUsize,
+}
+
+/// What classifying a trace asks of it, whole or compact.
+trait Classify {
+    fn span_count(&self) -> usize;
+    fn start_ns(&self) -> i64;
+    fn has_error(&self) -> bool;
+    fn max_span_duration_ns(&self) -> i64;
+}
+
+impl Classify for Trace {
+    fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+    fn start_ns(&self) -> i64 {
+        Trace::start_ns(self)
+    }
+    fn has_error(&self) -> bool {
+        Trace::has_error(self)
+    }
+    fn max_span_duration_ns(&self) -> i64 {
+        Trace::max_span_duration_ns(self)
+    }
+}
+
+impl Classify for Held {
+    fn span_count(&self) -> usize {
+        self.light.span_count()
+    }
+    fn start_ns(&self) -> i64 {
+        self.light.start_ns()
+    }
+    fn has_error(&self) -> bool {
+        self.light.has_error()
+    }
+    fn max_span_duration_ns(&self) -> i64 {
+        self.light.max_span_duration_ns()
+    }
+}
+
+/// Traces sorted out by purpose, with what was left out counted.
+struct Sorted<T> {
+    traces: Vec<(T, Purposes)>,
+    spans_read: usize,
+    outside: usize,
+    spans_left_out: usize,
+}
+
+fn sort_out<T: Classify>(read: Vec<T>, plan: &CapturePlan) -> Sorted<T> {
+    let slow_ns = plan.slow_threshold_ns();
+    let mut sorted = Sorted {
+        traces: Vec::with_capacity(read.len()),
+        spans_read: 0,
+        outside: 0,
+        spans_left_out: 0,
+    };
+    for trace in read {
+        sorted.spans_read += trace.span_count();
+        let start = trace.start_ns();
+        let mut p = Purposes::default();
+        if plan.window.contains_ns(start) {
+            // A file is all the traffic the user had: every trace of the window is in the
+            // sample the rates rest on (and is stored once, errors first).
+            p = p.with(Purpose::Sample);
+            if trace.has_error() {
+                p = p.with(Purpose::Errors);
+            }
+            if trace.max_span_duration_ns() >= slow_ns {
+                p = p.with(Purpose::Slow);
+            }
+        }
+        if plan.baseline.is_some_and(|b| b.contains_ns(start)) {
+            p = p.with(Purpose::Baseline);
+        }
+        if p == Purposes::default() {
+            sorted.outside += 1;
+            sorted.spans_left_out += trace.span_count();
+            continue;
+        }
+        sorted.traces.push((trace, p));
+    }
+    sorted
 }
 
 fn collector(spill: Option<&Arc<Spill>>) -> TraceCollector {
@@ -53,14 +141,34 @@ impl FileSource {
                 path: path.display().to_string(),
                 source,
             };
+            if let Some(s) = &spill {
+                s.next_input();
+            }
             let input = open_trace_file(path).map_err(|e| err(e.into()))?;
             collector.read(input).map_err(err)?;
         }
-        Ok(Self {
-            paths: paths.to_vec(),
-            collected: Mutex::new(Some(collector.finish())),
+        Ok(Self::new(paths.to_vec(), collector, spill))
+    }
+
+    fn new(paths: Vec<PathBuf>, collector: TraceCollector, spill: Option<Arc<Spill>>) -> Self {
+        let mut collected = collector.finish();
+        let held = spill.as_ref().map(|s| {
+            let (held, duplicates) = s.take_traces();
+            if duplicates > 0 {
+                *collected
+                    .notes
+                    .entry(SPANS_READ_TWICE.into())
+                    .or_default() += duplicates;
+            }
+            held
+        });
+        Self {
+            paths,
+            collected: Mutex::new(Some(collected)),
+            held: Mutex::new(held),
             spill,
-        })
+            not_kept: AtomicUsize::new(0),
+        }
     }
 
     /// Reads traces from bytes in memory (plain or zstd), as from a file called `name`.
@@ -74,6 +182,9 @@ impl FileSource {
             source,
         };
         let mut collector = collector(spill.as_ref());
+        if let Some(s) = &spill {
+            s.next_input();
+        }
         if bytes.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
             let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| err(e.into()))?;
             collector
@@ -82,16 +193,18 @@ impl FileSource {
         } else {
             collector.read(bytes).map_err(err)?;
         }
-        Ok(Self {
-            paths: vec![PathBuf::from(name)],
-            collected: Mutex::new(Some(collector.finish())),
-            spill,
-        })
+        Ok(Self::new(vec![PathBuf::from(name)], collector, spill))
     }
 
     /// Earliest span start and latest span end over all traces, in ns. Spans with no time at
     /// all (kept as read) do not count: they would stretch the window back to 1970.
     pub fn span_range(&self) -> Option<(i64, i64)> {
+        if let Some(held) = &*self.held.lock().unwrap_or_else(|p| p.into_inner()) {
+            let ranges = || held.iter().filter_map(|h| h.light.timed_range());
+            let start = ranges().map(|r| r.0).min()?;
+            let end = ranges().map(|r| r.1).max()?;
+            return Some((start, end));
+        }
         let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
         let timed = || {
             guard
@@ -118,37 +231,31 @@ impl FileSource {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default();
-        let slow_ns = plan.slow_threshold_ns();
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut notes = collected.notes;
-        let mut traces = Vec::with_capacity(collected.traces.len());
-        let mut outside = 0usize;
-        let mut spans_read = 0usize;
-        let mut spans_left_out = 0usize;
-        for trace in collected.traces {
-            spans_read += trace.spans.len();
-            let start = trace.start_ns();
-            let mut p = Purposes::default();
-            if plan.window.contains_ns(start) {
-                // A file is all the traffic the user had: every trace of the window is in the
-                // sample the rates rest on (and is stored once, errors first).
-                p = p.with(Purpose::Sample);
-                if trace.has_error() {
-                    p = p.with(Purpose::Errors);
-                }
-                if trace.max_span_duration_ns() >= slow_ns {
-                    p = p.with(Purpose::Slow);
-                }
+        let (traces, spans_read, outside, spans_left_out) = match (held, &self.spill) {
+            (Some(held), Some(spill)) => {
+                let sorted = sort_out(held, plan);
+                let mut kept = sorted.traces;
+                // Only what the capture keeps is made whole again (its spans, not their
+                // attributes); the spill forgets the rest.
+                let not_kept = super::keep_most_important(&mut kept, plan.max_traces);
+                self.not_kept.store(not_kept, Ordering::SeqCst);
+                let ids: std::collections::HashSet<_> = kept.iter().map(|(h, _)| h.id).collect();
+                spill.keep_only(&ids);
+                drop(ids);
+                let traces = spill.with_names(|names| {
+                    kept.into_iter()
+                        .map(|(h, p)| (h.light.to_trace(h.id, names), p))
+                        .collect::<Vec<_>>()
+                });
+                (traces, sorted.spans_read, sorted.outside, sorted.spans_left_out)
             }
-            if plan.baseline.is_some_and(|b| b.contains_ns(start)) {
-                p = p.with(Purpose::Baseline);
+            _ => {
+                let sorted = sort_out(collected.traces, plan);
+                (sorted.traces, sorted.spans_read, sorted.outside, sorted.spans_left_out)
             }
-            if p == Purposes::default() {
-                outside += 1;
-                spans_left_out += trace.spans.len();
-                continue;
-            }
-            traces.push((trace, p));
-        }
+        };
         // What was handed over and what of it is kept: nothing is dropped without a word.
         notes.insert("spans read".into(), spans_read);
         notes.insert("spans kept".into(), spans_read - spans_left_out);
@@ -221,5 +328,9 @@ impl TraceSource for FileSource {
 
     fn spill(&self) -> Option<Arc<Spill>> {
         self.spill.clone()
+    }
+
+    fn traces_not_kept(&self) -> usize {
+        self.not_kept.load(Ordering::SeqCst)
     }
 }

@@ -8,6 +8,7 @@
 pub mod file;
 pub mod http;
 pub mod jaeger;
+pub mod light;
 pub mod search;
 pub mod spill;
 pub mod spill_attrs;
@@ -308,6 +309,39 @@ pub trait TraceSource: Send + Sync {
     fn spill(&self) -> Option<std::sync::Arc<spill::Spill>> {
         None
     }
+
+    /// Traces found that the source itself left out for `capture.max_traces` (a large file,
+    /// sorted out before its traces were made whole); `run` records them with its own.
+    fn traces_not_kept(&self) -> usize {
+        0
+    }
+}
+
+/// How much a trace matters when not all can be kept: errors, then slow, then baseline, then
+/// the rest.
+fn importance(p: &Purposes) -> usize {
+    [
+        Purpose::Errors,
+        Purpose::Slow,
+        Purpose::Baseline,
+        Purpose::Sample,
+        Purpose::Recovery,
+    ]
+    .iter()
+    .position(|x| p.has(*x))
+    .unwrap_or(5)
+}
+
+/// Keeps at most `max` of `traces`, the most important first (in their order otherwise);
+/// returns how many were left out.
+pub fn keep_most_important<T>(traces: &mut Vec<(T, Purposes)>, max: usize) -> usize {
+    if traces.len() <= max {
+        return 0;
+    }
+    traces.sort_by_key(|(_, p)| importance(p));
+    let dropped = traces.len() - max;
+    traces.truncate(max);
+    dropped
 }
 
 /// All sources' results merged: traces deduplicated by id, each with its purposes.
@@ -350,23 +384,9 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
         }
     }
     gaps.extend(plan.gaps.iter().cloned());
-    if traces.len() > plan.max_traces {
-        // Keep what matters most: errors, then slow, then baseline, then the rest.
-        let rank = |p: &Purposes| {
-            [
-                Purpose::Errors,
-                Purpose::Slow,
-                Purpose::Baseline,
-                Purpose::Sample,
-                Purpose::Recovery,
-            ]
-            .iter()
-            .position(|x| p.has(*x))
-            .unwrap_or(5)
-        };
-        traces.sort_by_key(|(_, p)| rank(p));
-        let dropped = traces.len() - plan.max_traces;
-        traces.truncate(plan.max_traces);
+    let dropped = keep_most_important(&mut traces, plan.max_traces)
+        + sources.iter().map(|s| s.traces_not_kept()).sum::<usize>();
+    if dropped > 0 {
         gaps.push(Gap {
             source: "capture".into(),
             kind: LIMIT_REACHED.into(),

@@ -13,39 +13,75 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::light::{LightTrace, Names, PartNames};
 use super::spill_attrs::{self, SpanRecord};
 use crate::formats::{TraceCollector, TraceSink, jaeger, otlp};
 use crate::model::{Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
-/// Where one part's copy of a trace lies in the spill file: (offset, length).
-type Extent = (u64, u64);
-
+/// Where one part's copy of a trace lies in the spill file: its OTLP line, then (when it has
+/// one) its Jaeger trace, then its attribute record, one after the other.
 #[derive(Clone, Copy, Debug)]
 struct Record {
-    /// The part of the input it came from (its first line number): the merge order.
-    part: usize,
-    otlp: Extent,
-    jaeger: Option<Extent>,
-    /// The spans' own attributes (`spill_attrs`).
-    attrs: Extent,
+    /// The part of the input it came from: the merge order.
+    part: u64,
+    offset: u64,
+    otlp: u32,
+    jaeger: u32,
+    attrs: u32,
+}
+
+impl Record {
+    fn otlp(&self) -> (u64, u32) {
+        (self.offset, self.otlp)
+    }
+    fn jaeger(&self) -> Option<(u64, u32)> {
+        (self.jaeger > 0).then_some((self.offset + u64::from(self.otlp), self.jaeger))
+    }
+    fn attrs(&self) -> (u64, u32) {
+        (
+            self.offset + u64::from(self.otlp) + u64::from(self.jaeger),
+            self.attrs,
+        )
+    }
+}
+
+/// One trace: where its parts lie, and (until the capture takes them) its compact spans.
+struct Entry {
+    /// Where the trace was first seen (part, then position in it): the order traces are
+    /// handed to the analysis, as when a file is read whole.
+    first_seen: (u64, u32),
+    record: Record,
+    light: LightTrace,
+    /// Further parts, when the trace's spans were spread over the input.
+    more: Option<Box<Vec<(Record, LightTrace)>>>,
 }
 
 #[derive(Default)]
 struct State {
     len: u64,
-    index: HashMap<TraceId, Vec<Record>>,
+    entries: HashMap<TraceId, Entry>,
+    names: Names,
     redaction: RedactionReport,
 }
 
-/// The temporary file of redacted traces and its index by trace id.
+/// The temporary file of redacted traces, their index, and their compact spans.
 pub struct Spill {
     file: File,
     redactor: Redactor,
     /// Traces with a span at least this long also get their Jaeger copy written.
     slow_ns: i64,
+    /// Inputs begun (each file is one): parts are numbered input first, then line.
+    inputs: AtomicU64,
     state: Mutex<State>,
+}
+
+/// A trace as the spill hands it to the capture: compact, with what the plan asks of it.
+pub struct Held {
+    pub id: TraceId,
+    pub light: LightTrace,
 }
 
 impl Spill {
@@ -56,12 +92,18 @@ impl Spill {
             file: tempfile::tempfile()?,
             redactor,
             slow_ns,
+            inputs: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the start of another input (file): its parts come after the previous one's.
+    pub fn next_input(&self) {
+        self.inputs.fetch_add(1, Ordering::SeqCst);
     }
 
     /// What redaction did to every trace written so far.
@@ -76,13 +118,61 @@ impl Spill {
         self.state().len
     }
 
-    fn records(&self, id: TraceId) -> Vec<Record> {
-        self.state().index.get(&id).cloned().unwrap_or_default()
+    /// Every trace read, compact, in the order first seen, with its parts merged; and how many
+    /// spans the merging found twice (dropped). The spill keeps only where each trace lies.
+    pub fn take_traces(&self) -> (Vec<Held>, usize) {
+        let mut state = self.state();
+        let State { entries, names, .. } = &mut *state;
+        let mut order: Vec<((u64, u32), TraceId)> =
+            entries.iter().map(|(id, e)| (e.first_seen, *id)).collect();
+        order.sort_unstable();
+        let mut duplicates = 0;
+        let mut held = Vec::with_capacity(order.len());
+        for (_, id) in order {
+            let Some(e) = entries.get_mut(&id) else { continue };
+            let mut light = std::mem::take(&mut e.light);
+            if let Some(more) = &mut e.more {
+                let mut parts: Vec<(u64, LightTrace)> = Vec::with_capacity(more.len() + 1);
+                parts.push((e.record.part, light));
+                parts.extend(more.iter_mut().map(|(r, l)| (r.part, std::mem::take(l))));
+                parts.sort_by_key(|(p, _)| *p);
+                let mut parts = parts.into_iter();
+                light = parts.next().map(|(_, l)| l).unwrap_or_default();
+                for (_, l) in parts {
+                    duplicates += light.append(l, names);
+                }
+            }
+            held.push(Held { id, light });
+        }
+        (held, duplicates)
     }
 
-    fn read(&self, (offset, len): Extent) -> io::Result<Vec<u8>> {
-        let len = usize::try_from(len).map_err(io::Error::other)?;
-        let mut buf = vec![0; len];
+    /// Forgets every trace but `keep` (what the capture left out will not be written).
+    pub fn keep_only(&self, keep: &std::collections::HashSet<TraceId>) {
+        let mut state = self.state();
+        state.entries.retain(|id, _| keep.contains(id));
+        state.entries.shrink_to_fit();
+    }
+
+    /// The names the compact spans number.
+    pub fn with_names<T>(&self, f: impl FnOnce(&Names) -> T) -> T {
+        f(&self.state().names)
+    }
+
+    fn records(&self, id: TraceId) -> Vec<Record> {
+        let state = self.state();
+        let Some(e) = state.entries.get(&id) else {
+            return Vec::new();
+        };
+        let mut out = vec![e.record];
+        if let Some(more) = &e.more {
+            out.extend(more.iter().map(|(r, _)| *r));
+        }
+        out
+    }
+
+    fn read(&self, (offset, len): (u64, u32)) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     }
@@ -97,11 +187,9 @@ impl Spill {
         records.sort_by_key(|r| r.part);
         let mut c = TraceCollector::default();
         for r in records {
-            let line = self.read(r.otlp)?;
+            let line = self.read(r.otlp())?;
             c.add_document(&line).map_err(|e| {
-                io::Error::other(format!(
-                    "the spilled copy of trace {id} cannot be read: {e}"
-                ))
+                io::Error::other(format!("the spilled copy of trace {id} cannot be read: {e}"))
             })?;
         }
         Ok(c.finish().traces.into_iter().find(|t| t.id == id))
@@ -111,7 +199,7 @@ impl Spill {
     /// one part (`trace` itself is light and cannot be written as it is).
     pub fn write_otlp<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
         match self.records(trace.id).as_slice() {
-            [one] => out.write_all(&self.read(one.otlp)?),
+            [one] => out.write_all(&self.read(one.otlp())?),
             [] => otlp::write_trace_line(trace, out),
             _ => otlp::write_trace_line(&self.whole(trace)?, out),
         }
@@ -120,38 +208,33 @@ impl Spill {
     /// Writes `trace` as an element of a Jaeger API response's `data`, the same way.
     pub fn write_jaeger<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
         match self.records(trace.id).as_slice() {
-            [
-                Record {
-                    jaeger: Some(extent),
-                    ..
-                },
-            ] => out.write_all(&self.read(*extent)?),
+            [one] => match one.jaeger() {
+                Some(extent) => out.write_all(&self.read(extent)?),
+                None => jaeger::write_api_trace(&self.whole(trace)?, out),
+            },
             [] => jaeger::write_api_trace(trace, out),
             _ => jaeger::write_api_trace(&self.whole(trace)?, out),
         }
     }
 
-    /// The attributes of every span of the traces `ids`, read in the order they lie in the file.
-    pub fn attributes(&self, ids: &[TraceId]) -> io::Result<Vec<(TraceId, SpanRecord)>> {
-        let mut extents: Vec<(TraceId, Extent)> = {
-            let state = self.state();
-            ids.iter()
-                .flat_map(|id| {
-                    state
-                        .index
-                        .get(id)
-                        .into_iter()
-                        .flatten()
-                        .map(|r| (*id, r.attrs))
-                })
-                .collect()
-        };
+    /// The attributes of the spans of the traces `ids` for which `wanted(service, operation)`,
+    /// read in the order they lie in the file.
+    pub fn attributes(
+        &self,
+        ids: &[TraceId],
+        wanted: &dyn Fn(&str, &str) -> bool,
+    ) -> io::Result<Vec<(TraceId, SpanRecord)>> {
+        let mut extents: Vec<(TraceId, (u64, u32))> = ids
+            .iter()
+            .flat_map(|id| self.records(*id).into_iter().map(|r| (*id, r.attrs())))
+            .collect();
         extents.sort_unstable_by_key(|(_, e)| e.0);
         let mut names = HashMap::new();
         let mut out = Vec::new();
         for (id, extent) in extents {
             let bytes = self.read(extent)?;
-            let spans = spill_attrs::decode(&bytes, &mut names).map_err(io::Error::other)?;
+            let spans = spill_attrs::decode(&bytes, &mut names, wanted)
+                .map_err(io::Error::other)?;
             out.extend(spans.into_iter().map(|s| (id, s)));
         }
         Ok(out)
@@ -164,44 +247,66 @@ impl Spill {
     }
 }
 
+fn len32(n: usize) -> io::Result<u32> {
+    u32::try_from(n).map_err(|_| io::Error::other("a single trace of 4 GiB or more"))
+}
+
 impl TraceSink for Spill {
-    fn take(&self, part: usize, traces: &mut [Trace]) -> io::Result<()> {
+    fn take(&self, part: usize, mut traces: Vec<Trace>) -> io::Result<()> {
+        let part = (self.inputs.load(Ordering::SeqCst) << 40) | part as u64;
         let report = self.redactor.apply_each(traces.iter_mut());
         let mut buf = Vec::with_capacity(1 << 20);
         let mut records = Vec::with_capacity(traces.len());
-        for t in traces.iter() {
-            let start = buf.len() as u64;
+        for t in &traces {
+            let offset = buf.len();
             otlp::write_trace_line(t, &mut buf)?;
-            let otlp = (start, buf.len() as u64 - start);
-            let jaeger = if t.has_error() || t.max_span_duration_ns() >= self.slow_ns {
-                let start = buf.len() as u64;
+            let otlp = len32(buf.len() - offset)?;
+            let jaeger_at = buf.len();
+            if t.has_error() || t.max_span_duration_ns() >= self.slow_ns {
                 jaeger::write_api_trace(t, &mut buf)?;
-                Some((start, buf.len() as u64 - start))
-            } else {
-                None
-            };
-            let start = buf.len() as u64;
+            }
+            let jaeger = len32(buf.len() - jaeger_at)?;
+            let attrs_at = buf.len();
             spill_attrs::encode(t, &mut buf);
-            let attrs = (start, buf.len() as u64 - start);
-            records.push((t.id, otlp, jaeger, attrs));
+            let attrs = len32(buf.len() - attrs_at)?;
+            records.push(Record {
+                part,
+                offset: offset as u64,
+                otlp,
+                jaeger,
+                attrs,
+            });
         }
-        for t in traces.iter_mut() {
-            t.spans.iter_mut().for_each(crate::model::Span::slim);
-            t.spans.shrink_to_fit();
-        }
+        let part_names = PartNames::of(&traces, &mut self.state().names);
+        let lights: Vec<LightTrace> = traces.iter().map(|t| part_names.lighten(t)).collect();
+        let ids: Vec<TraceId> = traces.iter().map(|t| t.id).collect();
+        drop(traces);
         // The range is taken under the lock and written outside it, so parts are written at
         // once from every core.
         let base = {
             let mut state = self.state();
             let base = state.len;
             state.len += buf.len() as u64;
-            for (id, (o, ol), jaeger, (a, al)) in records {
-                state.index.entry(id).or_default().push(Record {
-                    part,
-                    otlp: (base + o, ol),
-                    jaeger: jaeger.map(|(j, jl)| (base + j, jl)),
-                    attrs: (base + a, al),
-                });
+            for (i, ((id, mut record), light)) in ids.into_iter().zip(records).zip(lights).enumerate() {
+                record.offset += base;
+                let seen = (part, i as u32);
+                match state.entries.get_mut(&id) {
+                    None => {
+                        state.entries.insert(
+                            id,
+                            Entry {
+                                first_seen: seen,
+                                record,
+                                light,
+                                more: None,
+                            },
+                        );
+                    }
+                    Some(e) => {
+                        e.first_seen = e.first_seen.min(seen);
+                        e.more.get_or_insert_default().push((record, light));
+                    }
+                }
             }
             state.redaction.add(report);
             base

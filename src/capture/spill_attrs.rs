@@ -3,7 +3,7 @@
 //! thousand calls without parsing their traces' JSON again.
 //!
 //! Layout (little-endian): span count (u32), then per span its id (8 bytes), start and end (i64),
-//! service (text), attribute count (u32) and the attributes; a text is a u32 length and UTF-8
+//! service and operation (texts), attribute count (u32) and the attributes; a text is a u32 length and UTF-8
 //! bytes; a value is a tag byte and its payload (nested arrays and maps as counts and values).
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ pub fn encode(trace: &Trace, out: &mut Vec<u8>) {
         out.extend_from_slice(&s.start_ns.to_le_bytes());
         out.extend_from_slice(&s.end_ns.to_le_bytes());
         put_text(out, s.service());
+        put_text(out, &s.operation);
         put_attributes(out, &s.attributes);
     }
 }
@@ -86,10 +87,12 @@ pub struct SpanRecord {
 #[error("a spilled attribute record is damaged at byte {0}")]
 pub struct Damaged(usize);
 
-/// Reads a record written by [`encode`], sharing repeated keys and services through `names`.
+/// Reads the spans of a record written by [`encode`] for which `wanted(service, operation)`,
+/// sharing repeated keys and services through `names`.
 pub fn decode(
     bytes: &[u8],
     names: &mut HashMap<Box<str>, Arc<str>>,
+    wanted: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Vec<SpanRecord>, Damaged> {
     let mut r = Reader { bytes, at: 0 };
     let n = r.len()?;
@@ -99,7 +102,11 @@ pub fn decode(
         let start_ns = i64::from_le_bytes(r.array()?);
         let end_ns = i64::from_le_bytes(r.array()?);
         let service = r.name(names)?;
+        let operation = r.name(names)?;
         let attributes = r.attributes(names, 0)?;
+        if !wanted(&service, &operation) {
+            continue;
+        }
         spans.push(SpanRecord {
             span_id,
             start_ns,
@@ -260,13 +267,18 @@ mod tests {
         };
         let mut bytes = Vec::new();
         encode(&trace, &mut bytes);
-        let back = decode(&bytes, &mut HashMap::new()).unwrap();
+        let back = decode(&bytes, &mut HashMap::new(), &|_, _| true).unwrap();
         assert_eq!(back.len(), 1);
         assert!(is_span(&back[0], &span));
         assert_eq!(back[0].attributes, attributes);
+        let none = decode(&bytes, &mut HashMap::new(), &|_, op| op != "op").unwrap();
+        assert!(none.is_empty());
         // A cut record is an error, not a panic or a short answer.
         for cut in [1, 10, bytes.len() - 1] {
-            assert!(decode(&bytes[..cut], &mut HashMap::new()).is_err(), "{cut}");
+            assert!(
+                decode(&bytes[..cut], &mut HashMap::new(), &|_, _| true).is_err(),
+                "{cut}"
+            );
         }
     }
 }

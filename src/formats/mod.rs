@@ -73,12 +73,16 @@ impl Interner {
     }
 }
 
+/// The note that counts spans read twice (the same export read again), kept once.
+pub const SPANS_READ_TWICE: &str =
+    "spans read twice (same id, service, operation and start), kept once";
+
 /// Takes each part of an input as soon as it is read (a batch of JSON Lines, or a whole
 /// document), so that a large input never sits in memory whole: the file source redacts the
 /// part's traces, writes them out, and leaves only light spans (`Span::slim`) behind.
 pub trait TraceSink: Send + Sync {
     /// `part` orders the parts as the input holds them (it is the part's first line number).
-    fn take(&self, part: usize, traces: &mut [Trace]) -> std::io::Result<()>;
+    fn take(&self, part: usize, traces: Vec<Trace>) -> std::io::Result<()>;
 }
 
 /// Collects parsed spans into traces, keeping the order in which traces first appear, and counts
@@ -125,15 +129,14 @@ impl TraceCollector {
         };
         let duplicates: usize = self.traces.iter_mut().map(dedupe_spans).sum();
         self.count_duplicates(duplicates);
-        sink.take(part, &mut self.traces)
+        self.index.clear();
+        sink.take(part, std::mem::take(&mut self.traces))
     }
 
-    fn count_duplicates(&mut self, duplicates: usize) {
+    /// Counts spans read twice and kept once.
+    pub fn count_duplicates(&mut self, duplicates: usize) {
         if duplicates > 0 {
-            *self
-                .notes
-                .entry("spans read twice (same id, service, operation and start), kept once".into())
-                .or_default() += duplicates;
+            *self.notes.entry(SPANS_READ_TWICE.into()).or_default() += duplicates;
         }
     }
 

@@ -1,0 +1,253 @@
+//! Compact traces: what the analysis needs of a span in 48 bytes (ids, times, kind, status, and
+//! the operation and resource as numbers into tables shared by the whole capture), so that
+//! millions of spans can be held while a file is read. The few spans with a status message or a
+//! W3C trace state keep them beside the trace. Only the traces a capture keeps are turned back
+//! into [`Trace`]s (with no attributes: those stay in the spill).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::model::{AttrValue, Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace};
+
+/// One span, compact.
+#[derive(Clone, Debug)]
+pub struct LightSpan {
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub operation: u32,
+    pub resource: u32,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    /// 1 + the index of this span's entry in [`LightTrace::extras`]; 0 for none.
+    extra: u32,
+}
+
+impl LightSpan {
+    fn duration_ns(&self) -> i64 {
+        (self.end_ns - self.start_ns).max(0)
+    }
+
+    fn is_timed(&self) -> bool {
+        self.start_ns != 0 || self.end_ns != 0
+    }
+}
+
+/// What a few spans carry besides: a status message, a trace state.
+#[derive(Clone, Debug)]
+struct Extra {
+    message: Option<Box<str>>,
+    trace_state: Option<Box<str>>,
+}
+
+/// One trace's spans, compact, in the order they were read.
+#[derive(Clone, Debug, Default)]
+pub struct LightTrace {
+    spans: Vec<LightSpan>,
+    extras: Vec<Extra>,
+}
+
+impl LightTrace {
+    pub fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// As [`Trace::has_error`].
+    pub fn has_error(&self) -> bool {
+        self.spans.iter().any(|s| s.status == StatusCode::Error)
+    }
+
+    /// As [`Trace::max_span_duration_ns`].
+    pub fn max_span_duration_ns(&self) -> i64 {
+        self.spans
+            .iter()
+            .map(LightSpan::duration_ns)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// As [`Trace::start_ns`].
+    pub fn start_ns(&self) -> i64 {
+        self.spans.iter().map(|s| s.start_ns).min().unwrap_or(0)
+    }
+
+    /// Earliest start and latest end of the spans that have a time at all.
+    pub fn timed_range(&self) -> Option<(i64, i64)> {
+        let timed = || self.spans.iter().filter(|s| s.is_timed());
+        let start = timed().map(|s| s.start_ns).min()?;
+        let end = timed().map(|s| s.end_ns.max(s.start_ns)).max()?;
+        Some((start, end))
+    }
+
+    /// Appends another part of the same trace, dropping the spans it repeats (the same id,
+    /// service, operation and start, as `formats` does when a trace is read whole); returns how
+    /// many were dropped.
+    pub fn append(&mut self, other: LightTrace, names: &Names) -> usize {
+        let key = |s: &LightSpan| {
+            (
+                s.span_id,
+                names.resources[s.resource as usize].service.clone(),
+                s.operation,
+                s.start_ns,
+            )
+        };
+        let mut seen: std::collections::HashSet<_> = self.spans.iter().map(key).collect();
+        let mut dropped = 0;
+        for mut s in other.spans {
+            if !seen.insert(key(&s)) {
+                dropped += 1;
+                continue;
+            }
+            if s.extra != 0 {
+                self.extras.push(other.extras[s.extra as usize - 1].clone());
+                s.extra = self.extras.len() as u32;
+            }
+            self.spans.push(s);
+        }
+        dropped
+    }
+
+    /// The trace, with each span's attributes, events and links left out (`Span::slim`).
+    pub fn to_trace(&self, id: crate::model::TraceId, names: &Names) -> Trace {
+        let spans = self
+            .spans
+            .iter()
+            .map(|s| {
+                let extra = (s.extra != 0).then(|| &self.extras[s.extra as usize - 1]);
+                Span {
+                    trace_id: id,
+                    span_id: s.span_id,
+                    parent: s.parent,
+                    operation: names.operations[s.operation as usize].clone(),
+                    start_ns: s.start_ns,
+                    end_ns: s.end_ns,
+                    kind: s.kind,
+                    status: Status {
+                        code: s.status,
+                        message: extra.and_then(|e| e.message.clone()),
+                    },
+                    attributes: Vec::new(),
+                    resource: names.resources[s.resource as usize].clone(),
+                    scope: None,
+                    events: Vec::new(),
+                    links: Vec::new(),
+                    trace_state: extra.and_then(|e| e.trace_state.clone()),
+                }
+            })
+            .collect();
+        Trace { id, spans }
+    }
+}
+
+/// The operation names and resources of a whole capture, numbered.
+#[derive(Default)]
+pub struct Names {
+    operations: Vec<Arc<str>>,
+    operation_index: HashMap<Arc<str>, u32>,
+    resources: Vec<Arc<Resource>>,
+    /// Resources by service name, compared whole within a service.
+    resource_index: HashMap<Arc<str>, Vec<u32>>,
+}
+
+impl Names {
+    fn operation(&mut self, name: &Arc<str>) -> u32 {
+        if let Some(&i) = self.operation_index.get(name) {
+            return i;
+        }
+        let i = self.operations.len() as u32;
+        self.operations.push(name.clone());
+        self.operation_index.insert(name.clone(), i);
+        i
+    }
+
+    fn resource(&mut self, r: &Arc<Resource>) -> u32 {
+        let same = self.resource_index.entry(r.service.clone()).or_default();
+        if let Some(&i) = same
+            .iter()
+            .find(|&&i| self.resources[i as usize].as_ref() == r.as_ref())
+        {
+            return i;
+        }
+        let i = self.resources.len() as u32;
+        self.resources.push(r.clone());
+        same.push(i);
+        i
+    }
+}
+
+/// The numbers one part of the input uses for its operations and resources, looked up once per
+/// distinct name (by pointer: a part shares its names) under the capture's lock.
+#[derive(Default)]
+pub struct PartNames {
+    operations: HashMap<usize, u32>,
+    resources: HashMap<usize, u32>,
+}
+
+fn address<T: ?Sized>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a).cast::<u8>() as usize
+}
+
+impl PartNames {
+    /// Numbers every operation and resource of `traces` in `names`.
+    pub fn of(traces: &[Trace], names: &mut Names) -> Self {
+        let mut part = Self::default();
+        for s in traces.iter().flat_map(|t| &t.spans) {
+            part.operations
+                .entry(address(&s.operation))
+                .or_insert_with(|| names.operation(&s.operation));
+            part.resources
+                .entry(address(&s.resource))
+                .or_insert_with(|| names.resource(&s.resource));
+        }
+        part
+    }
+
+    /// `trace`, compact (its names must have been numbered by [`PartNames::of`]).
+    pub fn lighten(&self, trace: &Trace) -> LightTrace {
+        let mut extras = Vec::new();
+        let spans = trace
+            .spans
+            .iter()
+            .map(|s| {
+                let trace_state = s.trace_state.clone().or_else(|| {
+                    match s.attribute("w3c.tracestate") {
+                        Some(AttrValue::Str(v)) => Some(v.clone()),
+                        _ => None,
+                    }
+                });
+                let extra = if s.status.message.is_some() || trace_state.is_some() {
+                    extras.push(Extra {
+                        message: s.status.message.clone(),
+                        trace_state,
+                    });
+                    extras.len() as u32
+                } else {
+                    0
+                };
+                LightSpan {
+                    span_id: s.span_id,
+                    parent: s.parent,
+                    start_ns: s.start_ns,
+                    end_ns: s.end_ns,
+                    operation: self.operations[&address(&s.operation)],
+                    resource: self.resources[&address(&s.resource)],
+                    kind: s.kind,
+                    status: s.status.code,
+                    extra,
+                }
+            })
+            .collect();
+        LightTrace { spans, extras }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_light_span_is_small() {
+        assert!(std::mem::size_of::<LightSpan>() <= 48);
+    }
+}
