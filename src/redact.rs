@@ -76,7 +76,13 @@ pub struct Redactor {
     enabled: bool,
     keys: Vec<Regex>,
     values: Vec<(String, Regex)>,
+    /// All of `values` at once: most texts match none, and one pass over them tells.
+    any_value: Option<regex::RegexSet>,
 }
+
+/// Whether each attribute key seen names a secret, by the key's address: keys are shared by
+/// the spans of one part of the input, so each is judged once.
+type KeyVerdicts = HashMap<usize, bool>;
 
 impl Redactor {
     /// Builds the rules; a pattern that is not a regular expression is an error naming it.
@@ -104,10 +110,13 @@ impl Redactor {
                 .map_err(|e| format!("redaction.values[{i}] is not a regular expression: {e}"))?;
             values.push((format!("values[{i}]"), re));
         }
+        // A set too large to build only loses the shortcut.
+        let any_value = regex::RegexSet::new(values.iter().map(|(_, r)| r.as_str())).ok();
         Ok(Self {
             enabled: settings.enabled,
             keys,
             values,
+            any_value,
         })
     }
 
@@ -124,6 +133,9 @@ impl Redactor {
     /// The text with every secret replaced by `[REDACTED:<rule>]`, counted; `None` when nothing
     /// matched.
     fn text(&self, s: &str, counts: &mut BTreeMap<String, usize>) -> Option<String> {
+        if self.any_value.as_ref().is_some_and(|set| !set.is_match(s)) {
+            return None;
+        }
         let mut out: Option<String> = None;
         for (name, re) in &self.values {
             let current = out.as_deref().unwrap_or(s);
@@ -144,29 +156,37 @@ impl Redactor {
         out
     }
 
-    fn value(&self, v: &mut AttrValue, counts: &mut BTreeMap<String, usize>) {
+    fn value(&self, v: &mut AttrValue, counts: &mut BTreeMap<String, usize>, kv: &mut KeyVerdicts) {
         match v {
             AttrValue::Str(s) => {
                 if let Some(t) = self.text(s, counts) {
                     *s = t.into();
                 }
             }
-            AttrValue::Array(items) => items.iter_mut().for_each(|i| self.value(i, counts)),
-            AttrValue::Map(attrs) => self.attributes(attrs, counts),
+            AttrValue::Array(items) => items.iter_mut().for_each(|i| self.value(i, counts, kv)),
+            AttrValue::Map(attrs) => self.attributes(attrs, counts, kv),
             AttrValue::Bool(_) | AttrValue::Int(_) | AttrValue::Double(_) | AttrValue::Bytes(_) => {
             }
         }
     }
 
-    fn attributes(&self, attrs: &mut [Attribute], counts: &mut BTreeMap<String, usize>) {
+    fn attributes(
+        &self,
+        attrs: &mut [Attribute],
+        counts: &mut BTreeMap<String, usize>,
+        kv: &mut KeyVerdicts,
+    ) {
         for a in attrs {
-            if self.secret_key(&a.key) {
+            let secret = *kv
+                .entry(Arc::as_ptr(&a.key).cast::<u8>() as usize)
+                .or_insert_with(|| self.secret_key(&a.key));
+            if secret {
                 if !matches!(&a.value, AttrValue::Str(s) if &**s == REDACTED) {
                     a.value = AttrValue::Str(REDACTED.into());
                     *counts.entry("key".into()).or_default() += 1;
                 }
             } else {
-                self.value(&mut a.value, counts);
+                self.value(&mut a.value, counts, kv);
             }
         }
     }
@@ -194,13 +214,14 @@ impl Redactor {
         let mut resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut scopes: HashMap<*const Scope, Arc<Scope>> = HashMap::new();
         let mut names: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+        let mut kv = KeyVerdicts::new();
         for trace in traces {
             for span in &mut trace.spans {
                 let r = resources
                     .entry(Arc::as_ptr(&span.resource))
                     .or_insert_with(|| {
                         let mut r = (*span.resource).clone();
-                        self.attributes(&mut r.attributes, &mut counts);
+                        self.attributes(&mut r.attributes, &mut counts, &mut kv);
                         if let Some(t) = self.text(&r.service, &mut counts) {
                             r.service = t.into();
                         }
@@ -210,7 +231,7 @@ impl Redactor {
                 if let Some(scope) = &span.scope {
                     let s = scopes.entry(Arc::as_ptr(scope)).or_insert_with(|| {
                         let mut s = (**scope).clone();
-                        self.attributes(&mut s.attributes, &mut counts);
+                        self.attributes(&mut s.attributes, &mut counts, &mut kv);
                         Arc::new(s)
                     });
                     span.scope = Some(s.clone());
@@ -222,7 +243,7 @@ impl Redactor {
                     }
                 });
                 span.operation = op.clone();
-                self.attributes(&mut span.attributes, &mut counts);
+                self.attributes(&mut span.attributes, &mut counts, &mut kv);
                 if let Some(m) = &span.status.message
                     && let Some(t) = self.text(m, &mut counts)
                 {
@@ -232,10 +253,10 @@ impl Redactor {
                     if let Some(t) = self.text(&e.name, &mut counts) {
                         e.name = t.into();
                     }
-                    self.attributes(&mut e.attributes, &mut counts);
+                    self.attributes(&mut e.attributes, &mut counts, &mut kv);
                 }
                 for l in &mut span.links {
-                    self.attributes(&mut l.attributes, &mut counts);
+                    self.attributes(&mut l.attributes, &mut counts, &mut kv);
                 }
             }
         }

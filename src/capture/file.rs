@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use super::spill::{Held, Spill};
+use super::light::LightTrace;
+use super::spill::Spill;
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::formats::{Collected, ReadError, SPANS_READ_TWICE, TraceCollector, open_trace_file};
 use crate::model::Trace;
@@ -35,8 +36,6 @@ pub struct FileError {
 pub struct FileSource {
     paths: Vec<PathBuf>,
     collected: Mutex<Option<Collected>>,
-    /// The compact traces, when they streamed through `spill` (`collected` then holds none).
-    held: Mutex<Option<Vec<Held>>>,
     spill: Option<Arc<Spill>>,
     /// Traces the plan asked for that `capture.max_traces` left out (counted by `capture::run`).
     not_kept: AtomicUsize,
@@ -65,63 +64,41 @@ impl Classify for Trace {
     }
 }
 
-impl Classify for Held {
+impl Classify for LightTrace {
     fn span_count(&self) -> usize {
-        self.light.span_count()
+        LightTrace::span_count(self)
     }
     fn start_ns(&self) -> i64 {
-        self.light.start_ns()
+        LightTrace::start_ns(self)
     }
     fn has_error(&self) -> bool {
-        self.light.has_error()
+        LightTrace::has_error(self)
     }
     fn max_span_duration_ns(&self) -> i64 {
-        self.light.max_span_duration_ns()
+        LightTrace::max_span_duration_ns(self)
     }
 }
 
-/// Traces sorted out by purpose, with what was left out counted.
-struct Sorted<T> {
-    traces: Vec<(T, Purposes)>,
+/// What sorting the traces out by purpose counted.
+#[derive(Default)]
+struct Tally {
     spans_read: usize,
     outside: usize,
     spans_left_out: usize,
 }
 
-fn sort_out<T: Classify>(read: Vec<T>, plan: &CapturePlan) -> Sorted<T> {
-    let slow_ns = plan.slow_threshold_ns();
-    let mut sorted = Sorted {
-        traces: Vec::with_capacity(read.len()),
-        spans_read: 0,
-        outside: 0,
-        spans_left_out: 0,
-    };
-    for trace in read {
-        sorted.spans_read += trace.span_count();
-        let start = trace.start_ns();
-        let mut p = Purposes::default();
-        if plan.window.contains_ns(start) {
-            // A file is all the traffic the user had: every trace of the window is in the
-            // sample the rates rest on (and is stored once, errors first).
-            p = p.with(Purpose::Sample);
-            if trace.has_error() {
-                p = p.with(Purpose::Errors);
-            }
-            if trace.max_span_duration_ns() >= slow_ns {
-                p = p.with(Purpose::Slow);
-            }
-        }
-        if plan.baseline.is_some_and(|b| b.contains_ns(start)) {
-            p = p.with(Purpose::Baseline);
-        }
+impl Tally {
+    /// Counts `trace`; its purposes, unless it has none (then it is left out).
+    fn sort(&mut self, trace: &impl Classify, plan: &CapturePlan) -> Option<Purposes> {
+        self.spans_read += trace.span_count();
+        let p = purposes(trace, plan);
         if p == Purposes::default() {
-            sorted.outside += 1;
-            sorted.spans_left_out += trace.span_count();
-            continue;
+            self.outside += 1;
+            self.spans_left_out += trace.span_count();
+            return None;
         }
-        sorted.traces.push((trace, p));
+        Some(p)
     }
-    sorted
 }
 
 fn collector(spill: Option<&Arc<Spill>>) -> TraceCollector {
@@ -129,6 +106,26 @@ fn collector(spill: Option<&Arc<Spill>>) -> TraceCollector {
         Some(s) => TraceCollector::streaming(s.clone()),
         None => TraceCollector::default(),
     }
+}
+
+fn purposes(trace: &impl Classify, plan: &CapturePlan) -> Purposes {
+    let start = trace.start_ns();
+    let mut p = Purposes::default();
+    if plan.window.contains_ns(start) {
+        // A file is all the traffic the user had: every trace of the window is in the sample
+        // the rates rest on (and is stored once, errors first).
+        p = p.with(Purpose::Sample);
+        if trace.has_error() {
+            p = p.with(Purpose::Errors);
+        }
+        if trace.max_span_duration_ns() >= plan.slow_threshold_ns() {
+            p = p.with(Purpose::Slow);
+        }
+    }
+    if plan.baseline.is_some_and(|b| b.contains_ns(start)) {
+        p = p.with(Purpose::Baseline);
+    }
+    p
 }
 
 impl FileSource {
@@ -152,20 +149,13 @@ impl FileSource {
 
     fn new(paths: Vec<PathBuf>, collector: TraceCollector, spill: Option<Arc<Spill>>) -> Self {
         let mut collected = collector.finish();
-        let held = spill.as_ref().map(|s| {
-            let (held, duplicates) = s.take_traces();
-            if duplicates > 0 {
-                *collected
-                    .notes
-                    .entry(SPANS_READ_TWICE.into())
-                    .or_default() += duplicates;
-            }
-            held
-        });
+        let duplicates = spill.as_ref().map_or(0, |s| s.merge_parts());
+        if duplicates > 0 {
+            *collected.notes.entry(SPANS_READ_TWICE.into()).or_default() += duplicates;
+        }
         Self {
             paths,
             collected: Mutex::new(Some(collected)),
-            held: Mutex::new(held),
             spill,
             not_kept: AtomicUsize::new(0),
         }
@@ -199,11 +189,14 @@ impl FileSource {
     /// Earliest span start and latest span end over all traces, in ns. Spans with no time at
     /// all (kept as read) do not count: they would stretch the window back to 1970.
     pub fn span_range(&self) -> Option<(i64, i64)> {
-        if let Some(held) = &*self.held.lock().unwrap_or_else(|p| p.into_inner()) {
-            let ranges = || held.iter().filter_map(|h| h.light.timed_range());
-            let start = ranges().map(|r| r.0).min()?;
-            let end = ranges().map(|r| r.1).max()?;
-            return Some((start, end));
+        if let Some(spill) = &self.spill {
+            let mut range: Option<(i64, i64)> = None;
+            spill.visit(|_, light| {
+                if let Some((s, e)) = light.timed_range() {
+                    range = Some(range.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+                }
+            });
+            return range;
         }
         let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
         let timed = || {
@@ -231,31 +224,37 @@ impl FileSource {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default();
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut notes = collected.notes;
-        let (traces, spans_read, outside, spans_left_out) = match (held, &self.spill) {
-            (Some(held), Some(spill)) => {
-                let sorted = sort_out(held, plan);
-                let mut kept = sorted.traces;
+        let mut tally = Tally::default();
+        let traces = match &self.spill {
+            Some(spill) => {
+                let mut ids = Vec::new();
+                spill.visit(|id, light| {
+                    if let Some(p) = tally.sort(light, plan) {
+                        ids.push((id, p));
+                    }
+                });
                 // Only what the capture keeps is made whole again (its spans, not their
                 // attributes); the spill forgets the rest.
-                let not_kept = super::keep_most_important(&mut kept, plan.max_traces);
+                let not_kept = super::keep_most_important(&mut ids, plan.max_traces);
                 self.not_kept.store(not_kept, Ordering::SeqCst);
-                let ids: std::collections::HashSet<_> = kept.iter().map(|(h, _)| h.id).collect();
-                spill.keep_only(&ids);
-                drop(ids);
-                let traces = spill.with_names(|names| {
-                    kept.into_iter()
-                        .map(|(h, p)| (h.light.to_trace(h.id, names), p))
-                        .collect::<Vec<_>>()
-                });
-                (traces, sorted.spans_read, sorted.outside, sorted.spans_left_out)
+                spill.keep(ids)
             }
-            _ => {
-                let sorted = sort_out(collected.traces, plan);
-                (sorted.traces, sorted.spans_read, sorted.outside, sorted.spans_left_out)
+            None => {
+                let mut traces = Vec::new();
+                for trace in collected.traces {
+                    if let Some(p) = tally.sort(&trace, plan) {
+                        traces.push((trace, p));
+                    }
+                }
+                traces
             }
         };
+        let Tally {
+            spans_read,
+            outside,
+            spans_left_out,
+        } = tally;
         // What was handed over and what of it is kept: nothing is dropped without a word.
         notes.insert("spans read".into(), spans_read);
         notes.insert("spans kept".into(), spans_read - spans_left_out);

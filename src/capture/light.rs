@@ -44,8 +44,8 @@ struct Extra {
 /// One trace's spans, compact, in the order they were read.
 #[derive(Clone, Debug, Default)]
 pub struct LightTrace {
-    spans: Vec<LightSpan>,
-    extras: Vec<Extra>,
+    spans: Box<[LightSpan]>,
+    extras: Option<Box<Vec<Extra>>>,
 }
 
 impl LightTrace {
@@ -83,7 +83,8 @@ impl LightTrace {
     /// Appends another part of the same trace, dropping the spans it repeats (the same id,
     /// service, operation and start, as `formats` does when a trace is read whole); returns how
     /// many were dropped.
-    pub fn append(&mut self, other: LightTrace, names: &Names) -> usize {
+    pub fn append(&mut self, mut other: LightTrace, names: &Names) -> usize {
+        let mut spans = std::mem::take(&mut self.spans).into_vec();
         let key = |s: &LightSpan| {
             (
                 s.span_id,
@@ -92,20 +93,28 @@ impl LightTrace {
                 s.start_ns,
             )
         };
-        let mut seen: std::collections::HashSet<_> = self.spans.iter().map(key).collect();
+        let mut seen: std::collections::HashSet<_> = spans.iter().map(key).collect();
         let mut dropped = 0;
-        for mut s in other.spans {
+        for mut s in std::mem::take(&mut other.spans).into_vec() {
             if !seen.insert(key(&s)) {
                 dropped += 1;
                 continue;
             }
             if s.extra != 0 {
-                self.extras.push(other.extras[s.extra as usize - 1].clone());
-                s.extra = self.extras.len() as u32;
+                let extra = other.extra(&s).cloned();
+                let extras = self.extras.get_or_insert_default();
+                extras.extend(extra);
+                s.extra = extras.len() as u32;
             }
-            self.spans.push(s);
+            spans.push(s);
         }
+        self.spans = spans.into_boxed_slice();
         dropped
+    }
+
+    fn extra(&self, s: &LightSpan) -> Option<&Extra> {
+        let i = (s.extra as usize).checked_sub(1)?;
+        self.extras.as_ref()?.get(i)
     }
 
     /// The trace, with each span's attributes, events and links left out (`Span::slim`).
@@ -114,7 +123,7 @@ impl LightTrace {
             .spans
             .iter()
             .map(|s| {
-                let extra = (s.extra != 0).then(|| &self.extras[s.extra as usize - 1]);
+                let extra = self.extra(s);
                 Span {
                     trace_id: id,
                     span_id: s.span_id,
@@ -206,16 +215,17 @@ impl PartNames {
     /// `trace`, compact (its names must have been numbered by [`PartNames::of`]).
     pub fn lighten(&self, trace: &Trace) -> LightTrace {
         let mut extras = Vec::new();
-        let spans = trace
+        let spans: Box<[LightSpan]> = trace
             .spans
             .iter()
             .map(|s| {
-                let trace_state = s.trace_state.clone().or_else(|| {
-                    match s.attribute("w3c.tracestate") {
-                        Some(AttrValue::Str(v)) => Some(v.clone()),
-                        _ => None,
-                    }
-                });
+                let trace_state =
+                    s.trace_state
+                        .clone()
+                        .or_else(|| match s.attribute("w3c.tracestate") {
+                            Some(AttrValue::Str(v)) => Some(v.clone()),
+                            _ => None,
+                        });
                 let extra = if s.status.message.is_some() || trace_state.is_some() {
                     extras.push(Extra {
                         message: s.status.message.clone(),
@@ -238,7 +248,10 @@ impl PartNames {
                 }
             })
             .collect();
-        LightTrace { spans, extras }
+        LightTrace {
+            spans,
+            extras: (!extras.is_empty()).then(|| Box::new(extras)),
+        }
     }
 }
 
@@ -249,5 +262,6 @@ mod tests {
     #[test]
     fn a_light_span_is_small() {
         assert!(std::mem::size_of::<LightSpan>() <= 48);
+        assert!(std::mem::size_of::<LightTrace>() <= 24);
     }
 }

@@ -48,8 +48,9 @@ impl Record {
     }
 }
 
-/// One trace: where its parts lie, and (until the capture takes them) its compact spans.
+/// One trace: where its parts lie, and (until the plan sorts them out) its compact spans.
 struct Entry {
+    id: TraceId,
     /// Where the trace was first seen (part, then position in it): the order traces are
     /// handed to the analysis, as when a file is read whole.
     first_seen: (u64, u32),
@@ -59,10 +60,52 @@ struct Entry {
     more: Option<Box<Vec<(Record, LightTrace)>>>,
 }
 
+/// Entries in chunks of fixed size: a million traces never need one large block moved.
+#[derive(Default)]
+struct Entries {
+    chunks: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+const CHUNK: usize = 1 << 16;
+
+impl Entries {
+    fn push(&mut self, e: Entry) -> u32 {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let i = self.len;
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(e);
+        }
+        self.len += 1;
+        i as u32
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut Entry> {
+        let i = i as usize;
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flatten()
+    }
+}
+
+/// Where each trace kept lies, once the plan has sorted the traces out.
+#[derive(Default)]
+struct Kept {
+    records: HashMap<TraceId, Vec<Record>>,
+}
+
 #[derive(Default)]
 struct State {
     len: u64,
-    entries: HashMap<TraceId, Entry>,
+    /// While reading: each trace's entry number.
+    index: HashMap<TraceId, u32>,
+    entries: Entries,
+    /// After [`Spill::keep`]: the records of the traces kept, and nothing else.
+    kept: Kept,
     names: Names,
     redaction: RedactionReport,
 }
@@ -76,12 +119,6 @@ pub struct Spill {
     /// Inputs begun (each file is one): parts are numbered input first, then line.
     inputs: AtomicU64,
     state: Mutex<State>,
-}
-
-/// A trace as the spill hands it to the capture: compact, with what the plan asks of it.
-pub struct Held {
-    pub id: TraceId,
-    pub light: LightTrace,
 }
 
 impl Spill {
@@ -118,57 +155,97 @@ impl Spill {
         self.state().len
     }
 
-    /// Every trace read, compact, in the order first seen, with its parts merged; and how many
-    /// spans the merging found twice (dropped). The spill keeps only where each trace lies.
-    pub fn take_traces(&self) -> (Vec<Held>, usize) {
+    /// Merges the parts of each trace read in several, in input order (once, when reading is
+    /// done); returns how many spans the merging found twice (and dropped).
+    pub fn merge_parts(&self) -> usize {
         let mut state = self.state();
         let State { entries, names, .. } = &mut *state;
-        let mut order: Vec<((u64, u32), TraceId)> =
-            entries.iter().map(|(id, e)| (e.first_seen, *id)).collect();
-        order.sort_unstable();
         let mut duplicates = 0;
-        let mut held = Vec::with_capacity(order.len());
-        for (_, id) in order {
-            let Some(e) = entries.get_mut(&id) else { continue };
-            let mut light = std::mem::take(&mut e.light);
-            if let Some(more) = &mut e.more {
-                let mut parts: Vec<(u64, LightTrace)> = Vec::with_capacity(more.len() + 1);
-                parts.push((e.record.part, light));
-                parts.extend(more.iter_mut().map(|(r, l)| (r.part, std::mem::take(l))));
+        for chunk in &mut entries.chunks {
+            for e in chunk.iter_mut().filter(|e| e.more.is_some()) {
+                let mut parts: Vec<(u64, LightTrace)> =
+                    vec![(e.record.part, std::mem::take(&mut e.light))];
+                if let Some(more) = &mut e.more {
+                    parts.extend(more.iter_mut().map(|(r, l)| (r.part, std::mem::take(l))));
+                }
                 parts.sort_by_key(|(p, _)| *p);
-                let mut parts = parts.into_iter();
-                light = parts.next().map(|(_, l)| l).unwrap_or_default();
-                for (_, l) in parts {
+                let mut parts = parts.into_iter().map(|(_, l)| l);
+                let mut light = parts.next().unwrap_or_default();
+                for l in parts {
                     duplicates += light.append(l, names);
                 }
+                e.light = light;
             }
-            held.push(Held { id, light });
         }
-        (held, duplicates)
+        duplicates
     }
 
-    /// Forgets every trace but `keep` (what the capture left out will not be written).
-    pub fn keep_only(&self, keep: &std::collections::HashSet<TraceId>) {
+    /// Shows every trace to `visit`, compact, in the order first seen.
+    pub fn visit(&self, mut visit: impl FnMut(TraceId, &LightTrace)) {
         let mut state = self.state();
-        state.entries.retain(|id, _| keep.contains(id));
-        state.entries.shrink_to_fit();
+        let entries = &mut state.entries;
+        let mut order: Vec<((u64, u32), u32)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.first_seen, i as u32))
+            .collect();
+        order.sort_unstable();
+        for (_, i) in order {
+            if let Some(e) = entries.get_mut(i) {
+                visit(e.id, &e.light);
+            }
+        }
     }
 
-    /// The names the compact spans number.
-    pub fn with_names<T>(&self, f: impl FnOnce(&Names) -> T) -> T {
-        f(&self.state().names)
+    /// Keeps the traces `keep` and makes them whole again (their spans, not their
+    /// attributes), in the order given; forgets the compact spans of every trace, and
+    /// everything of those not kept.
+    pub fn keep<P>(&self, keep: Vec<(TraceId, P)>) -> Vec<(Trace, P)> {
+        let mut state = self.state();
+        let State {
+            index,
+            entries,
+            kept,
+            names,
+            ..
+        } = &mut *state;
+        let wanted: HashMap<TraceId, usize> = keep
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
+        let mut lights: Vec<Option<LightTrace>> = Vec::new();
+        lights.resize_with(keep.len(), || None);
+        // Chunk by chunk, so that what is not kept is freed as it goes.
+        for chunk in std::mem::take(&mut entries.chunks) {
+            for e in chunk {
+                let Some(&at) = wanted.get(&e.id) else {
+                    continue;
+                };
+                let mut records = vec![e.record];
+                if let Some(more) = e.more {
+                    records.extend(more.into_iter().map(|(r, _)| r));
+                }
+                kept.records.insert(e.id, records);
+                lights[at] = Some(e.light);
+            }
+        }
+        *entries = Entries::default();
+        *index = HashMap::new();
+        release_freed_memory();
+        keep.into_iter()
+            .zip(lights)
+            .filter_map(|((id, p), light)| Some((light?.to_trace(id, names), p)))
+            .collect()
     }
 
     fn records(&self, id: TraceId) -> Vec<Record> {
-        let state = self.state();
-        let Some(e) = state.entries.get(&id) else {
-            return Vec::new();
-        };
-        let mut out = vec![e.record];
-        if let Some(more) = &e.more {
-            out.extend(more.iter().map(|(r, _)| *r));
-        }
-        out
+        self.state()
+            .kept
+            .records
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn read(&self, (offset, len): (u64, u32)) -> io::Result<Vec<u8>> {
@@ -189,7 +266,9 @@ impl Spill {
         for r in records {
             let line = self.read(r.otlp())?;
             c.add_document(&line).map_err(|e| {
-                io::Error::other(format!("the spilled copy of trace {id} cannot be read: {e}"))
+                io::Error::other(format!(
+                    "the spilled copy of trace {id} cannot be read: {e}"
+                ))
             })?;
         }
         Ok(c.finish().traces.into_iter().find(|t| t.id == id))
@@ -233,8 +312,8 @@ impl Spill {
         let mut out = Vec::new();
         for (id, extent) in extents {
             let bytes = self.read(extent)?;
-            let spans = spill_attrs::decode(&bytes, &mut names, wanted)
-                .map_err(io::Error::other)?;
+            let spans =
+                spill_attrs::decode(&bytes, &mut names, wanted).map_err(io::Error::other)?;
             out.extend(spans.into_iter().map(|s| (id, s)));
         }
         Ok(out)
@@ -244,6 +323,17 @@ impl Spill {
         self.load(trace.id)?.ok_or_else(|| {
             io::Error::other(format!("trace {} is missing from the spill", trace.id))
         })
+    }
+}
+
+/// Hands the memory just freed (the compact spans of millions of traces, in small pieces) back
+/// to the system: glibc's allocator keeps it otherwise, and the whole traces made next need
+/// larger pieces than the holes it leaves.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -287,20 +377,22 @@ impl TraceSink for Spill {
             let mut state = self.state();
             let base = state.len;
             state.len += buf.len() as u64;
-            for (i, ((id, mut record), light)) in ids.into_iter().zip(records).zip(lights).enumerate() {
+            let State { index, entries, .. } = &mut *state;
+            for (i, ((id, mut record), light)) in
+                ids.into_iter().zip(records).zip(lights).enumerate()
+            {
                 record.offset += base;
                 let seen = (part, i as u32);
-                match state.entries.get_mut(&id) {
+                match index.get(&id).and_then(|&n| entries.get_mut(n)) {
                     None => {
-                        state.entries.insert(
+                        let n = entries.push(Entry {
                             id,
-                            Entry {
-                                first_seen: seen,
-                                record,
-                                light,
-                                more: None,
-                            },
-                        );
+                            first_seen: seen,
+                            record,
+                            light,
+                            more: None,
+                        });
+                        index.insert(id, n);
                     }
                     Some(e) => {
                         e.first_seen = e.first_seen.min(seen);
