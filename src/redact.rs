@@ -204,18 +204,35 @@ impl Redactor {
 
     /// Redacts each of `traces` in place (see [`Redactor::apply`]).
     pub fn apply_each<'a>(&self, traces: impl Iterator<Item = &'a mut Trace>) -> RedactionReport {
-        let mut counts = BTreeMap::new();
+        let mut total = BTreeMap::new();
+        for counts in self.apply_counted(traces) {
+            for (rule, n) in counts {
+                *total.entry(rule).or_default() += n;
+            }
+        }
+        RedactionReport {
+            enabled: self.enabled,
+            rules: total,
+        }
+    }
+
+    /// Redacts each of `traces` in place, counting per trace what was redacted (a resource,
+    /// scope or operation name shared by several traces is redacted once and counted with the
+    /// first), so that a capture that keeps only some of them counts only theirs.
+    pub fn apply_counted<'a>(
+        &self,
+        traces: impl Iterator<Item = &'a mut Trace>,
+    ) -> Vec<BTreeMap<String, usize>> {
+        let mut per_trace = Vec::new();
         if !self.enabled {
-            return RedactionReport {
-                enabled: false,
-                rules: counts,
-            };
+            return per_trace;
         }
         let mut resources: HashMap<*const Resource, Arc<Resource>> = HashMap::new();
         let mut scopes: HashMap<*const Scope, Arc<Scope>> = HashMap::new();
         let mut names: HashMap<Arc<str>, Arc<str>> = HashMap::new();
         let mut kv = KeyVerdicts::new();
         for trace in traces {
+            let mut counts = BTreeMap::new();
             for span in &mut trace.spans {
                 let r = resources
                     .entry(Arc::as_ptr(&span.resource))
@@ -259,21 +276,9 @@ impl Redactor {
                     self.attributes(&mut l.attributes, &mut counts, &mut kv);
                 }
             }
+            per_trace.push(counts);
         }
-        RedactionReport {
-            enabled: true,
-            rules: counts,
-        }
-    }
-}
-
-impl RedactionReport {
-    /// Adds the counts of another run of the same rules (another part of the same capture).
-    pub fn add(&mut self, other: RedactionReport) {
-        self.enabled |= other.enabled;
-        for (rule, n) in other.rules {
-            *self.rules.entry(rule).or_default() += n;
-        }
+        per_trace
     }
 }
 

@@ -244,8 +244,8 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
         }
         let critical = t.critical_times();
         for (i, s) in t.trace.spans.iter().enumerate() {
-            let is_wait = |p: usize| t.children[p].len() == 1 && t.span(p).service() != s.service();
-            if let [c] = t.children[i].as_slice()
+            let is_wait = |p: usize| t.children(p).len() == 1 && t.span(p).service() != s.service();
+            if let [c] = t.children(i)
                 && t.span(*c).service() != s.service()
             {
                 // A caller span that only waits on its callee: counted with the callee's call.
@@ -263,7 +263,7 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
             // Time on the critical path only: work that overlapped the path did not make the
             // request slower.
             let mut own = critical[i];
-            if let Some(p) = t.parent[i]
+            if let Some(p) = t.parent(i)
                 && is_wait(p)
             {
                 own += critical[p];
@@ -376,7 +376,8 @@ fn structure(
         for (i, s) in t.trace.spans.iter().enumerate() {
             let e = by_service.entry(s.service()).or_default();
             // Work done for a request: the service's own spans, and the calls it makes.
-            let calls_out = t.children[i]
+            let calls_out = t
+                .children(i)
                 .iter()
                 .filter(|&&c| t.span(c).service() != s.service())
                 .count();
@@ -440,8 +441,8 @@ fn missing_callees(
     for t in forest {
         let baseline = period_is_baseline(t, input);
         for (i, s) in t.trace.spans.iter().enumerate() {
-            let kids = &t.children[i];
-            let callee = match kids.as_slice() {
+            let kids = t.children(i);
+            let callee = match kids {
                 [c] if t.span(*c).service() != s.service() => Some(t.span(*c).service().as_ref()),
                 _ => None,
             };
@@ -504,7 +505,7 @@ fn callee_of<'a>(t: &TraceTree<'a>, caller: &str, i: usize) -> Option<&'a str> {
     if **s.service() != *caller {
         return Some(s.service());
     }
-    match t.children[i].as_slice() {
+    match t.children(i) {
         [c] if **t.span(*c).service() != *caller => Some(t.span(*c).service()),
         _ => None,
     }
@@ -529,8 +530,9 @@ fn cut_after_call(
         for (i, s) in t.trace.spans.iter().enumerate() {
             let e = by_span.entry((s.service(), &s.operation)).or_default();
             e.spans[side] += 1;
-            e.children[side] += t.children[i].len();
-            let last = t.children[i]
+            e.children[side] += t.children(i).len();
+            let last = t
+                .children(i)
                 .iter()
                 .copied()
                 .max_by_key(|&c| (t.span(c).start_ns, t.span(c).span_id));

@@ -61,8 +61,11 @@ fn key_rank(key: &str) -> usize {
 /// The attributes of light spans (`Span::slim`), read back from where the capture streamed
 /// the whole traces, keyed by what tells two spans apart.
 pub struct SpanAttributes {
-    by_span: HashMap<(TraceId, SpanId, i64, i64, Arc<str>), Vec<Attribute>>,
+    by_span: HashMap<SpanKey, Vec<Attribute>>,
 }
+
+/// Trace, span id, start, end and service: what tells two spans apart.
+type SpanKey = (TraceId, SpanId, i64, i64, Arc<str>);
 
 impl SpanAttributes {
     /// The attributes of the spans read back (a span read twice keeps its first copy).

@@ -7,14 +7,21 @@ use super::{Propagation, time};
 use crate::capture::Purposes;
 use crate::model::{Span, SpanId, Trace, TraceId};
 
-/// A trace with its spans linked to their parents and children (by index).
+/// A trace with its spans linked to their parents and children (by index). The links are
+/// kept in three flat arrays (8 bytes a span each), not a list per span: a capture analyses
+/// a million spans at once.
 pub struct TraceTree<'a> {
     pub trace: &'a Trace,
     pub purposes: Purposes,
-    pub parent: Vec<Option<usize>>,
-    pub children: Vec<Vec<usize>>,
+    /// Each span's parent, or `NO_PARENT`.
+    parents: Vec<usize>,
+    /// Span `i`'s children are `children[child_start[i]..child_start[i + 1]]`.
+    child_start: Vec<usize>,
+    children: Vec<usize>,
     critical: std::sync::OnceLock<Vec<i64>>,
 }
+
+const NO_PARENT: usize = usize::MAX;
 
 impl<'a> TraceTree<'a> {
     pub fn new(trace: &'a Trace, purposes: Purposes) -> Self {
@@ -25,23 +32,46 @@ impl<'a> TraceTree<'a> {
         for (i, s) in trace.spans.iter().enumerate() {
             by_id.entry(s.span_id).or_insert(i);
         }
-        let mut parent = vec![None; n];
-        let mut children = vec![Vec::new(); n];
+        let mut parents = vec![NO_PARENT; n];
+        let mut child_start = vec![0usize; n + 1];
         for (i, s) in trace.spans.iter().enumerate() {
             if let Some(p) = s.parent.and_then(|p| by_id.get(&p).copied())
                 && p != i
             {
-                parent[i] = Some(p);
-                children[p].push(i);
+                parents[i] = p;
+                child_start[p + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            child_start[i + 1] += child_start[i];
+        }
+        // Children in span order, as they were pushed one by one before.
+        let mut next = child_start.clone();
+        let mut children = vec![0usize; child_start[n]];
+        for (i, &p) in parents.iter().enumerate() {
+            if p != NO_PARENT {
+                children[next[p]] = i;
+                next[p] += 1;
             }
         }
         Self {
             trace,
             purposes,
-            parent,
+            parents,
+            child_start,
             children,
             critical: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The span's parent within the trace, if it has one there.
+    pub fn parent(&self, i: usize) -> Option<usize> {
+        Some(self.parents[i]).filter(|&p| p != NO_PARENT)
+    }
+
+    /// The span's children, in span order.
+    pub fn children(&self, i: usize) -> &[usize] {
+        &self.children[self.child_start[i]..self.child_start[i + 1]]
     }
 
     pub fn span(&self, i: usize) -> &'a Span {
@@ -51,7 +81,7 @@ impl<'a> TraceTree<'a> {
     /// True when the span is the entry into its service: no parent, or a parent in another
     /// service.
     pub fn is_entry(&self, i: usize) -> bool {
-        match self.parent[i] {
+        match self.parent(i) {
             None => true,
             Some(p) => self.span(p).service() != self.span(i).service(),
         }
@@ -61,7 +91,8 @@ impl<'a> TraceTree<'a> {
     /// the parent's end; overlapping children counted once).
     pub fn self_time_ns(&self, i: usize) -> i64 {
         let s = self.span(i);
-        let mut intervals: Vec<(i64, i64)> = self.children[i]
+        let mut intervals: Vec<(i64, i64)> = self
+            .children(i)
             .iter()
             .map(|&c| {
                 let c = self.span(c);
@@ -107,7 +138,7 @@ impl TraceTree<'_> {
         // children), each to its own end.
         // (span, the time its path must start from at the earliest, the time it must end by)
         let mut stack: Vec<(usize, i64, i64)> = (0..n)
-            .filter(|&i| self.parent[i].is_none())
+            .filter(|&i| self.parent(i).is_none())
             .map(|i| (i, self.span(i).start_ns, self.span(i).end_ns))
             .collect();
         let mut visited = 0usize;
@@ -123,7 +154,7 @@ impl TraceTree<'_> {
                 continue;
             }
             let mut last_start = end;
-            let mut kids: Vec<usize> = self.children[i].clone();
+            let mut kids: Vec<usize> = self.children(i).to_vec();
             kids.sort_by_key(|&c| (std::cmp::Reverse(self.span(c).end_ns), c));
             let mut own = 0i64;
             for c in kids {
@@ -162,7 +193,7 @@ impl TraceTree<'_> {
                 if let Some(known) = caller[cur] {
                     break known;
                 }
-                match self.parent[cur] {
+                match self.parent(cur) {
                     None => break None,
                     Some(p) if self.span(p).service() != self.span(cur).service() => break Some(p),
                     Some(p) => {
@@ -193,7 +224,7 @@ pub fn source_errors<'a>(forest: &[TraceTree<'a>]) -> Vec<SourceError<'a>> {
     let mut out = Vec::new();
     for t in forest {
         for (i, s) in t.trace.spans.iter().enumerate() {
-            if s.is_error() && !t.children[i].iter().any(|&c| t.span(c).is_error()) {
+            if s.is_error() && !t.children(i).iter().any(|&c| t.span(c).is_error()) {
                 out.push(SourceError { span: s });
             }
         }

@@ -45,7 +45,7 @@ struct Extra {
 #[derive(Clone, Debug, Default)]
 pub struct LightTrace {
     spans: Box<[LightSpan]>,
-    extras: Option<Box<Vec<Extra>>>,
+    extras: Option<Box<[Extra]>>,
 }
 
 impl LightTrace {
@@ -101,10 +101,10 @@ impl LightTrace {
                 continue;
             }
             if s.extra != 0 {
-                let extra = other.extra(&s).cloned();
-                let extras = self.extras.get_or_insert_default();
-                extras.extend(extra);
+                let mut extras = self.extras.take().map(Vec::from).unwrap_or_default();
+                extras.extend(other.extra(&s).cloned());
                 s.extra = extras.len() as u32;
+                self.extras = Some(extras.into_boxed_slice());
             }
             spans.push(s);
         }
@@ -250,7 +250,7 @@ impl PartNames {
             .collect();
         LightTrace {
             spans,
-            extras: (!extras.is_empty()).then(|| Box::new(extras)),
+            extras: (!extras.is_empty()).then(|| extras.into_boxed_slice()),
         }
     }
 }

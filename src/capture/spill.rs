@@ -57,7 +57,17 @@ struct Entry {
     record: Record,
     light: LightTrace,
     /// Further parts, when the trace's spans were spread over the input.
-    more: Option<Box<Vec<(Record, LightTrace)>>>,
+    more: Option<Box<[(Record, LightTrace)]>>,
+    /// What redaction replaced in it, by rule (most traces: nothing).
+    redacted: Option<Box<Redacted>>,
+}
+
+type Redacted = std::collections::BTreeMap<String, usize>;
+
+fn add_counts(to: &mut Redacted, from: &Redacted) {
+    for (rule, n) in from {
+        *to.entry(rule.clone()).or_default() += n;
+    }
 }
 
 /// Entries in chunks of fixed size: a million traces never need one large block moved.
@@ -71,7 +81,7 @@ const CHUNK: usize = 1 << 16;
 
 impl Entries {
     fn push(&mut self, e: Entry) -> u32 {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         let i = self.len;
@@ -107,7 +117,8 @@ struct State {
     /// After [`Spill::keep`]: the records of the traces kept, and nothing else.
     kept: Kept,
     names: Names,
-    redaction: RedactionReport,
+    /// What redaction replaced in the traces kept (all of them until [`Spill::keep`]).
+    redaction: Redacted,
 }
 
 /// The temporary file of redacted traces, their index, and their compact spans.
@@ -145,9 +156,10 @@ impl Spill {
 
     /// What redaction did to every trace written so far.
     pub fn redaction(&self) -> RedactionReport {
-        let mut report = self.state().redaction.clone();
-        report.enabled = self.redactor.enabled();
-        report
+        RedactionReport {
+            enabled: self.redactor.enabled(),
+            rules: self.state().redaction.clone(),
+        }
     }
 
     /// Bytes written to the spill file.
@@ -207,8 +219,10 @@ impl Spill {
             entries,
             kept,
             names,
+            redaction,
             ..
         } = &mut *state;
+        redaction.clear();
         let wanted: HashMap<TraceId, usize> = keep
             .iter()
             .enumerate()
@@ -227,6 +241,9 @@ impl Spill {
                     records.extend(more.into_iter().map(|(r, _)| r));
                 }
                 kept.records.insert(e.id, records);
+                if let Some(r) = &e.redacted {
+                    add_counts(redaction, r);
+                }
                 lights[at] = Some(e.light);
             }
         }
@@ -344,7 +361,7 @@ fn len32(n: usize) -> io::Result<u32> {
 impl TraceSink for Spill {
     fn take(&self, part: usize, mut traces: Vec<Trace>) -> io::Result<()> {
         let part = (self.inputs.load(Ordering::SeqCst) << 40) | part as u64;
-        let report = self.redactor.apply_each(traces.iter_mut());
+        let mut redacted = self.redactor.apply_counted(traces.iter_mut()).into_iter();
         let mut buf = Vec::with_capacity(1 << 20);
         let mut records = Vec::with_capacity(traces.len());
         for t in &traces {
@@ -377,12 +394,21 @@ impl TraceSink for Spill {
             let mut state = self.state();
             let base = state.len;
             state.len += buf.len() as u64;
-            let State { index, entries, .. } = &mut *state;
+            let State {
+                index,
+                entries,
+                redaction,
+                ..
+            } = &mut *state;
             for (i, ((id, mut record), light)) in
                 ids.into_iter().zip(records).zip(lights).enumerate()
             {
                 record.offset += base;
                 let seen = (part, i as u32);
+                let counts = redacted.next().filter(|c| !c.is_empty());
+                if let Some(c) = &counts {
+                    add_counts(redaction, c);
+                }
                 match index.get(&id).and_then(|&n| entries.get_mut(n)) {
                     None => {
                         let n = entries.push(Entry {
@@ -391,16 +417,21 @@ impl TraceSink for Spill {
                             record,
                             light,
                             more: None,
+                            redacted: counts.map(Box::new),
                         });
                         index.insert(id, n);
                     }
                     Some(e) => {
                         e.first_seen = e.first_seen.min(seen);
-                        e.more.get_or_insert_default().push((record, light));
+                        let mut more = e.more.take().map(Vec::from).unwrap_or_default();
+                        more.push((record, light));
+                        e.more = Some(more.into_boxed_slice());
+                        if let Some(c) = counts {
+                            add_counts(e.redacted.get_or_insert_default(), &c);
+                        }
                     }
                 }
             }
-            state.redaction.add(report);
             base
         };
         self.file.write_all_at(&buf, base)

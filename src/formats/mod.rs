@@ -290,6 +290,11 @@ impl TraceCollector {
         Ok(())
     }
 
+    /// Adds everything another collector gathered from a later part of the same input.
+    pub fn absorb_part(&mut self, other: TraceCollector) {
+        self.absorb(other);
+    }
+
     /// Adds everything another collector gathered (a later part of the same input).
     fn absorb(&mut self, other: TraceCollector) {
         for trace in other.traces {

@@ -1,0 +1,93 @@
+//! A capture from a loopback Jaeger (the v3 API of `tests/support/jaeger.rs`, which the tests
+//! use too): `collect --jaeger` against N traces over a 30-minute window, one in ten failing,
+//! and how its wall time compares with the time its queries took.
+//!
+//! Usage: `cargo bench --bench backend [-- TRACES]` (default 100,000). Prints the wall time, the
+//! queries issued, the sum of their durations as the capture saw them, that sum spread over the
+//! backend's `concurrency` (the least the queries could take), and the wall time's ratio to it.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use serde_json::json;
+use support::jaeger::{Api, Server, start, synthetic_traces};
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        // `cargo test --all-targets` runs this too, unoptimised: a small run then.
+        .unwrap_or(if cfg!(debug_assertions) {
+            2_000
+        } else {
+            100_000
+        });
+    // 2026-02-05T14:00:00Z .. 14:30:00Z, in µs.
+    let start_us = 1_770_300_000_000_000i64;
+    let end_us = start_us + 30 * 60 * 1_000_000;
+    let failing = n / 10;
+    let mut traces = synthetic_traces(failing, start_us, end_us, true, 5_000, 0);
+    traces.extend(synthetic_traces(
+        n - failing,
+        start_us,
+        end_us,
+        false,
+        5_000,
+        n as u64,
+    ));
+    let (addr, server) = start(Server::new(Api::V3, usize::MAX, traces));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let incident = dir.path().join("incident.json");
+    std::fs::write(
+        &incident,
+        json!({
+            "id": "INC-BENCH",
+            "declared_at": "2026-02-05T14:30:00Z",
+            "started_at": "2026-02-05T14:00:00Z",
+            "window": {"start": "2026-02-05T14:00:00Z", "end": "2026-02-05T14:30:00Z"},
+        })
+        .to_string(),
+    )
+    .expect("the incident file");
+    let clock = Instant::now();
+    let out = support::run_cli(
+        &[
+            "collect",
+            "--incident",
+            incident.to_str().unwrap_or_default(),
+            "--jaeger",
+            &format!("http://{addr}"),
+            "--out",
+            dir.path().join("evidence").to_str().unwrap_or_default(),
+        ],
+        &[],
+    );
+    let wall = clock.elapsed().as_secs_f64();
+    let bundle = support::bundle_dir(&out);
+    let manifest = support::read_json(&bundle.join("manifest.json"));
+    let queries = manifest["sources"][0]["queries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let query_ms: u64 = queries
+        .iter()
+        .filter_map(|q| q["duration_ms"].as_u64())
+        .sum();
+    let concurrency = 4.0;
+    let least = query_ms as f64 / 1000.0 / concurrency;
+    println!(
+        "loopback Jaeger v3, {n} traces ({failing} failing) over 30 minutes: status {}, {} traces and {} spans stored",
+        manifest["completeness"]["status"],
+        manifest["counts"]["traces"],
+        manifest["counts"]["spans"]
+    );
+    println!(
+        "| wall time | queries | Σ query time | Σ / concurrency 4 | wall ÷ that |\n|---|---|---|---|---|\n| {wall:.2} s | {} ({} answered by the server) | {:.2} s | {least:.2} s | {:.2}× |",
+        queries.len(),
+        server.request_count(),
+        query_ms as f64 / 1000.0,
+        wall / least.max(0.001)
+    );
+}
