@@ -41,11 +41,15 @@ struct Extra {
     trace_state: Option<Box<str>>,
 }
 
+/// The extras of a trace's spans, behind one thin pointer (most traces have none).
+#[derive(Clone, Debug, Default)]
+struct Extras(Vec<Extra>);
+
 /// One trace's spans, compact, in the order they were read.
 #[derive(Clone, Debug, Default)]
 pub struct LightTrace {
     spans: Box<[LightSpan]>,
-    extras: Option<Box<[Extra]>>,
+    extras: Option<Box<Extras>>,
 }
 
 impl LightTrace {
@@ -101,10 +105,10 @@ impl LightTrace {
                 continue;
             }
             if s.extra != 0 {
-                let mut extras = self.extras.take().map(Vec::from).unwrap_or_default();
-                extras.extend(other.extra(&s).cloned());
+                let extra = other.extra(&s).cloned();
+                let extras = &mut self.extras.get_or_insert_default().0;
+                extras.extend(extra);
                 s.extra = extras.len() as u32;
-                self.extras = Some(extras.into_boxed_slice());
             }
             spans.push(s);
         }
@@ -114,7 +118,7 @@ impl LightTrace {
 
     fn extra(&self, s: &LightSpan) -> Option<&Extra> {
         let i = (s.extra as usize).checked_sub(1)?;
-        self.extras.as_ref()?.get(i)
+        self.extras.as_ref()?.0.get(i)
     }
 
     /// The trace, with each span's attributes, events and links left out (`Span::slim`).
@@ -250,7 +254,7 @@ impl PartNames {
             .collect();
         LightTrace {
             spans,
-            extras: (!extras.is_empty()).then(|| extras.into_boxed_slice()),
+            extras: (!extras.is_empty()).then(|| Box::new(Extras(extras))),
         }
     }
 }

@@ -129,7 +129,12 @@ impl TraceCollector {
         };
         let duplicates: usize = self.traces.iter_mut().map(dedupe_spans).sum();
         self.count_duplicates(duplicates);
-        self.index.clear();
+        // What is left of a part is its counts: the tables that built its traces go with them
+        // (thousands of parts are kept until the input ends).
+        self.index = HashMap::new();
+        self.interner = Interner::default();
+        self.resources = HashMap::new();
+        self.scopes = Vec::new();
         sink.take(part, std::mem::take(&mut self.traces))
     }
 
