@@ -269,11 +269,11 @@ fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
             .as_deref()
             .map_or(SpanKind::Unspecified, SpanKind::from_name),
         status,
-        attributes,
+        attributes: attributes.into(),
         resource,
         scope: None,
         events,
-        links: Vec::new(),
+        links: Vec::new().into(),
         trace_state: None,
     })
 }

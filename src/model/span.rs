@@ -170,6 +170,101 @@ pub struct Link {
     pub attributes: Vec<Attribute>,
 }
 
+/// A list that costs one pointer while empty, as most spans' events and links are (and every
+/// span's attributes once it is light, `Span::slim`): a capture holds a million spans at once.
+#[derive(Clone, PartialEq)]
+// A thin pointer on purpose: `Box<Vec<T>>` is 8 bytes where `Vec<T>` is 24.
+#[allow(clippy::box_collection)]
+pub struct List<T>(Option<Box<Vec<T>>>);
+
+impl<T> List<T> {
+    pub const fn new() -> Self {
+        Self(None)
+    }
+
+    pub fn push(&mut self, value: T) {
+        self.0.get_or_insert_with(Default::default).push(value);
+    }
+
+    /// The list as a `Vec`, to change it in ways a slice cannot.
+    pub fn as_vec_mut(&mut self) -> &mut Vec<T> {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for List<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T> std::ops::Deref for List<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl<T> std::ops::DerefMut for List<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.0 {
+            Some(v) => v.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self((!v.is_empty()).then(|| Box::new(v)))
+    }
+}
+
+impl<T> FromIterator<T> for List<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Vec::from_iter(iter).into()
+    }
+}
+
+impl<T> Extend<T> for List<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
+        let mut iter = iter.into_iter().peekable();
+        if iter.peek().is_some() {
+            self.as_vec_mut().extend(iter);
+        }
+    }
+}
+
+impl<T> IntoIterator for List<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map(|b| *b).unwrap_or_default().into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a List<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut List<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::slice::IterMut<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
 /// One span, normalized. Times are nanoseconds since the Unix epoch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
@@ -181,11 +276,11 @@ pub struct Span {
     pub end_ns: i64,
     pub kind: SpanKind,
     pub status: Status,
-    pub attributes: Vec<Attribute>,
+    pub attributes: List<Attribute>,
     pub resource: Arc<Resource>,
     pub scope: Option<Arc<Scope>>,
-    pub events: Vec<Event>,
-    pub links: Vec<Link>,
+    pub events: List<Event>,
+    pub links: List<Link>,
     /// The W3C `tracestate` the span was recorded with (OTLP `traceState`; Jaeger keeps it as
     /// the `w3c.tracestate` tag).
     pub trace_state: Option<Box<str>>,
@@ -230,9 +325,9 @@ impl Span {
         {
             self.trace_state = Some(s.clone());
         }
-        self.attributes = Vec::new();
-        self.events = Vec::new();
-        self.links = Vec::new();
+        self.attributes = List::new();
+        self.events = List::new();
+        self.links = List::new();
     }
 
     /// The first attribute with this key.

@@ -524,11 +524,11 @@ fn add_span(s: &JSpan<'_>, resource: Arc<Resource>, c: &mut TraceCollector) {
         end_ns: start_ns.saturating_add(s.duration.0.max(0)),
         kind,
         status,
-        attributes,
+        attributes: attributes.into(),
         resource,
         scope: None,
-        events,
-        links,
+        events: events.into(),
+        links: links.into(),
         trace_state: None,
     });
 }

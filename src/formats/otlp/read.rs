@@ -358,11 +358,11 @@ fn add_span(
         end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
         kind,
         status,
-        attributes,
+        attributes: attributes.into(),
         resource: resource.clone(),
         scope: scope.clone(),
         events,
-        links,
+        links: links.into(),
         trace_state,
     };
     c.push(span);
