@@ -99,11 +99,11 @@ fn main() {
                         },
                         message: None,
                     },
-                    attributes: Vec::new(),
+                    attributes: Default::default(),
                     resource: services[svc].clone(),
                     scope: None,
-                    events: Vec::new(),
-                    links: Vec::new(),
+                    events: Default::default(),
+                    links: Default::default(),
                     trace_state: None,
                 })
                 .collect();

@@ -59,11 +59,11 @@ fn span(
             },
             message: None,
         },
-        attributes: Vec::new(),
+        attributes: Default::default(),
         resource: resource.clone(),
         scope: None,
-        events: Vec::new(),
-        links: Vec::new(),
+        events: Default::default(),
+        links: Default::default(),
         trace_state: None,
     }
 }

@@ -112,8 +112,8 @@ impl Builder {
                     attributes: Vec::new(),
                 }),
                 scope: None,
-                events: Vec::new(),
-                links: Vec::new(),
+                events: Default::default(),
+                links: Default::default(),
                 trace_state: None,
             })
             .collect();

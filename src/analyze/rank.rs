@@ -245,13 +245,11 @@ fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput, scores: &mut BTreeMa
         let critical = t.critical_times();
         for (i, s) in t.trace.spans.iter().enumerate() {
             let is_wait = |p: usize| t.children(p).len() == 1 && t.span(p).service() != s.service();
-            if let [c] = t.children(i)
-                && t.span(*c).service() != s.service()
+            if let Some(c) = t.only_child(i)
+                && t.span(c).service() != s.service()
             {
                 // A caller span that only waits on its callee: counted with the callee's call.
-                let w = waits
-                    .entry((s.service(), t.span(*c).service()))
-                    .or_default();
+                let w = waits.entry((s.service(), t.span(c).service())).or_default();
                 let own = t.self_time_ns(i);
                 if baseline {
                     w.0.push(own)
@@ -378,8 +376,7 @@ fn structure(
             // Work done for a request: the service's own spans, and the calls it makes.
             let calls_out = t
                 .children(i)
-                .iter()
-                .filter(|&&c| t.span(c).service() != s.service())
+                .filter(|&c| t.span(c).service() != s.service())
                 .count();
             let entry = t.is_entry(i);
             if baseline {
@@ -441,24 +438,24 @@ fn missing_callees(
     for t in forest {
         let baseline = period_is_baseline(t, input);
         for (i, s) in t.trace.spans.iter().enumerate() {
-            let kids = t.children(i);
-            let callee = match kids {
-                [c] if t.span(*c).service() != s.service() => Some(t.span(*c).service().as_ref()),
+            let childless = t.children(i).len() == 0;
+            let callee = match t.only_child(i) {
+                Some(c) if t.span(c).service() != s.service() => Some(t.span(c).service().as_ref()),
                 _ => None,
             };
-            if !kids.is_empty() && callee.is_none() {
+            if !childless && callee.is_none() {
                 continue;
             }
             let e = by_caller.entry((s.service(), &s.operation)).or_default();
             if baseline {
                 e.base += 1;
-                e.base_childless += usize::from(kids.is_empty());
+                e.base_childless += usize::from(childless);
                 if let Some(c) = callee {
                     *e.callees.entry(c).or_default() += 1;
                 }
             } else {
                 e.inc += 1;
-                e.inc_childless += usize::from(kids.is_empty());
+                e.inc_childless += usize::from(childless);
             }
         }
     }
@@ -505,8 +502,8 @@ fn callee_of<'a>(t: &TraceTree<'a>, caller: &str, i: usize) -> Option<&'a str> {
     if **s.service() != *caller {
         return Some(s.service());
     }
-    match t.children(i) {
-        [c] if **t.span(*c).service() != *caller => Some(t.span(*c).service()),
+    match t.only_child(i) {
+        Some(c) if **t.span(c).service() != *caller => Some(t.span(c).service()),
         _ => None,
     }
 }
@@ -533,8 +530,6 @@ fn cut_after_call(
             e.children[side] += t.children(i).len();
             let last = t
                 .children(i)
-                .iter()
-                .copied()
                 .max_by_key(|&c| (t.span(c).start_ns, t.span(c).span_id));
             if let Some(callee) = last.and_then(|c| callee_of(t, s.service(), c)) {
                 e.last.entry(callee).or_default()[side] += 1;

@@ -8,20 +8,20 @@ use crate::capture::Purposes;
 use crate::model::{Span, SpanId, Trace, TraceId};
 
 /// A trace with its spans linked to their parents and children (by index). The links are
-/// kept in three flat arrays (8 bytes a span each), not a list per span: a capture analyses
+/// kept in three flat arrays (4 bytes a span each), not a list per span: a capture analyses
 /// a million spans at once.
 pub struct TraceTree<'a> {
     pub trace: &'a Trace,
     pub purposes: Purposes,
     /// Each span's parent, or `NO_PARENT`.
-    parents: Vec<usize>,
+    parents: Vec<u32>,
     /// Span `i`'s children are `children[child_start[i]..child_start[i + 1]]`.
-    child_start: Vec<usize>,
-    children: Vec<usize>,
+    child_start: Vec<u32>,
+    children: Vec<u32>,
     critical: std::sync::OnceLock<Vec<i64>>,
 }
 
-const NO_PARENT: usize = usize::MAX;
+const NO_PARENT: u32 = u32::MAX;
 
 impl<'a> TraceTree<'a> {
     pub fn new(trace: &'a Trace, purposes: Purposes) -> Self {
@@ -32,13 +32,14 @@ impl<'a> TraceTree<'a> {
         for (i, s) in trace.spans.iter().enumerate() {
             by_id.entry(s.span_id).or_insert(i);
         }
+        // Span indexes fit in 32 bits: a trace of four billion spans is not read whole.
         let mut parents = vec![NO_PARENT; n];
-        let mut child_start = vec![0usize; n + 1];
+        let mut child_start = vec![0u32; n + 1];
         for (i, s) in trace.spans.iter().enumerate() {
             if let Some(p) = s.parent.and_then(|p| by_id.get(&p).copied())
                 && p != i
             {
-                parents[i] = p;
+                parents[i] = p as u32;
                 child_start[p + 1] += 1;
             }
         }
@@ -47,10 +48,11 @@ impl<'a> TraceTree<'a> {
         }
         // Children in span order, as they were pushed one by one before.
         let mut next = child_start.clone();
-        let mut children = vec![0usize; child_start[n]];
+        let mut children = vec![0u32; child_start[n] as usize];
         for (i, &p) in parents.iter().enumerate() {
             if p != NO_PARENT {
-                children[next[p]] = i;
+                let p = p as usize;
+                children[next[p] as usize] = i as u32;
                 next[p] += 1;
             }
         }
@@ -66,12 +68,22 @@ impl<'a> TraceTree<'a> {
 
     /// The span's parent within the trace, if it has one there.
     pub fn parent(&self, i: usize) -> Option<usize> {
-        Some(self.parents[i]).filter(|&p| p != NO_PARENT)
+        Some(self.parents[i])
+            .filter(|&p| p != NO_PARENT)
+            .map(|p| p as usize)
     }
 
     /// The span's children, in span order.
-    pub fn children(&self, i: usize) -> &[usize] {
-        &self.children[self.child_start[i]..self.child_start[i + 1]]
+    pub fn children(&self, i: usize) -> impl ExactSizeIterator<Item = usize> + Clone + '_ {
+        self.children[self.child_start[i] as usize..self.child_start[i + 1] as usize]
+            .iter()
+            .map(|&c| c as usize)
+    }
+
+    /// The span's only child, when it has exactly one.
+    pub fn only_child(&self, i: usize) -> Option<usize> {
+        let mut c = self.children(i);
+        (c.len() == 1).then(|| c.next()).flatten()
     }
 
     pub fn span(&self, i: usize) -> &'a Span {
@@ -93,8 +105,7 @@ impl<'a> TraceTree<'a> {
         let s = self.span(i);
         let mut intervals: Vec<(i64, i64)> = self
             .children(i)
-            .iter()
-            .map(|&c| {
+            .map(|c| {
                 let c = self.span(c);
                 (c.start_ns.max(s.start_ns), c.end_ns.min(s.end_ns))
             })
@@ -154,7 +165,7 @@ impl TraceTree<'_> {
                 continue;
             }
             let mut last_start = end;
-            let mut kids: Vec<usize> = self.children(i).to_vec();
+            let mut kids: Vec<usize> = self.children(i).collect();
             kids.sort_by_key(|&c| (std::cmp::Reverse(self.span(c).end_ns), c));
             let mut own = 0i64;
             for c in kids {
@@ -224,7 +235,7 @@ pub fn source_errors<'a>(forest: &[TraceTree<'a>]) -> Vec<SourceError<'a>> {
     let mut out = Vec::new();
     for t in forest {
         for (i, s) in t.trace.spans.iter().enumerate() {
-            if s.is_error() && !t.children(i).iter().any(|&c| t.span(c).is_error()) {
+            if s.is_error() && !t.children(i).any(|c| t.span(c).is_error()) {
                 out.push(SourceError { span: s });
             }
         }
@@ -311,14 +322,14 @@ mod tests {
             end_ns: end,
             kind: SpanKind::Server,
             status: Status::default(),
-            attributes: Vec::new(),
+            attributes: Default::default(),
             resource: Arc::new(Resource {
                 service: Arc::from(service),
                 attributes: Vec::new(),
             }),
             scope: None,
-            events: Vec::new(),
-            links: Vec::new(),
+            events: Default::default(),
+            links: Default::default(),
             trace_state: None,
         }
     }

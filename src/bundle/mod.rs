@@ -162,6 +162,14 @@ fn referenced_elsewhere(
     out
 }
 
+/// This process's resident memory in MiB (Linux), for the debug log of where time and memory go.
+fn resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096 / (1 << 20))
+}
+
 /// Everything the bundle is made from.
 pub struct BundleInput<'a> {
     pub plan: &'a CapturePlan,
@@ -178,7 +186,13 @@ pub fn write_bundle(
     let traces = &input.capture.traces;
     let plan = input.plan;
     let clock = std::time::Instant::now();
-    let lap = |what: &str| tracing::debug!(ms = clock.elapsed().as_millis() as u64, "{what}");
+    let lap = |what: &str| {
+        tracing::debug!(
+            ms = clock.elapsed().as_millis() as u64,
+            rss_mib = resident_mib(),
+            "{what}"
+        )
+    };
     let picks = select(traces, plan.baseline_traces);
     let began_ns = input.began_at.timestamp_nanos_opt().unwrap_or(i64::MIN);
     let analysis_input = AnalysisInput {
@@ -261,6 +275,7 @@ pub fn write_bundle(
         },
     )?;
     w.write_json("analysis.json", &analysis)?;
+    lap("context, timeline and analysis written");
 
     let notices: Vec<String> = input
         .capture

@@ -191,7 +191,7 @@ impl FileSource {
     pub fn span_range(&self) -> Option<(i64, i64)> {
         if let Some(spill) = &self.spill {
             let mut range: Option<(i64, i64)> = None;
-            spill.visit(|_, light| {
+            spill.visit(|_, _, light| {
                 if let Some((s, e)) = light.timed_range() {
                     range = Some(range.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
                 }
@@ -229,9 +229,9 @@ impl FileSource {
         let traces = match &self.spill {
             Some(spill) => {
                 let mut ids = Vec::new();
-                spill.visit(|id, light| {
+                spill.visit(|number, _, light| {
                     if let Some(p) = tally.sort(light, plan) {
-                        ids.push((id, p));
+                        ids.push((number, p));
                     }
                 });
                 // Only what the capture keeps is made whole again (its spans, not their

@@ -140,11 +140,11 @@ impl LightTrace {
                         code: s.status,
                         message: extra.and_then(|e| e.message.clone()),
                     },
-                    attributes: Vec::new().into(),
+                    attributes: Default::default(),
                     resource: names.resources[s.resource as usize].clone(),
                     scope: None,
-                    events: Vec::new().into(),
-                    links: Vec::new().into(),
+                    events: Default::default(),
+                    links: Default::default(),
                     trace_state: extra.and_then(|e| e.trace_state.clone()),
                 }
             })

@@ -92,13 +92,14 @@ impl Entries {
         i as u32
     }
 
+    fn get(&self, i: u32) -> Option<&Entry> {
+        let i = i as usize;
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
     fn get_mut(&mut self, i: u32) -> Option<&mut Entry> {
         let i = i as usize;
         self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.chunks.iter().flatten()
     }
 }
 
@@ -192,27 +193,24 @@ impl Spill {
         duplicates
     }
 
-    /// Shows every trace to `visit`, compact, in the order first seen.
-    pub fn visit(&self, mut visit: impl FnMut(TraceId, &LightTrace)) {
+    /// Shows every trace to `visit` (its number in the spill, its id, its compact spans), in
+    /// the order first seen.
+    pub fn visit(&self, mut visit: impl FnMut(u32, TraceId, &LightTrace)) {
         let mut state = self.state();
         let entries = &mut state.entries;
-        let mut order: Vec<((u64, u32), u32)> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.first_seen, i as u32))
-            .collect();
-        order.sort_unstable();
-        for (_, i) in order {
-            if let Some(e) = entries.get_mut(i) {
-                visit(e.id, &e.light);
+        let mut order: Vec<u32> = (0..entries.len as u32).collect();
+        order.sort_unstable_by_key(|&i| entries.get(i).map(|e| e.first_seen));
+        for i in order {
+            if let Some(e) = entries.get(i) {
+                visit(i, e.id, &e.light);
             }
         }
     }
 
-    /// Keeps the traces `keep` and makes them whole again (their spans, not their
-    /// attributes), in the order given; forgets the compact spans of every trace, and
-    /// everything of those not kept.
-    pub fn keep<P>(&self, keep: Vec<(TraceId, P)>) -> Vec<(Trace, P)> {
+    /// Keeps the traces `keep` (by their numbers from [`Spill::visit`]) and makes them whole
+    /// again (their spans, not their attributes), in the order given; forgets the compact
+    /// spans of every trace, and everything of those not kept.
+    pub fn keep<P>(&self, keep: Vec<(u32, P)>) -> Vec<(Trace, P)> {
         let mut state = self.state();
         let State {
             index,
@@ -223,19 +221,24 @@ impl Spill {
             ..
         } = &mut *state;
         redaction.clear();
-        let wanted: HashMap<TraceId, usize> = keep
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (*id, i))
-            .collect();
-        let mut lights: Vec<Option<LightTrace>> = Vec::new();
+        // Where each trace goes in `keep`, by its number (u32::MAX: not kept).
+        let mut at = vec![u32::MAX; entries.len];
+        for (k, (i, _)) in keep.iter().enumerate() {
+            if let Some(slot) = at.get_mut(*i as usize) {
+                *slot = k as u32;
+            }
+        }
+        let mut lights: Vec<Option<(TraceId, LightTrace)>> = Vec::new();
         lights.resize_with(keep.len(), || None);
         // Chunk by chunk, so that what is not kept is freed as it goes.
+        let mut number = 0usize;
         for chunk in std::mem::take(&mut entries.chunks) {
             for e in chunk {
-                let Some(&at) = wanted.get(&e.id) else {
+                let k = at[number];
+                number += 1;
+                if k == u32::MAX {
                     continue;
-                };
+                }
                 let mut records = vec![e.record];
                 if let Some(more) = e.more {
                     records.extend(more.into_iter().map(|(r, _)| r));
@@ -244,15 +247,19 @@ impl Spill {
                 if let Some(r) = &e.redacted {
                     add_counts(redaction, r);
                 }
-                lights[at] = Some(e.light);
+                lights[k as usize] = Some((e.id, e.light));
             }
         }
+        drop(at);
         *entries = Entries::default();
         *index = HashMap::new();
         release_freed_memory();
         keep.into_iter()
             .zip(lights)
-            .filter_map(|((id, p), light)| Some((light?.to_trace(id, names), p)))
+            .filter_map(|((_, p), light)| {
+                let (id, light) = light?;
+                Some((light.to_trace(id, names), p))
+            })
             .collect()
     }
 

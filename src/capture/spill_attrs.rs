@@ -251,14 +251,14 @@ mod tests {
             end_ns: 20,
             kind: SpanKind::Server,
             status: Status::default(),
-            attributes: attributes.clone(),
+            attributes: attributes.clone().into(),
             resource: Arc::new(Resource {
                 service: "svc".into(),
                 attributes: Vec::new(),
             }),
             scope: None,
-            events: Vec::new(),
-            links: Vec::new(),
+            events: Default::default(),
+            links: Default::default(),
             trace_state: None,
         };
         let trace = Trace {

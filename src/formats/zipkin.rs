@@ -273,7 +273,7 @@ fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
         resource,
         scope: None,
         events,
-        links: Vec::new().into(),
+        links: Default::default(),
         trace_state: None,
     })
 }

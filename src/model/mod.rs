@@ -11,5 +11,6 @@ pub use incident::{
     TimeWindow, WindowDefaults,
 };
 pub use span::{
-    AttrValue, Attribute, Event, Link, List, Resource, Scope, Span, SpanKind, Status, StatusCode, Trace,
+    AttrValue, Attribute, Event, Link, List, Resource, Scope, Span, SpanKind, Status, StatusCode,
+    Trace,
 };
