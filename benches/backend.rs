@@ -71,23 +71,39 @@ fn main() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let query_ms: u64 = queries
+    // The same queries again, four at a time as the capture sends them, each answer read whole
+    // and thrown away: what the queries themselves take.
+    let urls: Vec<String> = queries
         .iter()
-        .filter_map(|q| q["duration_ms"].as_u64())
-        .sum();
-    let concurrency = 4.0;
-    let least = query_ms as f64 / 1000.0 / concurrency;
+        .filter_map(|q| q["url"].as_str().map(str::to_owned))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let clock = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let client = reqwest::blocking::Client::new();
+                while let Some(url) =
+                    urls.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                {
+                    let body = client.get(url).send().and_then(|r| r.bytes());
+                    std::hint::black_box(body.map(|b| b.len()).unwrap_or(0));
+                }
+            });
+        }
+    });
+    let queries_alone = clock.elapsed().as_secs_f64();
     println!(
-        "loopback Jaeger v3, {n} traces ({failing} failing) over 30 minutes: status {}, {} traces and {} spans stored",
+        "loopback Jaeger v3, {n} traces ({failing} failing) over 30 minutes: status {}, {} traces and {} spans stored; gaps: {}",
         manifest["completeness"]["status"],
         manifest["counts"]["traces"],
-        manifest["counts"]["spans"]
+        manifest["counts"]["spans"],
+        manifest["completeness"]["gaps"]
     );
     println!(
-        "| wall time | queries | Σ query time | Σ / concurrency 4 | wall ÷ that |\n|---|---|---|---|---|\n| {wall:.2} s | {} ({} answered by the server) | {:.2} s | {least:.2} s | {:.2}× |",
-        queries.len(),
+        "| capture wall time | queries | the same queries alone (4 at a time) | ratio |\n|---|---|---|---|\n| {wall:.2} s | {} ({} answered) | {queries_alone:.2} s | {:.2}× |",
+        urls.len(),
         server.request_count(),
-        query_ms as f64 / 1000.0,
-        wall / least.max(0.001)
+        wall / queries_alone.max(0.001)
     );
 }
