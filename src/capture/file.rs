@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use super::light::LightTrace;
+use super::light::LightView;
 use super::spill::Spill;
 use super::{CapturePlan, Gap, Purpose, Purposes, SourceCapture, SourceRecord, TraceSource};
 use crate::formats::{Collected, ReadError, SPANS_READ_TWICE, TraceCollector, open_trace_file};
@@ -64,18 +64,18 @@ impl Classify for Trace {
     }
 }
 
-impl Classify for LightTrace {
+impl Classify for LightView<'_> {
     fn span_count(&self) -> usize {
-        LightTrace::span_count(self)
+        LightView::span_count(self)
     }
     fn start_ns(&self) -> i64 {
-        LightTrace::start_ns(self)
+        LightView::start_ns(self)
     }
     fn has_error(&self) -> bool {
-        LightTrace::has_error(self)
+        LightView::has_error(self)
     }
     fn max_span_duration_ns(&self) -> i64 {
-        LightTrace::max_span_duration_ns(self)
+        LightView::max_span_duration_ns(self)
     }
 }
 
@@ -230,7 +230,7 @@ impl FileSource {
             Some(spill) => {
                 let mut ids = Vec::new();
                 spill.visit(|number, _, light| {
-                    if let Some(p) = tally.sort(light, plan) {
+                    if let Some(p) = tally.sort(&light, plan) {
                         ids.push((number, p));
                     }
                 });

@@ -43,16 +43,117 @@ struct Extra {
 
 /// The extras of a trace's spans, behind one thin pointer (most traces have none).
 #[derive(Clone, Debug, Default)]
-struct Extras(Vec<Extra>);
+pub struct Extras(Vec<Extra>);
 
-/// One trace's spans, compact, in the order they were read.
+/// Where one trace's compact spans lie: a run of a [`Slabs`] slab.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    slab: u32,
+    start: u32,
+    len: u32,
+}
+
+/// One trace's compact spans as the capture stores them: a run of a slab shared with the other
+/// traces of its part of the input (one allocation a part, not one a trace, so that freeing the
+/// traces not kept frees whole pages), and its spans' extras.
 #[derive(Clone, Debug, Default)]
 pub struct LightTrace {
-    spans: Box<[LightSpan]>,
+    run: Run,
     extras: Option<Box<Extras>>,
 }
 
 impl LightTrace {
+    /// How many spans the trace has.
+    pub fn span_count(&self) -> usize {
+        self.run.len as usize
+    }
+}
+
+/// The slabs of compact spans, one per part of the input (and one per trace put together from
+/// several parts).
+#[derive(Default)]
+pub struct Slabs {
+    slabs: Vec<Box<[LightSpan]>>,
+}
+
+impl Slabs {
+    /// Stores `spans` as a slab; each of `traces` (start, length, extras) is a run of it.
+    pub fn add(
+        &mut self,
+        spans: Vec<LightSpan>,
+        traces: Vec<(u32, u32, Option<Box<Extras>>)>,
+    ) -> Vec<LightTrace> {
+        let slab = self.slabs.len() as u32;
+        self.slabs.push(spans.into_boxed_slice());
+        traces
+            .into_iter()
+            .map(|(start, len, extras)| LightTrace {
+                run: Run { slab, start, len },
+                extras,
+            })
+            .collect()
+    }
+
+    /// The spans of a stored trace.
+    pub fn view<'a>(&'a self, t: &'a LightTrace) -> LightView<'a> {
+        let Run { slab, start, len } = t.run;
+        let spans = self
+            .slabs
+            .get(slab as usize)
+            .and_then(|s| s.get(start as usize..(start + len) as usize))
+            .unwrap_or(&[]);
+        LightView {
+            spans,
+            extras: t.extras.as_deref(),
+        }
+    }
+
+    /// Puts together the parts of one trace (in input order), dropping the spans a later part
+    /// repeats (the same id, service, operation and start, as `formats` does when a trace is
+    /// read whole); returns the trace and how many spans were dropped.
+    pub fn merge(&mut self, parts: &[LightTrace], names: &Names) -> (LightTrace, usize) {
+        let key = |s: &LightSpan| {
+            (
+                s.span_id,
+                names.resources[s.resource as usize].service.clone(),
+                s.operation,
+                s.start_ns,
+            )
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut spans = Vec::new();
+        let mut extras = Vec::new();
+        let mut dropped = 0;
+        for part in parts {
+            let view = self.view(part);
+            for s in view.spans {
+                if !seen.insert(key(s)) {
+                    dropped += 1;
+                    continue;
+                }
+                let mut s = s.clone();
+                if s.extra != 0 {
+                    extras.extend(view.extra(&s).cloned());
+                    s.extra = extras.len() as u32;
+                }
+                spans.push(s);
+            }
+        }
+        let len = spans.len() as u32;
+        let extras = (!extras.is_empty()).then(|| Box::new(Extras(extras)));
+        let merged = self.add(spans, vec![(0, len, extras)]);
+        (merged.into_iter().next().unwrap_or_default(), dropped)
+    }
+}
+
+/// One trace's compact spans, borrowed.
+#[derive(Clone, Copy)]
+pub struct LightView<'a> {
+    spans: &'a [LightSpan],
+    extras: Option<&'a Extras>,
+}
+
+impl<'a> LightView<'a> {
     pub fn span_count(&self) -> usize {
         self.spans.len()
     }
@@ -84,41 +185,22 @@ impl LightTrace {
         Some((start, end))
     }
 
-    /// Appends another part of the same trace, dropping the spans it repeats (the same id,
-    /// service, operation and start, as `formats` does when a trace is read whole); returns how
-    /// many were dropped.
-    pub fn append(&mut self, mut other: LightTrace, names: &Names) -> usize {
-        let mut spans = std::mem::take(&mut self.spans).into_vec();
-        let key = |s: &LightSpan| {
-            (
-                s.span_id,
-                names.resources[s.resource as usize].service.clone(),
-                s.operation,
-                s.start_ns,
-            )
-        };
-        let mut seen: std::collections::HashSet<_> = spans.iter().map(key).collect();
-        let mut dropped = 0;
-        for mut s in std::mem::take(&mut other.spans).into_vec() {
-            if !seen.insert(key(&s)) {
-                dropped += 1;
-                continue;
-            }
-            if s.extra != 0 {
-                let extra = other.extra(&s).cloned();
-                let extras = &mut self.extras.get_or_insert_default().0;
-                extras.extend(extra);
-                s.extra = extras.len() as u32;
-            }
-            spans.push(s);
-        }
-        self.spans = spans.into_boxed_slice();
-        dropped
+    fn extra(&self, s: &LightSpan) -> Option<&'a Extra> {
+        let i = (s.extra as usize).checked_sub(1)?;
+        self.extras?.0.get(i)
     }
 
-    fn extra(&self, s: &LightSpan) -> Option<&Extra> {
-        let i = (s.extra as usize).checked_sub(1)?;
-        self.extras.as_ref()?.0.get(i)
+    /// A copy that owns its spans, to outlive the slabs.
+    pub fn to_owned(&self) -> (Vec<LightSpan>, Option<Box<Extras>>) {
+        (
+            self.spans.to_vec(),
+            self.extras.map(|e| Box::new(e.clone())),
+        )
+    }
+
+    /// A view of spans owned elsewhere (see [`LightView::to_owned`]).
+    pub fn of(spans: &'a [LightSpan], extras: Option<&'a Extras>) -> Self {
+        Self { spans, extras }
     }
 
     /// The trace, with each span's attributes, events and links left out (`Span::slim`).
@@ -216,46 +298,50 @@ impl PartNames {
         part
     }
 
-    /// `trace`, compact (its names must have been numbered by [`PartNames::of`]).
-    pub fn lighten(&self, trace: &Trace) -> LightTrace {
+    /// Appends `trace`'s spans, compact, to `spans` (its names must have been numbered by
+    /// [`PartNames::of`]); returns where they start, how many, and their extras.
+    pub fn lighten(
+        &self,
+        trace: &Trace,
+        spans: &mut Vec<LightSpan>,
+    ) -> (u32, u32, Option<Box<Extras>>) {
+        let start = spans.len() as u32;
         let mut extras = Vec::new();
-        let spans: Box<[LightSpan]> = trace
-            .spans
-            .iter()
-            .map(|s| {
-                let trace_state =
-                    s.trace_state
-                        .clone()
-                        .or_else(|| match s.attribute("w3c.tracestate") {
-                            Some(AttrValue::Str(v)) => Some(v.clone()),
-                            _ => None,
-                        });
-                let extra = if s.status.message.is_some() || trace_state.is_some() {
-                    extras.push(Extra {
-                        message: s.status.message.clone(),
-                        trace_state,
+        for s in &trace.spans {
+            let trace_state =
+                s.trace_state
+                    .clone()
+                    .or_else(|| match s.attribute("w3c.tracestate") {
+                        Some(AttrValue::Str(v)) => Some(v.clone()),
+                        _ => None,
                     });
-                    extras.len() as u32
-                } else {
-                    0
-                };
-                LightSpan {
-                    span_id: s.span_id,
-                    parent: s.parent,
-                    start_ns: s.start_ns,
-                    end_ns: s.end_ns,
-                    operation: self.operations[&address(&s.operation)],
-                    resource: self.resources[&address(&s.resource)],
-                    kind: s.kind,
-                    status: s.status.code,
-                    extra,
-                }
-            })
-            .collect();
-        LightTrace {
-            spans,
-            extras: (!extras.is_empty()).then(|| Box::new(Extras(extras))),
+            let extra = if s.status.message.is_some() || trace_state.is_some() {
+                extras.push(Extra {
+                    message: s.status.message.clone(),
+                    trace_state,
+                });
+                extras.len() as u32
+            } else {
+                0
+            };
+            spans.push(LightSpan {
+                span_id: s.span_id,
+                parent: s.parent,
+                start_ns: s.start_ns,
+                end_ns: s.end_ns,
+                operation: self.operations[&address(&s.operation)],
+                resource: self.resources[&address(&s.resource)],
+                kind: s.kind,
+                status: s.status.code,
+                extra,
+            });
         }
+        let len = spans.len() as u32 - start;
+        (
+            start,
+            len,
+            (!extras.is_empty()).then(|| Box::new(Extras(extras))),
+        )
     }
 }
 

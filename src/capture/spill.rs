@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::light::{LightTrace, Names, PartNames};
+use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_attrs::{self, SpanRecord};
 use crate::formats::{TraceCollector, TraceSink, jaeger, otlp};
 use crate::model::{Trace, TraceId};
@@ -57,7 +57,7 @@ struct Entry {
     record: Record,
     light: LightTrace,
     /// Further parts, when the trace's spans were spread over the input.
-    more: Option<Box<[(Record, LightTrace)]>>,
+    more: Option<Box<MoreParts>>,
     /// What redaction replaced in it, by rule (most traces: nothing).
     redacted: Option<Box<Redacted>>,
 }
@@ -69,6 +69,9 @@ fn add_counts(to: &mut Redacted, from: &Redacted) {
         *to.entry(rule.clone()).or_default() += n;
     }
 }
+
+/// The further parts of a trace, behind one thin pointer (most traces are read in one).
+struct MoreParts(Vec<(Record, LightTrace)>);
 
 /// Entries in chunks of fixed size: a million traces never need one large block moved.
 #[derive(Default)]
@@ -115,6 +118,8 @@ struct State {
     /// While reading: each trace's entry number.
     index: HashMap<TraceId, u32>,
     entries: Entries,
+    /// The compact spans of the entries.
+    slabs: Slabs,
     /// After [`Spill::keep`]: the records of the traces kept, and nothing else.
     kept: Kept,
     names: Names,
@@ -172,22 +177,24 @@ impl Spill {
     /// done); returns how many spans the merging found twice (and dropped).
     pub fn merge_parts(&self) -> usize {
         let mut state = self.state();
-        let State { entries, names, .. } = &mut *state;
+        let State {
+            entries,
+            names,
+            slabs,
+            ..
+        } = &mut *state;
         let mut duplicates = 0;
         for chunk in &mut entries.chunks {
             for e in chunk.iter_mut().filter(|e| e.more.is_some()) {
-                let mut parts: Vec<(u64, LightTrace)> =
-                    vec![(e.record.part, std::mem::take(&mut e.light))];
-                if let Some(more) = &mut e.more {
-                    parts.extend(more.iter_mut().map(|(r, l)| (r.part, std::mem::take(l))));
+                let mut parts: Vec<(u64, LightTrace)> = vec![(e.record.part, e.light.clone())];
+                if let Some(more) = &e.more {
+                    parts.extend(more.0.iter().map(|(r, l)| (r.part, l.clone())));
                 }
                 parts.sort_by_key(|(p, _)| *p);
-                let mut parts = parts.into_iter().map(|(_, l)| l);
-                let mut light = parts.next().unwrap_or_default();
-                for l in parts {
-                    duplicates += light.append(l, names);
-                }
-                e.light = light;
+                let parts: Vec<LightTrace> = parts.into_iter().map(|(_, l)| l).collect();
+                let (merged, dropped) = slabs.merge(&parts, names);
+                duplicates += dropped;
+                e.light = merged;
             }
         }
         duplicates
@@ -195,14 +202,14 @@ impl Spill {
 
     /// Shows every trace to `visit` (its number in the spill, its id, its compact spans), in
     /// the order first seen.
-    pub fn visit(&self, mut visit: impl FnMut(u32, TraceId, &LightTrace)) {
-        let mut state = self.state();
-        let entries = &mut state.entries;
+    pub fn visit(&self, mut visit: impl FnMut(u32, TraceId, LightView<'_>)) {
+        let state = self.state();
+        let (entries, slabs) = (&state.entries, &state.slabs);
         let mut order: Vec<u32> = (0..entries.len as u32).collect();
         order.sort_unstable_by_key(|&i| entries.get(i).map(|e| e.first_seen));
         for i in order {
             if let Some(e) = entries.get(i) {
-                visit(i, e.id, &e.light);
+                visit(i, e.id, slabs.view(&e.light));
             }
         }
     }
@@ -215,6 +222,7 @@ impl Spill {
         let State {
             index,
             entries,
+            slabs,
             kept,
             names,
             redaction,
@@ -228,9 +236,18 @@ impl Spill {
                 *slot = k as u32;
             }
         }
-        let mut lights: Vec<Option<(TraceId, LightTrace)>> = Vec::new();
+        // The kept traces' compact spans are copied out first, into one block, so that
+        // freeing the slabs frees whole pages the system can take back.
+        let total: usize = keep
+            .iter()
+            .filter_map(|(i, _)| entries.get(*i))
+            .map(|e| e.light.span_count())
+            .sum();
+        let mut copied: Vec<LightSpan> = Vec::with_capacity(total);
+        // Per trace kept: its id, where its spans start in `copied`, how many, its extras.
+        type Copied = (TraceId, usize, usize, Option<Box<light::Extras>>);
+        let mut lights: Vec<Option<Copied>> = Vec::new();
         lights.resize_with(keep.len(), || None);
-        // Chunk by chunk, so that what is not kept is freed as it goes.
         let mut number = 0usize;
         for chunk in std::mem::take(&mut entries.chunks) {
             for e in chunk {
@@ -241,24 +258,28 @@ impl Spill {
                 }
                 let mut records = vec![e.record];
                 if let Some(more) = e.more {
-                    records.extend(more.into_iter().map(|(r, _)| r));
+                    records.extend(more.0.into_iter().map(|(r, _)| r));
                 }
                 kept.records.insert(e.id, records);
                 if let Some(r) = &e.redacted {
                     add_counts(redaction, r);
                 }
-                lights[k as usize] = Some((e.id, e.light));
+                let (spans, extras) = slabs.view(&e.light).to_owned();
+                lights[k as usize] = Some((e.id, copied.len(), spans.len(), extras));
+                copied.extend(spans);
             }
         }
         drop(at);
         *entries = Entries::default();
         *index = HashMap::new();
+        *slabs = Slabs::default();
         release_freed_memory();
         keep.into_iter()
             .zip(lights)
             .filter_map(|((_, p), light)| {
-                let (id, light) = light?;
-                Some((light.to_trace(id, names), p))
+                let (id, start, len, extras) = light?;
+                let view = LightView::of(copied.get(start..start + len)?, extras.as_deref());
+                Some((view.to_trace(id, names), p))
             })
             .collect()
     }
@@ -392,7 +413,11 @@ impl TraceSink for Spill {
             });
         }
         let part_names = PartNames::of(&traces, &mut self.state().names);
-        let lights: Vec<LightTrace> = traces.iter().map(|t| part_names.lighten(t)).collect();
+        let mut spans = Vec::with_capacity(traces.iter().map(|t| t.spans.len()).sum());
+        let runs: Vec<_> = traces
+            .iter()
+            .map(|t| part_names.lighten(t, &mut spans))
+            .collect();
         let ids: Vec<TraceId> = traces.iter().map(|t| t.id).collect();
         drop(traces);
         // The range is taken under the lock and written outside it, so parts are written at
@@ -404,9 +429,11 @@ impl TraceSink for Spill {
             let State {
                 index,
                 entries,
+                slabs,
                 redaction,
                 ..
             } = &mut *state;
+            let lights = slabs.add(spans, runs);
             for (i, ((id, mut record), light)) in
                 ids.into_iter().zip(records).zip(lights).enumerate()
             {
@@ -430,9 +457,10 @@ impl TraceSink for Spill {
                     }
                     Some(e) => {
                         e.first_seen = e.first_seen.min(seen);
-                        let mut more = e.more.take().map(Vec::from).unwrap_or_default();
-                        more.push((record, light));
-                        e.more = Some(more.into_boxed_slice());
+                        e.more
+                            .get_or_insert_with(|| Box::new(MoreParts(Vec::new())))
+                            .0
+                            .push((record, light));
                         if let Some(c) = counts {
                             add_counts(e.redacted.get_or_insert_default(), &c);
                         }
