@@ -2,9 +2,11 @@
 //! use too): `collect --jaeger` against N traces over a 30-minute window, one in ten failing,
 //! and how its wall time compares with the time its queries took.
 //!
-//! Usage: `cargo bench --bench backend [-- TRACES]` (default 100,000). Prints the wall time, the
-//! queries issued, the sum of their durations as the capture saw them, that sum spread over the
-//! backend's `concurrency` (the least the queries could take), and the wall time's ratio to it.
+//! Usage: `cargo bench --bench backend [-- [real] TRACES]` (default 100,000). With `real`, the
+//! backend is the real Jaeger v2.13 of the tests (memory store, `scripts/servers/install`), fed
+//! one-span payment calls through its OTLP receiver, over the ten minutes before now. Prints the
+//! capture's wall time, its queries, and the time the same queries take sent again alone, four
+//! at a time as the capture sends them.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -14,7 +16,38 @@ use std::time::Instant;
 use serde_json::json;
 use support::jaeger::{Api, Server, start, synthetic_traces};
 
+/// The real Jaeger, fed `n` one-span payment calls (one in ten failing) over the ten minutes
+/// before now; its query URL and the incident for that window.
+fn real_jaeger(n: usize) -> (support::real::Jaeger, String, serde_json::Value) {
+    let jaeger = support::real::Jaeger::start(n + 1_000, None);
+    let end_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() - 60_000_000_000;
+    let start_ns = end_ns - 600_000_000_000;
+    let calls: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let at = start_ns + (600_000_000_000i64 / n as i64) * i as i64;
+            let status = (i % 10 == 0).then(|| json!({"code": 2, "message": "card declined"}));
+            support::real::otlp_payment_call(
+                &format!("{:032x}", i + 1),
+                &format!("{:016x}", i + 1),
+                at,
+                status,
+            )
+        })
+        .collect();
+    jaeger.send(&calls, 1_000);
+    let time = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339();
+    let incident = json!({
+        "id": "INC-BENCH-REAL",
+        "declared_at": time(end_ns),
+        "started_at": time(start_ns),
+        "window": {"start": time(start_ns), "end": time(end_ns + 1_000_000_000)},
+    });
+    let url = jaeger.url();
+    (jaeger, url, incident)
+}
+
 fn main() {
+    let real = std::env::args().any(|a| a == "real");
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -24,6 +57,18 @@ fn main() {
         } else {
             100_000
         });
+    if real {
+        let (_jaeger, url, incident) = real_jaeger(n);
+        capture(
+            n,
+            n / 10,
+            &url,
+            &incident,
+            "real Jaeger v2.13, memory store",
+            None,
+        );
+        return;
+    }
     // 2026-02-05T14:00:00Z .. 14:30:00Z, in µs.
     let start_us = 1_770_300_000_000_000i64;
     let end_us = start_us + 30 * 60 * 1_000_000;
@@ -38,27 +83,42 @@ fn main() {
         n as u64,
     ));
     let (addr, server) = start(Server::new(Api::V3, usize::MAX, traces));
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let incident = dir.path().join("incident.json");
-    std::fs::write(
+    let incident = json!({
+        "id": "INC-BENCH",
+        "declared_at": "2026-02-05T14:30:00Z",
+        "started_at": "2026-02-05T14:00:00Z",
+        "window": {"start": "2026-02-05T14:00:00Z", "end": "2026-02-05T14:30:00Z"},
+    });
+    capture(
+        n,
+        failing,
+        &format!("http://{addr}"),
         &incident,
-        json!({
-            "id": "INC-BENCH",
-            "declared_at": "2026-02-05T14:30:00Z",
-            "started_at": "2026-02-05T14:00:00Z",
-            "window": {"start": "2026-02-05T14:00:00Z", "end": "2026-02-05T14:30:00Z"},
-        })
-        .to_string(),
-    )
-    .expect("the incident file");
+        "loopback Jaeger v3",
+        Some(&server),
+    );
+}
+
+/// Runs `collect` against `url` for `incident`, then the same queries alone; prints both.
+fn capture(
+    n: usize,
+    failing: usize,
+    url: &str,
+    incident: &serde_json::Value,
+    what: &str,
+    server: Option<&Server>,
+) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let incident_file = dir.path().join("incident.json");
+    std::fs::write(&incident_file, incident.to_string()).expect("the incident file");
     let clock = Instant::now();
     let out = support::run_cli(
         &[
             "collect",
             "--incident",
-            incident.to_str().unwrap_or_default(),
+            incident_file.to_str().unwrap_or_default(),
             "--jaeger",
-            &format!("http://{addr}"),
+            url,
             "--out",
             dir.path().join("evidence").to_str().unwrap_or_default(),
         ],
@@ -94,16 +154,18 @@ fn main() {
     });
     let queries_alone = clock.elapsed().as_secs_f64();
     println!(
-        "loopback Jaeger v3, {n} traces ({failing} failing) over 30 minutes: status {}, {} traces and {} spans stored; gaps: {}",
+        "{what}, {n} traces ({failing} failing): status {}, {} traces and {} spans stored; gaps: {}",
         manifest["completeness"]["status"],
         manifest["counts"]["traces"],
         manifest["counts"]["spans"],
         manifest["completeness"]["gaps"]
     );
     println!(
-        "| capture wall time | queries | the same queries alone (4 at a time) | ratio |\n|---|---|---|---|\n| {wall:.2} s | {} ({} answered) | {queries_alone:.2} s | {:.2}× |",
+        "| capture wall time | queries | the same queries alone (4 at a time) | ratio |\n|---|---|---|---|\n| {wall:.2} s | {}{} | {queries_alone:.2} s | {:.2}× |",
         urls.len(),
-        server.request_count(),
+        server
+            .map(|s| format!(" ({} answered)", s.request_count()))
+            .unwrap_or_default(),
         wall / queries_alone.max(0.001)
     );
 }
