@@ -199,13 +199,8 @@ impl Redactor {
     /// Redacts every trace in place. Resources, scopes and operation names shared by many spans
     /// are redacted once and stay shared.
     pub fn apply(&self, traces: &mut [(Trace, Purposes)]) -> RedactionReport {
-        self.apply_each(traces.iter_mut().map(|(t, _)| t))
-    }
-
-    /// Redacts each of `traces` in place (see [`Redactor::apply`]).
-    pub fn apply_each<'a>(&self, traces: impl Iterator<Item = &'a mut Trace>) -> RedactionReport {
         let mut total = BTreeMap::new();
-        for counts in self.apply_counted(traces) {
+        for counts in self.apply_counted(traces.iter_mut().map(|(t, _)| t)) {
             for (rule, n) in counts {
                 *total.entry(rule).or_default() += n;
             }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::capture::spill_attrs::SpanRecord;
+use crate::capture::spill::Spill;
 use crate::capture::{Purpose, Purposes};
 use crate::model::{Span, SpanId, Trace, TraceId};
 
@@ -181,27 +181,6 @@ fn is_incident_trace(p: Purposes) -> bool {
     p.has(Purpose::Errors) || p.has(Purpose::Slow) || p.has(Purpose::Sample)
 }
 
-/// Where the attributes of light spans (`Span::slim`) are read back, for the one analysis that
-/// compares attributes (the suspects).
-pub trait SpanDetails: Sync {
-    /// The attributes of the spans of the traces `ids` for which `wanted(service, operation)`.
-    fn attributes(
-        &self,
-        ids: &[TraceId],
-        wanted: &dyn Fn(&str, &str) -> bool,
-    ) -> std::io::Result<Vec<(TraceId, SpanRecord)>>;
-}
-
-impl SpanDetails for crate::capture::spill::Spill {
-    fn attributes(
-        &self,
-        ids: &[TraceId],
-        wanted: &dyn Fn(&str, &str) -> bool,
-    ) -> std::io::Result<Vec<(TraceId, SpanRecord)>> {
-        crate::capture::spill::Spill::attributes(self, ids, wanted)
-    }
-}
-
 /// Analyses the captured traces (whole ones: see [`analyze_with`] for light spans).
 pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis, Timeline) {
     match analyze_with(traces, input, None) {
@@ -210,12 +189,13 @@ pub fn analyze(traces: &[(Trace, Purposes)], input: &AnalysisInput) -> (Analysis
     }
 }
 
-/// Analyses the captured traces; where they hold light spans, the attributes the suspects
-/// compare are read back from `details`, which fails only when that reading fails.
+/// Analyses the captured traces; where they hold light spans (a file streamed through
+/// `spill`), the attributes the suspects compare are read back from it, which fails only when
+/// that reading fails.
 pub fn analyze_with(
     traces: &[(Trace, Purposes)],
     input: &AnalysisInput,
-    details: Option<&dyn SpanDetails>,
+    spill: Option<&Spill>,
 ) -> std::io::Result<(Analysis, Timeline)> {
     let forest: Vec<tree::TraceTree<'_>> = traces
         .iter()
@@ -286,7 +266,7 @@ pub fn analyze_with(
     let suspects = match &origin {
         None => Vec::new(),
         Some(o) => {
-            let read_back = match details {
+            let read_back = match spill {
                 None => None,
                 Some(d) => {
                     let ids: Vec<TraceId> = forest

@@ -13,7 +13,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::analyze::{Analysis, AnalysisInput, SpanDetails, Timeline, analyze_with};
+use crate::analyze::{Analysis, AnalysisInput, Timeline, analyze_with};
 use crate::capture::spill::Spill;
 use crate::capture::{Capture, CapturePlan, Gap, Purpose};
 use crate::formats::{jaeger, otlp};
@@ -231,11 +231,7 @@ pub fn write_bundle(
                 )
             })
         });
-        let analysed = analyze_with(
-            traces,
-            &analysis_input,
-            spill.map(|s| s as &dyn SpanDetails),
-        );
+        let analysed = analyze_with(traces, &analysis_input, spill);
         lap("analysed");
         let written: Vec<std::io::Result<FileEntry>> = jobs
             .into_iter()

@@ -190,13 +190,7 @@ impl FileSource {
     /// all (kept as read) do not count: they would stretch the window back to 1970.
     pub fn span_range(&self) -> Option<(i64, i64)> {
         if let Some(spill) = &self.spill {
-            let mut range: Option<(i64, i64)> = None;
-            spill.visit(|_, _, light| {
-                if let Some((s, e)) = light.timed_range() {
-                    range = Some(range.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
-                }
-            });
-            return range;
+            return spill.span_range();
         }
         let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
         let timed = || {

@@ -190,15 +190,15 @@ impl<'a> LightView<'a> {
         self.extras?.0.get(i)
     }
 
-    /// A copy that owns its spans, to outlive the slabs.
-    pub fn to_owned(&self) -> (Vec<LightSpan>, Option<Box<Extras>>) {
+    /// A copy of its spans and extras, to outlive the slabs.
+    pub fn copy_spans(&self) -> (Vec<LightSpan>, Option<Box<Extras>>) {
         (
             self.spans.to_vec(),
             self.extras.map(|e| Box::new(e.clone())),
         )
     }
 
-    /// A view of spans owned elsewhere (see [`LightView::to_owned`]).
+    /// A view of spans owned elsewhere (see [`LightView::copy_spans`]).
     pub fn of(spans: &'a [LightSpan], extras: Option<&'a Extras>) -> Self {
         Self { spans, extras }
     }

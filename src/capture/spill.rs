@@ -168,11 +168,6 @@ impl Spill {
         }
     }
 
-    /// Bytes written to the spill file.
-    pub fn bytes(&self) -> u64 {
-        self.state().len
-    }
-
     /// Merges the parts of each trace read in several, in input order (once, when reading is
     /// done); returns how many spans the merging found twice (and dropped).
     pub fn merge_parts(&self) -> usize {
@@ -198,6 +193,18 @@ impl Spill {
             }
         }
         duplicates
+    }
+
+    /// Earliest start and latest end of the spans that have a time at all, over every trace.
+    pub fn span_range(&self) -> Option<(i64, i64)> {
+        let state = self.state();
+        state
+            .entries
+            .chunks
+            .iter()
+            .flatten()
+            .filter_map(|e| state.slabs.view(&e.light).timed_range())
+            .reduce(|(a, b), (s, e)| (a.min(s), b.max(e)))
     }
 
     /// Shows every trace to `visit` (its number in the spill, its id, its compact spans), in
@@ -264,7 +271,7 @@ impl Spill {
                 if let Some(r) = &e.redacted {
                     add_counts(redaction, r);
                 }
-                let (spans, extras) = slabs.view(&e.light).to_owned();
+                let (spans, extras) = slabs.view(&e.light).copy_spans();
                 lights[k as usize] = Some((e.id, copied.len(), spans.len(), extras));
                 copied.extend(spans);
             }

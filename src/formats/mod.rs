@@ -139,7 +139,7 @@ impl TraceCollector {
     }
 
     /// Counts spans read twice and kept once.
-    pub fn count_duplicates(&mut self, duplicates: usize) {
+    fn count_duplicates(&mut self, duplicates: usize) {
         if duplicates > 0 {
             *self.notes.entry(SPANS_READ_TWICE.into()).or_default() += duplicates;
         }
@@ -295,13 +295,8 @@ impl TraceCollector {
         Ok(())
     }
 
-    /// Adds everything another collector gathered from a later part of the same input.
-    pub fn absorb_part(&mut self, other: TraceCollector) {
-        self.absorb(other);
-    }
-
     /// Adds everything another collector gathered (a later part of the same input).
-    fn absorb(&mut self, other: TraceCollector) {
+    pub(crate) fn absorb(&mut self, other: TraceCollector) {
         for trace in other.traces {
             match self.index.get(&trace.id) {
                 Some(&i) => self.traces[i].spans.extend(trace.spans),

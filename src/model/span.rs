@@ -187,7 +187,7 @@ impl<T> List<T> {
     }
 
     /// The list as a `Vec`, to change it in ways a slice cannot.
-    pub fn as_vec_mut(&mut self) -> &mut Vec<T> {
+    fn as_vec_mut(&mut self) -> &mut Vec<T> {
         self.0.get_or_insert_with(Default::default)
     }
 }
