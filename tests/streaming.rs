@@ -70,8 +70,8 @@ struct Expected {
 
 /// Writes `traces` four-span traces (gateway → checkout → payment → payment-db) spread over
 /// the window, one Jaeger trace per line: every 10th fails, every 25th other one is slow, every
-/// 7th carries an e-mail address; every 1000th has its last span on a line of its own at the
-/// end of the file; the fourth trace's line is written twice.
+/// 7th carries an e-mail address; every 1000th has its last span (emitted by payment there) on
+/// a line of its own at the end of the file; the fourth trace's line is written twice.
 fn write_traces(path: &Path, traces: usize) -> Expected {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut tails = Vec::new();
@@ -107,7 +107,11 @@ fn write_traces(path: &Path, traces: usize) -> Expected {
         ];
         let (head, tail) = if i % 1000 == 500 {
             expected.split.push(trace_id(i));
-            (spans[..3].to_vec(), spans[3..].to_vec())
+            // The part split off shares a process (resource) with the rest of its trace, so
+            // that how the parts' resources are grouped when written shows.
+            let mut tail = spans[3..].to_vec();
+            tail[0]["processID"] = json!("p3");
+            (spans[..3].to_vec(), tail)
         } else {
             (spans, Vec::new())
         };

@@ -314,16 +314,21 @@ impl Spill {
             return Ok(None);
         }
         records.sort_by_key(|r| r.part);
-        let mut c = TraceCollector::default();
+        // Each part is read on its own, as the input's parts were, and the parts are joined in
+        // input order: the trace reading the input whole gives, down to which spans share a
+        // resource when written.
+        let mut whole = TraceCollector::default();
         for r in records {
             let line = self.read(r.otlp())?;
-            c.add_document(&line).map_err(|e| {
+            let mut part = TraceCollector::default();
+            part.add_document(&line).map_err(|e| {
                 io::Error::other(format!(
                     "the spilled copy of trace {id} cannot be read: {e}"
                 ))
             })?;
+            whole.absorb(part);
         }
-        Ok(c.finish().traces.into_iter().find(|t| t.id == id))
+        Ok(whole.finish().traces.into_iter().find(|t| t.id == id))
     }
 
     /// Writes `trace` as one OTLP JSON line, copied from the spill when it was written here in
