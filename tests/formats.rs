@@ -382,3 +382,122 @@ fn an_otlp_trace_state_is_read_kept_in_the_bundle_and_gives_the_sampling_probabi
         "{text}"
     );
 }
+
+/// A line of the previous line's format is read by a faster path that does not detect its
+/// format; it must give the very trace the detecting reader gives, and refuse (or read) the
+/// same lines the same way. A 100,000-deep tag value in particular must be refused, not crash
+/// the process: with sonic-rs 0.5.10 on the fast path (11% faster at 1M spans), it overflowed
+/// the stack and aborted.
+#[test]
+fn the_fast_line_parser_reads_every_awkward_line_as_the_detecting_reader_does() {
+    let span = |trace: &str, extra_tag: &str, op: &str| {
+        format!(
+            r#"{{"traceID":"{trace}","spans":[{{"traceID":"{trace}","spanID":"00000000000000a1","operationName":{op},"references":[],"startTime":1700000000000000,"duration":1500,"tags":[{{"key":"error","type":"bool","value":true}}{extra_tag}],"logs":[],"processID":"p1"}}],"processes":{{"p1":{{"serviceName":"checkout","tags":[]}}}}}}"#
+        )
+    };
+    let plain = span("00000000000000000000000000000001", "", r#""GET /""#);
+    let tag = |v: &str| format!(r#",{{"key":"k","value":{v}}}"#);
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let awkward: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "escapes",
+            span(
+                "0000000000000000000000000000000a",
+                "",
+                r#""a\"b\\c\u00e9\ud83d\ude00\n""#,
+            )
+            .into_bytes(),
+        ),
+        (
+            "big integers",
+            span(
+                "0000000000000000000000000000000b",
+                &(tag("9007199254740993")
+                    + &tag("18446744073709551615")
+                    + &tag("-9223372036854775808")),
+                r#""x""#,
+            )
+            .into_bytes(),
+        ),
+        (
+            "floats",
+            span(
+                "0000000000000000000000000000000c",
+                &(tag("1e308")
+                    + &tag("5e-324")
+                    + &tag("0.1")
+                    + &tag("-0.0")
+                    + &tag("1.7976931348623157e308")),
+                r#""x""#,
+            )
+            .into_bytes(),
+        ),
+        (
+            "float out of range",
+            span("0000000000000000000000000000000d", &tag("1e400"), r#""x""#).into_bytes(),
+        ),
+        (
+            "nested tag value",
+            span(
+                "0000000000000000000000000000000e",
+                &tag(r#"{"a":[1,{"b":null}],"c":"d"}"#),
+                r#""x""#,
+            )
+            .into_bytes(),
+        ),
+        (
+            "deeply nested tag value",
+            span("0000000000000000000000000000000f", &tag(&deep), r#""x""#).into_bytes(),
+        ),
+        (
+            "lone surrogate",
+            span("00000000000000000000000000000010", "", r#""\ud800x""#).into_bytes(),
+        ),
+        (
+            "raw control character",
+            span("00000000000000000000000000000011", "", "\"a\tb\"").into_bytes(),
+        ),
+        (
+            "trailing garbage",
+            (span("00000000000000000000000000000012", "", r#""x""#) + " x").into_bytes(),
+        ),
+        (
+            "duplicate field",
+            span(
+                "00000000000000000000000000000013",
+                "",
+                r#""x","operationName":"y""#,
+            )
+            .into_bytes(),
+        ),
+        ("invalid UTF-8", {
+            let mut b = span("00000000000000000000000000000014", "", r#""x__""#).into_bytes();
+            let at = b.windows(3).position(|w| w == b"x__").unwrap();
+            b[at + 1] = 0xff;
+            b
+        }),
+    ];
+    // After a Zipkin line, a Jaeger line is detected afresh (serde_json); after a Jaeger line,
+    // it is read by the fast parser.
+    let zipkin = r#"[{"traceId":"00000000000000000000000000000002","id":"00000000000000b1","name":"z","timestamp":1700000000000000,"duration":10,"localEndpoint":{"serviceName":"z"}}]"#;
+    let read = |first: &str, line: &[u8]| {
+        let mut c = TraceCollector::default();
+        c.add_input(&[first.as_bytes(), b"\n", line, b"\n"].concat())
+            .unwrap();
+        let collected = c.finish();
+        let traces: Vec<Trace> = collected
+            .traces
+            .into_iter()
+            .filter(|t| {
+                let id = t.id.to_string();
+                !id.ends_with("00000001") && !id.ends_with("00000002")
+            })
+            .collect();
+        (traces, collected.skipped)
+    };
+    for (name, line) in awkward {
+        let detected = read(zipkin, &line);
+        let fast = read(&plain, &line);
+        assert_eq!(detected, fast, "{name}");
+    }
+}
