@@ -207,7 +207,14 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     let (incident, window) = match req.input {
         TraceInput::Files(files) => {
             let Some((first_ns, last_ns)) = files.span_range() else {
-                bail!("the traces file holds no usable spans");
+                let unreadable = files.unreadable();
+                if unreadable.is_empty() {
+                    bail!("the traces file holds no usable spans");
+                }
+                bail!(
+                    "the traces file holds no usable spans: {}",
+                    unreadable.join("; ")
+                );
             };
             let data = TimeWindow::from_ns(first_ns, last_ns.saturating_add(1_000))
                 .context("the traces file's time range")?;

@@ -9,7 +9,7 @@ mod suspects;
 mod timeline;
 mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -259,9 +259,10 @@ pub fn analyze_with(
         )),
     };
     let mut services = services;
+    let mut recovered = recovery_per_service(&forest);
     for (name, stats) in services.iter_mut() {
         // Per service: its first successful request after its last failing one.
-        stats.recovery = recovery_by(&forest, |t, i, s| **s.service() == **name && t.is_entry(i));
+        stats.recovery = recovered.remove(name.as_str());
     }
     let suspects = match &origin {
         None => Vec::new(),
@@ -422,6 +423,52 @@ fn break_cycle<'a>(
         .min_by_key(|(s, t)| (**t, **s))
         .or_else(|| pending.min_by_key(|(s, t)| (**t, **s)))
         .map(|(s, t)| (*s, *t))
+}
+
+/// Per service, the first success among its entry spans that starts after the last failure
+/// among them: [`recovery_by`] for every service at once, in two passes over the spans rather
+/// than two per service (100k services would take hours).
+fn recovery_per_service<'a>(forest: &'a [tree::TraceTree<'_>]) -> HashMap<&'a str, Evidence> {
+    let entries = || {
+        forest.iter().flat_map(|t| {
+            t.trace
+                .spans
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| t.is_entry(*i))
+                .map(|(_, s)| s)
+        })
+    };
+    let mut last_error: HashMap<&str, i64> = HashMap::new();
+    for s in entries().filter(|s| s.is_error()) {
+        let end = last_error.entry(s.service()).or_insert(s.end_ns);
+        *end = (*end).max(s.end_ns);
+    }
+    let mut first_success: HashMap<&str, &Span> = HashMap::new();
+    for s in entries().filter(|s| !s.is_error()) {
+        let service: &str = s.service();
+        if last_error
+            .get(service)
+            .is_some_and(|&last| s.start_ns > last)
+        {
+            let key = |s: &Span| (s.end_ns, s.trace_id, s.span_id);
+            let best = first_success.entry(service).or_insert(s);
+            if key(s) < key(best) {
+                *best = s;
+            }
+        }
+    }
+    first_success
+        .into_iter()
+        .map(|(service, s)| {
+            let evidence = Evidence {
+                time: time(s.end_ns),
+                trace_id: s.trace_id,
+                span_id: s.span_id,
+            };
+            (service, evidence)
+        })
+        .collect()
 }
 
 /// The first successful call of `service operation` that started after its last error ended.

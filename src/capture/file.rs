@@ -206,6 +206,16 @@ impl FileSource {
         Some((start, end))
     }
 
+    /// What of the files could not be used, as `N × reason` (empty when everything could).
+    pub fn unreadable(&self) -> Vec<String> {
+        let guard = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .iter()
+            .flat_map(|c| c.skipped.iter())
+            .map(|(reason, n)| format!("{n} × {reason}"))
+            .collect()
+    }
+
     /// The first file's name, for naming an incident that was not given.
     pub fn first_path(&self) -> Option<String> {
         self.paths.first().map(|p| p.display().to_string())

@@ -168,7 +168,10 @@ fn convert(s: ZSpan<'_>, c: &mut TraceCollector) -> Option<Span> {
             .filter(|t| *t > 0)
             .min()
     }) else {
-        c.skip("zipkin span without a timestamp or annotations");
+        c.skip(match s.timestamp {
+            Some(_) => "zipkin span whose timestamp is zero or negative",
+            None => "zipkin span without a timestamp or annotations",
+        });
         return None;
     };
     let parent = s

@@ -15,8 +15,11 @@ use crate::queue::{DECLARED, RESOLVED};
 /// Why a webhook body was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("not an Alertmanager webhook payload: {0}")]
-    Shape(String),
+    #[error("not a valid {sender} webhook payload: {message}")]
+    Shape {
+        sender: &'static str,
+        message: String,
+    },
     #[error("the payload has no `groupKey`")]
     NoGroupKey,
     #[error("`status` is {0:?}, expected \"firing\" or \"resolved\"")]
@@ -142,6 +145,17 @@ pub enum Outcome {
     Ignored(String),
 }
 
+/// Parses a webhook body that must be one JSON object: a list or a string is refused as such,
+/// not as a struct of the wrong length, and a field given twice is refused, not overwritten.
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| e.to_string())?;
+        return Err("expected a JSON object at the top level".into());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
 /// The stable incident id of an alert group.
 pub fn incident_id(receiver: &str, group_key: &str) -> IncidentId {
     let digest = sha2::Sha256::digest(format!("{receiver}\n{group_key}").as_bytes());
@@ -154,8 +168,10 @@ pub fn to_incident(
     settings: &IntakeSettings,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PayloadError> {
-    let p: Payload =
-        serde_json::from_slice(body).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    let p: Payload = json_object(body).map_err(|message| PayloadError::Shape {
+        sender: "Alertmanager",
+        message,
+    })?;
     let group_key = p
         .group_key
         .as_deref()
@@ -247,7 +263,10 @@ pub fn to_incident(
     parts.source = Some("alertmanager".into());
     parts.labels = incident_labels;
     parts.links = links;
-    let incident = Incident::new(parts).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    let incident = Incident::new(parts).map_err(|e| PayloadError::Shape {
+        sender: "Alertmanager",
+        message: e.to_string(),
+    })?;
     Ok(Outcome::Publish(subject, Box::new(incident)))
 }
 

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::alertmanager::{Outcome, PayloadError};
+use super::alertmanager::{Outcome, PayloadError, json_object};
 use crate::config::IntakeSettings;
 use crate::model::{Incident, IncidentId, IncidentParts};
 use crate::queue::{DECLARED, RESOLVED};
@@ -90,13 +90,20 @@ struct Reference {
     summary: Option<String>,
 }
 
+fn shape(message: String) -> PayloadError {
+    PayloadError::Shape {
+        sender: "PagerDuty v3",
+        message,
+    }
+}
+
 /// Turns a (verified) webhook body into an incident message.
 pub fn to_incident(
     body: &[u8],
     settings: &IntakeSettings,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PayloadError> {
-    let b: Body = serde_json::from_slice(body).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    let b: Body = json_object(body).map_err(shape)?;
     let subject = match b.event.event_type.as_str() {
         "incident.triggered" => DECLARED,
         "incident.resolved" => RESOLVED,
@@ -109,8 +116,8 @@ pub fn to_incident(
     let d = b
         .event
         .data
-        .ok_or_else(|| PayloadError::Shape("the event has no `data`".into()))?;
-    let id = IncidentId::parse(&d.id).map_err(|e| PayloadError::Shape(e.to_string()))?;
+        .ok_or_else(|| shape("the event has no `data`".into()))?;
+    let id = IncidentId::parse(&d.id).map_err(|e| shape(e.to_string()))?;
     let service = d.service.and_then(|s| s.summary);
     let services = match &service {
         Some(name) => settings
@@ -156,7 +163,7 @@ pub fn to_incident(
     parts.source = Some("pagerduty".into());
     parts.labels = labels;
     parts.links = links;
-    let incident = Incident::new(parts).map_err(|e| PayloadError::Shape(e.to_string()))?;
+    let incident = Incident::new(parts).map_err(|e| shape(e.to_string()))?;
     Ok(Outcome::Publish(subject, Box::new(incident)))
 }
 

@@ -288,15 +288,22 @@ impl Incident {
     /// Parses the incident JSON of DESIGN.md. Unknown fields are ignored, as a newer sender may
     /// add some; missing required fields, wrong types and an inverted window are refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, IncidentError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| IncidentError::NotJson(e.to_string()))?;
-        if !value.is_object() {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{') {
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                .map_err(|e| IncidentError::NotJson(e.to_string()))?;
             return Err(IncidentError::Shape(
                 "expected a JSON object at the top level".into(),
             ));
         }
-        let raw: RawIncident =
-            serde_json::from_value(value).map_err(|e| IncidentError::Shape(e.to_string()))?;
+        // Read straight into the fields: a field given twice is refused, not overwritten.
+        let raw: RawIncident = serde_json::from_slice(bytes).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                IncidentError::NotJson(e.to_string())
+            } else {
+                IncidentError::Shape(e.to_string())
+            }
+        })?;
         let id = IncidentId::parse(raw.id.as_deref().ok_or(IncidentError::MissingId)?)?;
         let declared_at = raw.declared_at.ok_or(IncidentError::MissingDeclaredAt)?;
         let window = raw
