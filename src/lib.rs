@@ -14,6 +14,8 @@ pub mod collect;
 pub mod config;
 pub mod duration;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod intake;
 pub mod metrics;
 pub mod model;

@@ -166,6 +166,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    survive_file_size_limits();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,6 +199,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A write past the file-size limit (`ulimit -f`, a quota-like bound on the spool) fails with an
+/// error, as a full disk does, instead of the signal that would kill the process: the capture is
+/// refused and retried, and the worker keeps running.
+fn survive_file_size_limits() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal to be ignored touches no memory of this program.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

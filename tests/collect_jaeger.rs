@@ -274,3 +274,84 @@ fn spans_a_backend_returns_that_cannot_be_read_are_a_gap_not_a_silent_loss() {
         unreadable[0]
     );
 }
+
+/// A backend that answers 30% of requests with 503 after 2 s, one that drops every third
+/// connection mid-answer, and one that fails 90% of requests: each capture is complete through
+/// retries, or partial with every missing error trace inside a gap that names it: never a
+/// silent hole.
+#[test]
+fn a_flaky_slow_backend_and_one_that_drops_connections_leave_no_silent_hole() {
+    let s = scenario();
+    let start = us(Duration::minutes(20));
+    let traces = synthetic_traces(40, start, us(Duration::minutes(10)), true, 1_500_000, 0);
+    let started: Vec<(String, i64)> = traces
+        .iter()
+        .map(|t| {
+            (
+                t["traceID"].as_str().unwrap().to_owned(),
+                t["spans"][0]["startTime"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    for (name, flaky, reset_every, delay_ms, retries) in [
+        ("30% 503s, 2 s each", 30, 0, 2_000, "4"),
+        ("every third connection dropped", 0, 3, 0, "4"),
+        // More failures than retries can carry: holes, each of which must be named.
+        ("90% 503s, one retry", 90, 0, 0, "1"),
+    ] {
+        let server = Server::new(Api::V1, 500, traces.clone());
+        server.flaky_percent.store(flaky, Ordering::SeqCst);
+        server.reset_every.store(reset_every, Ordering::SeqCst);
+        server.delay_ms.store(delay_ms, Ordering::SeqCst);
+        let (addr, server) = jaeger::start(server);
+        let out = collect_from(
+            &s,
+            "--jaeger",
+            &format!("http://{addr}"),
+            &[(
+                "EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETRIES",
+                retries.into(),
+            )],
+        );
+        let bundle = bundle_dir(&out);
+        let manifest = verify_manifest(&bundle);
+        let got: BTreeSet<String> = bundle_trace_ids(&bundle, "errors").into_iter().collect();
+        let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+        let retried = manifest["sources"][0]["queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["attempts"].as_u64().unwrap_or(1) > 1)
+            .count();
+        assert!(retried > 0, "{name}: no query needed a retry");
+        eprintln!(
+            "{name}: {} requests, {retried} queries retried, {} of 40 error traces, status {}, {} gap(s)",
+            server.request_count(),
+            got.len(),
+            manifest["completeness"]["status"],
+            gaps.len()
+        );
+        for (id, start_us) in &started {
+            if got.contains(id) {
+                continue;
+            }
+            let at = chrono::DateTime::from_timestamp_micros(*start_us).unwrap();
+            let covered = gaps.iter().any(|g| {
+                let time = |k: &str| {
+                    g[k].as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                };
+                matches!((time("start"), time("end")), (Some(a), Some(b)) if a <= at && at <= b)
+            });
+            assert!(
+                covered,
+                "{name}: error trace {id} ({at}) is missing and no gap covers it: {gaps:#?}"
+            );
+        }
+        if got.len() == 40 {
+            assert_eq!(manifest["counts"]["error_traces"], 40);
+        } else {
+            assert_eq!(manifest["completeness"]["status"], "partial", "{name}");
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! a 2 MiB thread, as tokio's workers have) or takes memory out of proportion to its size.
 
 use std::fmt::Write;
+use std::path::Path;
 
 use chrono::{TimeZone, Utc};
 use evidence_locker::capture::file::FileSource;
@@ -752,4 +753,33 @@ fn a_100_mb_trace_file_is_read_in_memory_proportional_to_its_size() {
         peak < before + 10 * size,
         "peak RSS {peak} for {size} bytes of input (before: {before})"
     );
+}
+
+/// Every input the fuzzers crashed on (kept by `scripts/fuzz` under `fuzz/regressions/TARGET/`)
+/// goes through the same call again, on a 2 MiB thread, and must return. The hand-made corpus
+/// above is fed to the same calls too, so that the replay itself is known to run.
+#[test]
+fn inputs_the_fuzzers_crashed_on_are_read_or_refused_now() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut replayed = 0;
+    for (target, run) in evidence_locker::fuzzing::TARGETS {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            nested(100_000).into_bytes(),
+            good().into_bytes(),
+        ];
+        if let Ok(dir) = std::fs::read_dir(root.join(target)) {
+            inputs.extend(dir.map(|e| std::fs::read(e.unwrap().path()).unwrap()));
+        }
+        for input in inputs {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || run(&input))
+                .unwrap()
+                .join()
+                .unwrap_or_else(|_| panic!("{target}: an input made it panic"));
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 15);
 }

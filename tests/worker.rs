@@ -1504,3 +1504,101 @@ async fn messages_waiting_for_a_busy_slot_stay_the_worker_s_past_the_ack_wait() 
         "a waiting message was delivered again: {log}"
     );
 }
+
+/// Limits the size of any file process `pid` writes (as a full disk or a quota would, the write
+/// fails); `None` lifts the limit.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads the limit given and writes nothing back (the old limit is not asked).
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Every path under `dir`, relative to it.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_captures_stores_no_half_bundle_and_the_worker_carries_on() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let mut worker = w.start_worker(
+        "a",
+        &[
+            ("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "30".into()),
+            ("EVIDENCE_LOCKER__WORKER__RETRY_DELAY_MAX", "500ms".into()),
+        ],
+    );
+    let pid = worker.child.id();
+    // The spool's disk is full: no file of the worker may grow past 16 KiB (the bundle's
+    // report and trace files are larger; the lock file is not).
+    limit_file_size(pid, Some(16 << 10));
+    let inc = w.declare("INC-DISK-FULL").await;
+    let declared = capture_id(&inc, "declared");
+    // Captures are refused and retried: the backend is asked again for each delivery.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut failures = 0;
+    while failures < 3 {
+        failures = worker.log().matches("File too large").count();
+        assert!(
+            Instant::now() < deadline,
+            "no failed capture seen:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Meanwhile nothing is stored or announced, and the spool holds no bundle, whole or half.
+    assert!(w.on("incidents.evidence.ready").await.is_empty());
+    assert!(w.on("incidents.deadletter").await.is_empty());
+    let spool = w.spool("a");
+    let spooled: Vec<String> = tree(&spool)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json") || p.contains(&declared))
+        .collect();
+    assert!(spooled.is_empty(), "the spool holds {spooled:?}");
+    let stored = w.s3.keys(BUCKET, "").await;
+    assert!(stored.is_empty(), "the store holds {stored:?}");
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker is still running:\n{}",
+        worker.log()
+    );
+
+    // Space again: the next delivery captures and stores one complete bundle.
+    limit_file_size(pid, None);
+    let ready = w.ready(1, &worker).await;
+    assert_eq!(body(&ready[0])["status"], "complete");
+    verify_stored(&w.s3, "INC-DISK-FULL", &declared).await;
+    assert!(w.on("incidents.deadletter").await.is_empty());
+    // No staging directory of the failed attempts is left behind.
+    let left: Vec<String> = tree(&spool)
+        .into_iter()
+        .filter(|p| {
+            p.split('/')
+                .any(|part| part.starts_with('.') && part != ".lock")
+        })
+        .collect();
+    assert!(left.is_empty(), "left in the spool: {left:?}");
+}

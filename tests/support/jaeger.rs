@@ -35,6 +35,12 @@ pub struct Server {
     pub fail_first: AtomicUsize,
     /// Milliseconds every trace search takes (a slow backend).
     pub delay_ms: std::sync::atomic::AtomicU64,
+    /// The share of requests, in percent, answered 503 without `Retry-After` (an overloaded
+    /// backend); which ones is fixed by the request's number, so a run can be repeated.
+    pub flaky_percent: AtomicUsize,
+    /// Every this many requests, the answer is cut off after its first bytes and the connection
+    /// dropped (0: never).
+    pub reset_every: AtomicUsize,
     pub traces: Vec<StoredTrace>,
     pub requests: Mutex<Vec<String>>,
 }
@@ -46,6 +52,8 @@ impl Server {
             cap,
             fail_first: AtomicUsize::new(0),
             delay_ms: Default::default(),
+            flaky_percent: AtomicUsize::new(0),
+            reset_every: AtomicUsize::new(0),
             traces: traces
                 .into_iter()
                 .map(|json| StoredTrace { json })
@@ -113,10 +121,34 @@ fn v3_error(status: StatusCode, msg: &str) -> Response {
 fn gate(s: &Server, path: &str, q: &HashMap<String, String>) -> Option<Response> {
     let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
     keys.sort();
-    s.requests
-        .lock()
-        .unwrap()
-        .push(format!("{path}?{}", keys.join("&")));
+    let number = {
+        let mut requests = s.requests.lock().unwrap();
+        requests.push(format!("{path}?{}", keys.join("&")));
+        requests.len()
+    };
+    let flaky = s.flaky_percent.load(Ordering::SeqCst);
+    if flaky > 0 && (number.wrapping_mul(2_654_435_761) >> 7) % 100 < flaky {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response());
+    }
+    let reset = s.reset_every.load(Ordering::SeqCst);
+    if reset > 0 && number.is_multiple_of(reset) {
+        // A 200 whose body stops after its first bytes: the client sees the connection drop.
+        let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
+            Ok(r#"{"data":[{"traceID":"#),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset",
+            )),
+        ];
+        return Some(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(futures::stream::iter(chunks)),
+            )
+                .into_response(),
+        );
+    }
     let due = s.fail_first.load(Ordering::SeqCst);
     if due > 0 {
         s.fail_first.fetch_sub(1, Ordering::SeqCst);
