@@ -4,12 +4,11 @@
 //! read with what it lacked named in the bundle; none panics, overflows the stack (each runs on
 //! a 2 MiB thread, as tokio's workers have) or takes memory out of proportion to its size.
 
-use std::fmt::Write;
 use std::path::Path;
 
+mod support;
+
 use chrono::{TimeZone, Utc};
-use evidence_locker::capture::file::FileSource;
-use evidence_locker::collect::{self, CollectRequest, TraceInput};
 use evidence_locker::config::{IntakeSettings, Settings};
 use evidence_locker::intake::{alertmanager, pagerduty};
 use evidence_locker::model::Incident;
@@ -526,36 +525,7 @@ fn malformed_pagerduty_webhooks_are_refused_with_a_reason() {
 // Trace files, each through a whole `collect` (read, analysed, written as a bundle).
 
 fn collect_bytes(bytes: &[u8]) -> Result<String, String> {
-    let settings = settings();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let spill = collect::file_spill(&settings).map_err(|e| e.to_string())?;
-    let files =
-        FileSource::from_bytes("hostile.jsonl", bytes, Some(spill)).map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let outcome = runtime
-        .block_on(collect::collect(
-            &settings,
-            CollectRequest {
-                incident: None,
-                input: TraceInput::Files(files),
-                out: dir.path().to_path_buf(),
-                now: now(),
-                retention: Default::default(),
-            },
-        ))
-        .map_err(|e| format!("{e:#}"))?;
-    let manifest =
-        std::fs::read(outcome.bundle_dir.join("manifest.json")).map_err(|e| e.to_string())?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
-    // What the bundle says of its input: the source's counts and notes, and the gaps.
-    Ok(format!(
-        "notes {} gaps {}",
-        manifest["sources"][0]["notes"], manifest["completeness"]["gaps"]
-    ))
+    support::collect_bytes(bytes, now())
 }
 
 /// A Jaeger UI trace with one span whose fields are `span` (JSON members after the ids).
@@ -689,70 +659,6 @@ fn malformed_trace_files_are_refused_or_their_bad_parts_named() {
     ];
     let n = check("trace files", cases, collect_bytes);
     assert!(n >= 40);
-}
-
-/// The peak memory of this process so far, from the kernel.
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// A 100 MB body of 100k services in one trace file line is read in memory proportional to it:
-/// the peak stays under ten times the input (it is a few times it), not the quadratic or
-/// unbounded growth a hostile input aims at.
-#[test]
-fn a_100_mb_trace_file_is_read_in_memory_proportional_to_its_size() {
-    let mut line = String::with_capacity(HUNDRED_MB + (1 << 20));
-    line.push_str(&format!(r#"{{"traceID":"{TID}","spans":["#));
-    let mut i = 0u64;
-    while line.len() < HUNDRED_MB {
-        if i > 0 {
-            line.push(',');
-        }
-        let _ = write!(
-            line,
-            r#"{{"traceID":"{TID}","spanID":"{:016x}","operationName":"op-{}","references":[],"startTime":{},"duration":1000,"tags":[{{"key":"http.url","type":"string","value":"https://shop.example.com/cart/{i}"}}],"logs":[],"processID":"p{}"}}"#,
-            i + 1,
-            i % 1000,
-            1772366400000000u64 + i,
-            i % 100_000
-        );
-        i += 1;
-    }
-    line.push_str(r#"],"processes":{"#);
-    for p in 0..100_000 {
-        if p > 0 {
-            line.push(',');
-        }
-        line.push_str(&format!(r#""p{p}":{{"serviceName":"svc-{p}","tags":[]}}"#));
-    }
-    line.push_str("}}\n");
-    let before = peak_rss_bytes();
-    let input = line.into_bytes();
-    let size = input.len() as u64;
-    let manifest = collect_bytes(&input).expect("a large, well formed file is read");
-    drop(input);
-    assert!(
-        manifest.contains(&format!("\"spans read\":{i}")),
-        "{}",
-        clip(&manifest)
-    );
-    let peak = peak_rss_bytes();
-    eprintln!(
-        "100 MB file: {} spans, {} MB, peak RSS {} MB (before {} MB)",
-        i,
-        size / 1_000_000,
-        peak / 1_000_000,
-        before / 1_000_000
-    );
-    assert!(
-        peak < before + 10 * size,
-        "peak RSS {peak} for {size} bytes of input (before: {before})"
-    );
 }
 
 /// Every input the fuzzers crashed on (kept by `scripts/fuzz` under `fuzz/regressions/TARGET/`)

@@ -263,3 +263,40 @@ pub fn assert_all_errors_captured(bundle: &Path) -> serde_json::Value {
     );
     manifest
 }
+
+/// A whole `collect` of `bytes` as a trace file (streaming, as the command does), at `now`: the
+/// source's counts and notes and the bundle's gaps, or the error.
+pub fn collect_bytes(bytes: &[u8], now: chrono::DateTime<chrono::Utc>) -> Result<String, String> {
+    use evidence_locker::capture::file::FileSource;
+    use evidence_locker::collect::{self, CollectRequest, TraceInput};
+    let settings = evidence_locker::config::Settings::load(None).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let spill = collect::file_spill(&settings).map_err(|e| e.to_string())?;
+    let files =
+        FileSource::from_bytes("hostile.jsonl", bytes, Some(spill)).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let outcome = runtime
+        .block_on(collect::collect(
+            &settings,
+            CollectRequest {
+                incident: None,
+                input: TraceInput::Files(files),
+                out: dir.path().to_path_buf(),
+                now,
+                retention: Default::default(),
+            },
+        ))
+        .map_err(|e| format!("{e:#}"))?;
+    let manifest =
+        std::fs::read(outcome.bundle_dir.join("manifest.json")).map_err(|e| e.to_string())?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
+    // What the bundle says of its input: the source's counts and notes, and the gaps.
+    Ok(format!(
+        "notes {} gaps {}",
+        manifest["sources"][0]["notes"], manifest["completeness"]["gaps"]
+    ))
+}
