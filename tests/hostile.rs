@@ -301,16 +301,25 @@ fn alertmanager_body(alerts: &str) -> String {
 
 const ALERT: &str = r#"{"status":"firing","labels":{"alertname":"HighErrorRate"},"annotations":{},"startsAt":"2026-03-01T11:55:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prom"}"#;
 
-fn parse_alertmanager(bytes: &[u8]) -> Result<String, String> {
-    match alertmanager::to_incident(bytes, &intake_settings(), now()) {
+/// What a webhook came to: the subject, incident id, start and services it would publish, the
+/// reason it was ignored, or the error.
+fn webhook_outcome(
+    r: Result<alertmanager::Outcome, alertmanager::PayloadError>,
+) -> Result<String, String> {
+    match r {
         Ok(alertmanager::Outcome::Publish(subject, incident)) => Ok(format!(
-            "{subject} {} started {:?}",
+            "{subject} {} started {:?} {:?}",
             incident.id().as_str(),
-            incident.started_at()
+            incident.started_at(),
+            incident.services()
         )),
         Ok(alertmanager::Outcome::Ignored(why)) => Ok(format!("ignored: {why}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn parse_alertmanager(bytes: &[u8]) -> Result<String, String> {
+    webhook_outcome(alertmanager::to_incident(bytes, &intake_settings(), now()))
 }
 
 #[test]
@@ -424,15 +433,7 @@ fn pagerduty_body(event_type: &str, data: &str) -> String {
 const PD_DATA: &str = r#"{"id":"PGR0VU2","type":"incident","title":"Checkout errors","service":{"id":"PF9KMXH","summary":"checkout","type":"service_reference"},"urgency":"high","priority":null}"#;
 
 fn parse_pagerduty(bytes: &[u8]) -> Result<String, String> {
-    match pagerduty::to_incident(bytes, &intake_settings(), now()) {
-        Ok(alertmanager::Outcome::Publish(subject, incident)) => Ok(format!(
-            "{subject} {} {:?}",
-            incident.id().as_str(),
-            incident.services()
-        )),
-        Ok(alertmanager::Outcome::Ignored(why)) => Ok(format!("ignored: {why}")),
-        Err(e) => Err(e.to_string()),
-    }
+    webhook_outcome(pagerduty::to_incident(bytes, &intake_settings(), now()))
 }
 
 #[test]
