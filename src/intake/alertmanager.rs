@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use crate::config::IntakeSettings;
-use crate::model::{Incident, IncidentId, IncidentParts};
+use crate::model::{Incident, IncidentId, IncidentParts, json_object};
 use crate::queue::{DECLARED, RESOLVED};
 
 /// Why a webhook body was refused.
@@ -145,17 +145,6 @@ pub enum Outcome {
     Ignored(String),
 }
 
-/// Parses a webhook body that must be one JSON object: a list or a string is refused as such,
-/// not as a struct of the wrong length, and a field given twice is refused, not overwritten.
-pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some_and(|&b| b != b'{') {
-        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| e.to_string())?;
-        return Err("expected a JSON object at the top level".into());
-    }
-    serde_json::from_slice(body).map_err(|e| e.to_string())
-}
-
 /// The stable incident id of an alert group.
 pub fn incident_id(receiver: &str, group_key: &str) -> IncidentId {
     let digest = sha2::Sha256::digest(format!("{receiver}\n{group_key}").as_bytes());
@@ -168,9 +157,9 @@ pub fn to_incident(
     settings: &IntakeSettings,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PayloadError> {
-    let p: Payload = json_object(body).map_err(|message| PayloadError::Shape {
+    let p: Payload = json_object(body).map_err(|e| PayloadError::Shape {
         sender: "Alertmanager",
-        message,
+        message: e.to_string(),
     })?;
     let group_key = p
         .group_key

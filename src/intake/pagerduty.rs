@@ -8,9 +8,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::alertmanager::{Outcome, PayloadError, json_object};
+use super::alertmanager::{Outcome, PayloadError};
 use crate::config::IntakeSettings;
-use crate::model::{Incident, IncidentId, IncidentParts};
+use crate::model::{Incident, IncidentId, IncidentParts, json_object};
 use crate::queue::{DECLARED, RESOLVED};
 
 /// Signature values looked at, at most: a rotation needs two or three; more is an attack on the
@@ -103,7 +103,7 @@ pub fn to_incident(
     settings: &IntakeSettings,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PayloadError> {
-    let b: Body = json_object(body).map_err(shape)?;
+    let b: Body = json_object(body).map_err(|e| shape(e.to_string()))?;
     let subject = match b.event.event_type.as_str() {
         "incident.triggered" => DECLARED,
         "incident.resolved" => RESOLVED,

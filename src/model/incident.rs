@@ -230,6 +230,38 @@ pub struct Incident {
     links: BTreeMap<String, String>,
 }
 
+/// Why bytes that must hold one JSON object were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// Not JSON at all, or cut short.
+    #[error("{0}")]
+    NotJson(String),
+    /// JSON, but not an object with the fields expected.
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// Reads bytes that must hold one JSON object (an incident, a webhook body) straight into `T`:
+/// a list or a string is refused as such, not as a struct of the wrong length, and a field given
+/// twice is refused, not overwritten.
+pub fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ObjectError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| ObjectError::NotJson(e.to_string()))?;
+        return Err(ObjectError::Shape(
+            "expected a JSON object at the top level".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ObjectError::NotJson(e.to_string())
+        } else {
+            ObjectError::Shape(e.to_string())
+        }
+    })
+}
+
 #[derive(Deserialize)]
 struct RawWindow {
     start: DateTime<Utc>,
@@ -288,21 +320,9 @@ impl Incident {
     /// Parses the incident JSON of DESIGN.md. Unknown fields are ignored, as a newer sender may
     /// add some; missing required fields, wrong types and an inverted window are refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, IncidentError> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|&b| b != b'{') {
-            serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-                .map_err(|e| IncidentError::NotJson(e.to_string()))?;
-            return Err(IncidentError::Shape(
-                "expected a JSON object at the top level".into(),
-            ));
-        }
-        // Read straight into the fields: a field given twice is refused, not overwritten.
-        let raw: RawIncident = serde_json::from_slice(bytes).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                IncidentError::NotJson(e.to_string())
-            } else {
-                IncidentError::Shape(e.to_string())
-            }
+        let raw: RawIncident = json_object(bytes).map_err(|e| match e {
+            ObjectError::NotJson(m) => IncidentError::NotJson(m),
+            ObjectError::Shape(m) => IncidentError::Shape(m),
         })?;
         let id = IncidentId::parse(raw.id.as_deref().ok_or(IncidentError::MissingId)?)?;
         let declared_at = raw.declared_at.ok_or(IncidentError::MissingDeclaredAt)?;

@@ -7,8 +7,8 @@ mod span;
 
 pub use ids::{IdError, SpanId, TraceId};
 pub use incident::{
-    EARLIEST_NS, Incident, IncidentError, IncidentId, IncidentParts, LATEST_NS, ResolvedWindow,
-    TimeWindow, WindowDefaults,
+    EARLIEST_NS, Incident, IncidentError, IncidentId, IncidentParts, LATEST_NS, ObjectError,
+    ResolvedWindow, TimeWindow, WindowDefaults, json_object,
 };
 pub use span::{
     AttrValue, Attribute, Event, Link, List, Resource, Scope, Span, SpanKind, Status, StatusCode,
