@@ -245,10 +245,12 @@ pub fn analyze_with(
     let ranking: Vec<Candidate> = ranked.into_iter().map(|(c, _)| c).collect();
     let propagation = tree::propagation(&forest);
     let latency = stats::latency(&forest, input);
+    // The origin's recovery: its first successful call after its last failing one.
     let recovery = origin.as_ref().and_then(|o| {
-        recovery_by(&forest, |_, _, s| {
-            **s.service() == *o.service && *s.operation == *o.operation
+        recoveries(&forest, |_, _, s| {
+            (**s.service() == *o.service && *s.operation == *o.operation).then_some(())
         })
+        .remove(&())
     });
     let recovery_note = match (&origin, &recovery) {
         (_, Some(_)) => None,
@@ -259,7 +261,7 @@ pub fn analyze_with(
         )),
     };
     let mut services = services;
-    let mut recovered = recovery_per_service(&forest);
+    let mut recovered = recoveries(&forest, |t, i, s| t.is_entry(i).then_some(&**s.service()));
     for (name, stats) in services.iter_mut() {
         // Per service: its first successful request after its last failing one.
         stats.recovery = recovered.remove(name.as_str());
@@ -425,79 +427,48 @@ fn break_cycle<'a>(
         .map(|(s, t)| (*s, *t))
 }
 
-/// Per service, the first success among its entry spans that starts after the last failure
-/// among them: [`recovery_by`] for every service at once, in two passes over the spans rather
-/// than two per service (100k services would take hours).
-fn recovery_per_service<'a>(forest: &'a [tree::TraceTree<'_>]) -> HashMap<&'a str, Evidence> {
-    let entries = || {
+/// For each group `group` puts spans in (`None`: in none), the first success that starts after
+/// the last failure of the group ended: nothing for a group without a failure, or without a
+/// success after it. One pass for the failures and one for the successes, however many groups
+/// (100k services, one pass each, took hours).
+fn recoveries<'t, K: std::hash::Hash + Eq>(
+    forest: &[tree::TraceTree<'t>],
+    group: impl Fn(&tree::TraceTree<'t>, usize, &'t Span) -> Option<K>,
+) -> HashMap<K, Evidence> {
+    let grouped = || {
         forest.iter().flat_map(|t| {
-            t.trace
-                .spans
+            let spans: &'t [Span] = &t.trace.spans;
+            let group = &group;
+            spans
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| t.is_entry(*i))
-                .map(|(_, s)| s)
+                .filter_map(move |(i, s)| Some((group(t, i, s)?, s)))
         })
     };
-    let mut last_error: HashMap<&str, i64> = HashMap::new();
-    for s in entries().filter(|s| s.is_error()) {
-        let end = last_error.entry(s.service()).or_insert(s.end_ns);
+    let mut last_error: HashMap<K, i64> = HashMap::new();
+    for (k, s) in grouped().filter(|(_, s)| s.is_error()) {
+        let end = last_error.entry(k).or_insert(s.end_ns);
         *end = (*end).max(s.end_ns);
     }
-    let mut first_success: HashMap<&str, &Span> = HashMap::new();
-    for s in entries().filter(|s| !s.is_error()) {
-        let service: &str = s.service();
-        if last_error
-            .get(service)
-            .is_some_and(|&last| s.start_ns > last)
-        {
-            let key = |s: &Span| (s.end_ns, s.trace_id, s.span_id);
-            let best = first_success.entry(service).or_insert(s);
-            if key(s) < key(best) {
+    let mut first_success: HashMap<K, &Span> = HashMap::new();
+    for (k, s) in grouped().filter(|(_, s)| !s.is_error()) {
+        if last_error.get(&k).is_some_and(|&last| s.start_ns > last) {
+            let order = |s: &Span| (s.end_ns, s.trace_id, s.span_id);
+            let best = first_success.entry(k).or_insert(s);
+            if order(s) < order(best) {
                 *best = s;
             }
         }
     }
     first_success
         .into_iter()
-        .map(|(service, s)| {
+        .map(|(k, s)| {
             let evidence = Evidence {
                 time: time(s.end_ns),
                 trace_id: s.trace_id,
                 span_id: s.span_id,
             };
-            (service, evidence)
+            (k, evidence)
         })
         .collect()
-}
-
-/// The first successful call of `service operation` that started after its last error ended.
-/// The first success among the spans `pick` selects that starts after the last failure among
-/// them (`None` without a failure, or without a success after it).
-fn recovery_by(
-    forest: &[tree::TraceTree<'_>],
-    pick: impl Fn(&tree::TraceTree<'_>, usize, &Span) -> bool,
-) -> Option<Evidence> {
-    let matching = || {
-        forest.iter().flat_map(|t| {
-            t.trace
-                .spans
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| pick(t, *i, s))
-                .map(|(_, s)| s)
-        })
-    };
-    let last_error = matching()
-        .filter(|s| s.is_error())
-        .map(|s| s.end_ns)
-        .max()?;
-    matching()
-        .filter(|s| !s.is_error() && s.start_ns > last_error)
-        .min_by_key(|s: &&Span| (s.end_ns, s.trace_id, s.span_id))
-        .map(|s| Evidence {
-            time: time(s.end_ns),
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-        })
 }
