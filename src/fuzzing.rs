@@ -50,15 +50,7 @@ pub fn pagerduty(data: &[u8]) {
 /// A whole trace input as `collect --traces-file` reads it: plain or zstd, one document or JSON
 /// Lines, any format, detected.
 pub fn trace_input(data: &[u8]) {
-    let mut c = TraceCollector::default();
-    if data.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-        if let Ok(d) = zstd::stream::read::Decoder::new(data) {
-            let _ = c.read(std::io::BufReader::new(d));
-        }
-    } else {
-        let _ = c.add_input(data);
-    }
-    let _ = c.finish();
+    let _ = crate::capture::file::FileSource::from_bytes("fuzz", data, None);
 }
 
 /// Each trace format reader on its own, as the backends' answers are read: the first byte picks
