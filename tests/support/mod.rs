@@ -142,15 +142,21 @@ pub fn verify_manifest(bundle: &Path) -> serde_json::Value {
     manifest
 }
 
+/// The files under `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
+    tree(dir).into_iter().filter(|p| !p.is_dir()).collect()
+}
+
+/// Every path under `dir`, directories too (an empty staging directory counts); none when
+/// `dir` does not exist.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
+    for e in std::fs::read_dir(dir).into_iter().flatten() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
+            out.extend(tree(&p));
         }
+        out.push(p);
     }
     out
 }
