@@ -337,7 +337,11 @@ fn malformed_alertmanager_webhooks_are_refused_with_a_reason() {
             "<html>502 Bad Gateway</html>",
             Refused("expected value"),
         ),
-        case("a list", "[]", Refused("expected a JSON object")),
+        case(
+            "a list",
+            "[]",
+            Refused("not a valid Alertmanager webhook payload: expected a JSON object"),
+        ),
         case(
             "deeply nested",
             nested(100_000),
@@ -471,7 +475,7 @@ fn malformed_pagerduty_webhooks_are_refused_with_a_reason() {
         case(
             "no data",
             pagerduty_body("incident.triggered", "null"),
-            Refused("data"),
+            Refused("not a valid PagerDuty v3 webhook payload: the event has no `data`"),
         ),
         case(
             "id with spaces",
