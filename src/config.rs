@@ -89,6 +89,9 @@ pub struct NatsSettings {
     pub stream_max_age: Duration,
     /// ...and at most this many bytes (the oldest go first).
     pub stream_max_bytes: String,
+    /// Replicas of the stream and the key-value buckets the worker or intake creates (3 on a
+    /// three-node cluster; at most 5, JetStream's limit).
+    pub replicas: usize,
 }
 
 /// Which API a backend speaks.
@@ -743,6 +746,12 @@ impl Settings {
                 self.nats.stream_max_bytes
             ));
         }
+        if !(1..=5).contains(&self.nats.replicas) {
+            errs.push(format!(
+                "nats.replicas must be between 1 and 5 (JetStream keeps at most 5 copies), not {}",
+                self.nats.replicas
+            ));
+        }
         if self.nats.stream_max_age.is_zero() {
             errs.push("nats.stream_max_age must be more than 0".into());
         }
@@ -1129,6 +1138,8 @@ mod tests {
             ("EL_TEST_K__STORE__LINK_TTL", "30d", "store.link_ttl"),
             ("EL_TEST_L__WORKER__SPOOL_MAX", "lots", "worker.spool_max"),
             ("EL_TEST_M__WORKER__MAX_DELIVER", "0", "worker.max_deliver"),
+            ("EL_TEST_N__NATS__REPLICAS", "0", "nats.replicas"),
+            ("EL_TEST_O__NATS__REPLICAS", "7", "nats.replicas"),
         ] {
             unsafe {
                 std::env::set_var(var, value);

@@ -49,6 +49,15 @@ fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
     (ma, mi) >= (major, minor)
 }
 
+/// The servers of `nats.url`: one URL, or a cluster's as a comma-separated list (as the `nats`
+/// tool takes them). async-nats reads a single string as one address, so the list is split here.
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// What JetStream said about a published message.
 #[derive(Clone, Copy, Debug)]
 pub struct Published {
@@ -90,7 +99,7 @@ impl Queue {
             options = options.nkey(settings.nkey.clone());
         }
         let client = options
-            .connect(settings.url.as_str())
+            .connect(servers(&settings.url))
             .await
             .map_err(|e| QueueError::Connect(e.to_string()))?;
         let js = jetstream::ContextBuilder::new()
@@ -127,15 +136,26 @@ impl Queue {
             max_age: self.settings.stream_max_age,
             max_bytes: crate::config::parse_size(&self.settings.stream_max_bytes)
                 .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            num_replicas: self.settings.replicas,
             ..Default::default()
         };
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| QueueError::Stream {
-                stream: self.settings.stream.clone(),
-                message: e.to_string(),
-            })?;
+        let stream =
+            self.js
+                .get_or_create_stream(config)
+                .await
+                .map_err(|e| QueueError::Stream {
+                    stream: self.settings.stream.clone(),
+                    message: e.to_string(),
+                })?;
+        let kept = stream.cached_info().config.num_replicas;
+        if kept != self.settings.replicas {
+            tracing::warn!(
+                stream = %self.settings.stream,
+                replicas = kept,
+                configured = self.settings.replicas,
+                "the stream exists with another number of replicas, which is kept (change it with `nats stream edit`)"
+            );
+        }
         self.stream_ready.store(true, Ordering::Release);
         Ok(())
     }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::Digest;
 use support::jaeger::{self, Api, synthetic_traces};
-use support::nats::{NatsServer, free_port};
+use support::nats::{NatsCluster, NatsServer, free_port};
 use support::s3::{Kind, S3Server};
 
 const BUCKET: &str = "evidence";
@@ -105,7 +105,7 @@ impl Drop for Worker {
 
 /// The test's world: NATS, S3, Jaeger, and a directory for spools and logs.
 struct World {
-    nats: NatsServer,
+    nats: NatsCluster,
     s3: S3Server,
     jaeger: SocketAddr,
     backend: Arc<jaeger::Server>,
@@ -114,10 +114,15 @@ struct World {
 }
 
 async fn world(nats: NatsServer, kind: Kind, object_lock: bool) -> World {
+    world_on(NatsCluster::one(nats), kind, object_lock).await
+}
+
+async fn world_on(nats: NatsCluster, kind: Kind, object_lock: bool) -> World {
     let s3 = S3Server::start(kind);
     s3.create_bucket(BUCKET, object_lock).await;
     let (jaeger, backend) = backend();
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let urls: Vec<String> = nats.nodes.iter().map(NatsServer::url).collect();
+    let client = async_nats::connect(urls).await.unwrap();
     World {
         nats,
         s3,
@@ -257,10 +262,30 @@ impl World {
             .clone()
     }
 
-    /// Every message stored on `subject` so far.
+    /// Every message stored on `subject` so far (asked again for up to 30 s while JetStream does
+    /// not answer, as a cluster that lost a node may not for a few seconds).
     async fn on(&self, subject: &str) -> Vec<jetstream::Message> {
-        let Ok(stream) = self.js.get_stream("INCIDENTS").await else {
-            return Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.try_on(subject).await {
+                Ok(got) => return got,
+                Err(e) => assert!(Instant::now() < deadline, "cannot read {subject}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn try_on(&self, subject: &str) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+        let stream = match self.js.get_stream("INCIDENTS").await {
+            Ok(s) => s,
+            // Not made yet: nothing on any subject.
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
         };
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
@@ -270,24 +295,22 @@ impl World {
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
-            .await
-            .unwrap();
+            .await?;
         let pending = consumer.cached_info().num_pending as usize;
         if pending == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut batch = consumer
             .fetch()
             .max_messages(pending)
             .expires(Duration::from_secs(2))
             .messages()
-            .await
-            .unwrap();
+            .await?;
         let mut out = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            out.push(m);
+        while let Some(m) = batch.next().await {
+            out.push(m?);
         }
-        out
+        Ok(out)
     }
 
     /// Waits until `subject` holds at least `n` messages; returns them.
@@ -1333,6 +1356,45 @@ async fn the_stream_deleted_under_a_running_worker_is_made_again_and_the_next_in
     assert_eq!(ready.status(), 200);
 }
 
+/// A worker whose JetStream parts cannot all be made at start-up (here the claims bucket, whose
+/// subjects another stream holds; on a cluster, leaders not elected yet) keeps asking, is not
+/// ready meanwhile, and captures once they can be made. It used to exit at the first refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_jetstream_parts_it_cannot_make_yet_then_captures() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    w.js.create_stream(jetstream::stream::Config {
+        name: "BLOCKER".into(),
+        subjects: vec!["$KV.evidence-worker-claims.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut worker = w.start_worker("a", &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !worker.log().contains("JetStream is not ready yet") {
+        if let Ok(Some(status)) = worker.child.try_wait() {
+            panic!("the worker exited ({status}):\n{}", worker.log());
+        }
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker keeps waiting:\n{}",
+        worker.log()
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", worker_metrics(&worker)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    w.js.delete_stream("BLOCKER").await.unwrap();
+    let inc = w.declare("INC-AFTER-WAIT").await;
+    let ready = w.ready(1, &worker).await;
+    assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-WAIT");
+    verify_stored(&w.s3, "INC-AFTER-WAIT", &capture_id(&inc, "declared")).await;
+}
+
 /// `n` one-span traces of payment as OTLP JSON, spread over `[from, to)`: failing (status
 /// ERROR) or healthy (OK); ids start after `first`.
 fn otlp_payment(
@@ -1672,4 +1734,279 @@ async fn a_worker_killed_at_random_points_leaves_one_complete_bundle_per_inciden
         ready.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The capture counts a worker's /metrics reports, summed over statuses.
+async fn captures_total(worker: &Worker) -> u64 {
+    let text = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    text.lines()
+        .filter(|l| l.starts_with("evidence_locker_worker_captures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Asks JetStream to move the leader of `stream` to another node; returns the old and new leader.
+async fn move_leader(js: &jetstream::Context, stream: &str) -> (String, String) {
+    let leader = |info: &jetstream::stream::Info| {
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .unwrap_or_default()
+    };
+    let before = leader(
+        &js.get_stream(stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone(),
+    );
+    let reply = w_request(js, &format!("STREAM.LEADER.STEPDOWN.{stream}")).await;
+    assert!(reply.contains("\"success\":true"), "{stream}: {reply}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await
+            && let Ok(info) = s.info().await
+        {
+            let now = leader(info);
+            if !now.is_empty() && now != before {
+                return (before, now);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stream}: no new leader within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A JetStream API request (`subject` after `$JS.API.`) with an empty body, sent again while it
+/// times out (a cluster that lost a node answers once it has elected new leaders); the reply as
+/// text.
+async fn w_request(js: &jetstream::Context, subject: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match js
+            .request::<_, _, Value>(subject.to_owned(), &json!({}))
+            .await
+        {
+            Ok(reply) => return reply.to_string(),
+            Err(e) => assert!(Instant::now() < deadline, "{subject}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The share of `sorted` at or below which `q` of the values lie.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[i - 1]
+}
+
+/// Scale-out on a real cluster: three nats-servers routed into one JetStream cluster, the stream
+/// and the claims buckets made by the workers with 3 replicas, three workers each connected to
+/// its own node (they learn the others from the cluster), and the intake given all three. 200
+/// incidents declared through the intake within a minute (`EVIDENCE_LOCKER_CLUSTER_INCIDENTS`
+/// changes the count, `EVIDENCE_LOCKER_CLUSTER_SPACING_MS` the pause between two), while one node is SIGKILLed and restarted and the stream's leader is
+/// moved: every incident ends with one complete bundle, captured once (the workers' capture
+/// counters add up to the incidents), announced with one manifest, nothing dead-lettered.
+/// Prints the throughput and p50/p99 from declaration to `incidents.evidence.ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_and_a_leader_move() {
+    let n: usize = std::env::var("EVIDENCE_LOCKER_CLUSTER_INCIDENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut w = world_on(NatsCluster::start(3), Kind::S3sFs, false).await;
+    w.nats.wait_for_jetstream(&w.js).await;
+    let replicas = ("EVIDENCE_LOCKER__NATS__REPLICAS", "3".to_owned());
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| {
+            w.start_worker(
+                &format!("w{i}"),
+                &[
+                    ("EVIDENCE_LOCKER__NATS__URL", w.nats.nodes[i].url()),
+                    replicas.clone(),
+                ],
+            )
+        })
+        .collect();
+    let logs = |workers: &[Worker]| {
+        workers
+            .iter()
+            .map(|x| x.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let intake = support::intake::start(&w.nats.url(), &[(replicas.0, "3")]).await;
+    let http = reqwest::Client::new();
+    // Spread over 40 s, or as given (`EVIDENCE_LOCKER_CLUSTER_SPACING_MS=0`: all at once, to
+    // see what the workers can take).
+    let spacing = Duration::from_millis(
+        std::env::var("EVIDENCE_LOCKER_CLUSTER_SPACING_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40_000 / n.max(1) as u64),
+    );
+    let mut declared: std::collections::BTreeMap<String, (i128, Value)> = Default::default();
+    let mut refused = 0;
+    let mut moved = None;
+    let started = Instant::now();
+    for i in 0..n {
+        if i == n / 4 {
+            w.nats.nodes[1].stop();
+            eprintln!("cluster: node n2 killed after {i} incidents");
+        }
+        if i == n / 2 {
+            w.nats.nodes[1].restart();
+            eprintln!("cluster: node n2 restarted after {i} incidents");
+        }
+        if i == 3 * n / 4 {
+            moved = Some(move_leader(&w.js, "INCIDENTS").await);
+            let claims = move_leader(&w.js, "KV_evidence-worker-claims").await;
+            eprintln!(
+                "cluster: after {i} incidents, the stream leader moved {moved:?}, the claims' {claims:?}"
+            );
+        }
+        let id = format!("INC-CLUSTER-{i:03}");
+        let inc = incident(&id);
+        let at = Utc::now().timestamp_nanos_opt().unwrap() as i128;
+        // As Alertmanager does: a refused or failed POST is sent again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sent = http
+                .post(format!("{}/v1/incidents", intake.base))
+                .json(&inc)
+                .send()
+                .await;
+            if sent.as_ref().is_ok_and(|r| r.status() == 202) {
+                break;
+            }
+            refused += 1;
+            assert!(
+                Instant::now() < deadline,
+                "the intake refused {id} for 30 s: {sent:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        declared.insert(id, (at, inc));
+        tokio::time::sleep(spacing).await;
+    }
+    let declaring = started.elapsed();
+    let (old, new) = moved.unwrap_or_default();
+    assert_ne!(old, new, "the stream leader moved");
+
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            n,
+            Duration::from_secs(180),
+            &workers[0],
+        )
+        .await;
+    // First announcement of each incident, by JetStream's clock (the same machine's).
+    let mut first: std::collections::BTreeMap<String, i128> = Default::default();
+    let mut shas: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for m in &ready {
+        let b = body(m);
+        let id = b["incident_id"].as_str().unwrap().to_owned();
+        let at = m.info().unwrap().published.timestamp_nanos_opt().unwrap() as i128;
+        first
+            .entry(id.clone())
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+        shas.entry(id)
+            .or_default()
+            .insert(b["manifest_sha256"].as_str().unwrap().to_owned());
+    }
+    let missing: Vec<&String> = declared
+        .keys()
+        .filter(|id| !first.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not announced: {missing:?}\n{}",
+        logs(&workers)
+    );
+    for (id, s) in &shas {
+        assert_eq!(s.len(), 1, "{id}: announcements name {s:?}");
+    }
+    // No worker gave up on the way.
+    for (i, x) in workers.iter_mut().enumerate() {
+        if let Ok(Some(status)) = x.child.try_wait() {
+            let log = x.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "worker w{i} exited ({status}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    // Captured once: the workers' counters add up to the incidents, and each worker took part.
+    let per_worker = futures::future::join_all(workers.iter().map(captures_total)).await;
+    assert_eq!(
+        per_worker.iter().sum::<u64>(),
+        n as u64,
+        "captures per worker {per_worker:?} for {n} incidents\n{}",
+        logs(&workers)
+    );
+    assert!(per_worker.iter().all(|&c| c > 0), "{per_worker:?}");
+    for (id, (_, inc)) in &declared {
+        let capture = capture_id(inc, "declared");
+        let manifest = verify_stored(&w.s3, id, &capture).await;
+        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
+        let all = w.s3.keys(BUCKET, &format!("incidents/{id}/")).await;
+        assert!(
+            all.iter()
+                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
+            "{id}: one capture only: {all:?}"
+        );
+    }
+    assert!(w.on("incidents.deadletter").await.is_empty());
+    // What the workers made is replicated on all three nodes.
+    for stream in [
+        "INCIDENTS",
+        "KV_evidence-worker-claims",
+        "KV_evidence-worker-announced",
+    ] {
+        let info =
+            w.js.get_stream(stream)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+        let cluster = info.cluster.unwrap();
+        assert_eq!(cluster.replicas.len(), 2, "{stream}: {cluster:?}");
+    }
+
+    let mut slowest: Vec<(f64, &String)> = declared
+        .iter()
+        .map(|(id, (at, _))| ((first[id] - at) as f64 / 1e6, id))
+        .collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("cluster: slowest {:?}", &slowest[..slowest.len().min(8)]);
+    let mut latencies: Vec<f64> = slowest.iter().map(|s| s.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    let span = (first.values().max().unwrap() - declared.values().map(|d| d.0).min().unwrap())
+        as f64
+        / 1e9;
+    eprintln!(
+        "cluster: {n} incidents declared in {:.1} s ({refused} POSTs refused and sent again), \
+         captured by 3 workers {per_worker:?} in {span:.1} s ({:.2} incidents/s); \
+         declaration to evidence.ready p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+         {} announcements",
+        declaring.as_secs_f64(),
+        n as f64 / span,
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        latencies.last().unwrap(),
+        ready.len(),
+    );
+    drop(intake);
 }

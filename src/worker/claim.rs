@@ -59,6 +59,7 @@ async fn open_bucket(
     name: &str,
     description: &str,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, ClaimError> {
     match js.get_key_value(name).await {
         Ok(kv) => Ok(kv),
@@ -69,6 +70,7 @@ async fn open_bucket(
                 history: 1,
                 max_age: ttl,
                 storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -85,6 +87,7 @@ impl Claims {
         js: &jetstream::Context,
         name: &str,
         ttl: Duration,
+        replicas: usize,
         owner: String,
     ) -> Result<Self, ClaimError> {
         let kv = open_bucket(
@@ -92,6 +95,7 @@ impl Claims {
             name,
             "evidence-locker: which worker is capturing which incident",
             ttl,
+            replicas,
         )
         .await?;
         Ok(Self { kv, ttl, owner })
@@ -179,8 +183,16 @@ impl Announced {
         js: &jetstream::Context,
         name: &str,
         ttl: Duration,
+        replicas: usize,
     ) -> Result<Self, ClaimError> {
-        let kv = open_bucket(js, name, "evidence-locker: captures already announced", ttl).await?;
+        let kv = open_bucket(
+            js,
+            name,
+            "evidence-locker: captures already announced",
+            ttl,
+            replicas,
+        )
+        .await?;
         Ok(Self { kv })
     }
 

@@ -68,25 +68,40 @@ pub async fn serve(
     // awaited, /readyz only once both answer.
     serve_metrics(settings.metrics.listen.clone()).await;
     let queue = Arc::new(Queue::connect(&settings.nats, PUBLISH_TIMEOUT).await?);
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match queue.ensure_stream().await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?wait, "the stream is not ready yet");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    queue.check_server_version()?;
-    let mut consumer = ensure_consumer(&queue, settings).await?;
-    let actual = consumer
-        .info()
-        .await
-        .context("the JetStream consumer")?
-        .config
-        .clone();
+    let owner = format!(
+        "{}/{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        std::process::id()
+    );
+    // A cluster electing its leaders, or a node gone, answers a little later: every part is
+    // asked for again until it is there. Only a server too old to serve is final.
+    let JetStreamParts {
+        mut consumer,
+        actual,
+        claims,
+        announced,
+    } = {
+        use backon::{ExponentialBuilder, Retryable};
+        (|| jetstream_parts(&queue, settings, &owner))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(10))
+                    .without_max_times(),
+            )
+            .when(|e| {
+                !matches!(
+                    e.downcast_ref::<crate::queue::QueueError>(),
+                    Some(crate::queue::QueueError::TooOld(_))
+                )
+            })
+            .notify(|e, wait| {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "JetStream is not ready yet");
+            })
+            .await?
+    };
     if actual.max_deliver != w.max_deliver || actual.ack_wait != w.ack_wait {
         tracing::warn!(
             consumer = %settings.nats.consumer,
@@ -100,26 +115,6 @@ pub async fn serve(
     } else {
         i64::MAX
     };
-    let owner = format!(
-        "{}/{}",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into()),
-        std::process::id()
-    );
-    let claims = Claims::open(
-        queue.jetstream(),
-        &format!("{}-claims", settings.nats.consumer),
-        w.claim_ttl,
-        owner,
-    )
-    .await?;
-    let announced = Announced::open(
-        queue.jetstream(),
-        &format!("{}-announced", settings.nats.consumer),
-        w.announced_ttl,
-    )
-    .await?;
     let store = Store::from_settings(&settings.store).await?;
     match store.check().await {
         Ok(()) => {
@@ -323,6 +318,54 @@ async fn keep_ours(
 /// Completes once the stop signal is given.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// What the worker needs from JetStream before it pulls.
+struct JetStreamParts {
+    consumer: PullConsumer,
+    /// The consumer's own configuration (an existing consumer keeps its own).
+    actual: async_nats::jetstream::consumer::Config,
+    claims: Claims,
+    announced: Announced,
+}
+
+/// The stream, the consumer and both key-value buckets, each made when missing.
+async fn jetstream_parts(
+    queue: &Queue,
+    settings: &Settings,
+    owner: &str,
+) -> Result<JetStreamParts> {
+    let w = &settings.worker;
+    queue.ensure_stream().await?;
+    queue.check_server_version()?;
+    let mut consumer = ensure_consumer(queue, settings).await?;
+    let actual = consumer
+        .info()
+        .await
+        .context("the JetStream consumer")?
+        .config
+        .clone();
+    let claims = Claims::open(
+        queue.jetstream(),
+        &format!("{}-claims", settings.nats.consumer),
+        w.claim_ttl,
+        settings.nats.replicas,
+        owner.to_owned(),
+    )
+    .await?;
+    let announced = Announced::open(
+        queue.jetstream(),
+        &format!("{}-announced", settings.nats.consumer),
+        w.announced_ttl,
+        settings.nats.replicas,
+    )
+    .await?;
+    Ok(JetStreamParts {
+        consumer,
+        actual,
+        claims,
+        announced,
+    })
 }
 
 /// The durable pull consumer, created when missing (an existing one is left as it is).

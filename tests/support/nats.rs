@@ -1,6 +1,7 @@
 //! A real nats-server with JetStream for the tests: the release `scripts/servers/install` builds
 //! from the Go module proxy into the per-user cache, started on a free loopback port with its own
-//! storage, stoppable and restartable on the same port.
+//! storage, stoppable and restartable on the same port; or several of them routed into one
+//! JetStream cluster.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     config: Option<PathBuf>,
+    /// A cluster member's name, cluster port and routes to the others.
+    cluster: Vec<String>,
 }
 
 fn binary() -> PathBuf {
@@ -33,6 +36,7 @@ impl NatsServer {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             config: None,
+            cluster: Vec::new(),
         };
         s.restart();
         s
@@ -55,6 +59,7 @@ impl NatsServer {
             dir,
             child: None,
             config: Some(config),
+            cluster: Vec::new(),
         };
         s.restart();
         s
@@ -71,6 +76,7 @@ impl NatsServer {
             cmd.arg("-c").arg(c);
         }
         let child = cmd
+            .args(&self.cluster)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -122,6 +128,73 @@ impl NatsServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// A JetStream cluster of nats-servers on loopback, each routed to every other.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// One server, seen as a cluster of one.
+    pub fn one(server: NatsServer) -> Self {
+        Self {
+            nodes: vec![server],
+        }
+    }
+
+    /// `n` nodes named n1…, cluster `evidence`, started and listening (JetStream may not have
+    /// elected its leader yet: see [`NatsCluster::wait_for_jetstream`]).
+    pub fn start(n: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                let mut s = NatsServer {
+                    port: free_port(),
+                    dir: tempfile::tempdir().unwrap(),
+                    child: None,
+                    config: None,
+                    cluster: vec![
+                        "--server_name".into(),
+                        format!("n{}", i + 1),
+                        "--cluster_name".into(),
+                        "evidence".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                        "--routes".into(),
+                        routes.join(","),
+                    ],
+                };
+                s.restart();
+                s
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's URL, comma-separated (as `nats.url` takes a cluster).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until JetStream answers through `js` (a cluster elects its meta leader first).
+    pub async fn wait_for_jetstream(&self, js: &async_nats::jetstream::Context) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while js.query_account().await.is_err() {
+            assert!(Instant::now() < deadline, "JetStream not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
