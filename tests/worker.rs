@@ -973,6 +973,125 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     assert!(w.on("incidents.deadletter").await.is_empty());
 }
 
+/// S3 stopped for 60 s (`EVIDENCE_LOCKER_CHAOS_S3_DOWN_S`) in the middle of a bundle's upload,
+/// some of its files stored and its manifest not; two more incidents declared while it is down.
+/// Once it is back every bundle is stored whole and announced, none is dead-lettered, and the
+/// backend was asked once per incident (as many requests as one capture makes, times the
+/// incidents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_stopped_for_a_minute_mid_upload_loses_nothing_and_asks_the_backend_once_per_incident() {
+    let down = Duration::from_secs(
+        std::env::var("EVIDENCE_LOCKER_CHAOS_S3_DOWN_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    // Redelivery as in production, only faster: 1 s doubling to 5 s, so that a minute without
+    // S3 is well within the deliveries.
+    let worker = w.start_worker(
+        "a",
+        &[
+            ("EVIDENCE_LOCKER__WORKER__RETRY_DELAY", "1s".into()),
+            ("EVIDENCE_LOCKER__WORKER__RETRY_DELAY_MAX", "5s".into()),
+            ("EVIDENCE_LOCKER__WORKER__MAX_DELIVER", "60".into()),
+        ],
+    );
+    let mut captures = vec![];
+    let warmup = w.declare("INC-S3-WARMUP").await;
+    captures.push(("INC-S3-WARMUP".to_owned(), capture_id(&warmup, "declared")));
+    w.ready(1, &worker).await;
+    let per_capture = w.backend.request_count();
+    // Incidents until one's upload is caught with some files stored and not its manifest (the
+    // manifest goes last); S3 is killed the moment the first file is on its disk.
+    let mut caught = None;
+    for attempt in 0..5 {
+        let id = format!("INC-S3-MID-{attempt}");
+        let inc = w.declare(&id).await;
+        captures.push((id.clone(), capture_id(&inc, "declared")));
+        let prefix = format!("incidents/{id}/");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while w.s3.files_on_disk(BUCKET, &prefix).is_empty() {
+            assert!(Instant::now() < deadline, "not uploaded:\n{}", worker.log());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        w.s3.stop();
+        let files = w.s3.files_on_disk(BUCKET, &prefix);
+        if files.iter().any(|f| f.ends_with("/manifest.json")) {
+            eprintln!("s3: {id} was stored whole before S3 stopped; again");
+            w.s3.restart();
+            continue;
+        }
+        caught = Some((id, files.len()));
+        break;
+    }
+    let (mid, before) = caught.expect("no upload caught in the middle in 5 tries");
+    let stopped = Instant::now();
+    for i in 0..2 {
+        let id = format!("INC-S3-DURING-{i}");
+        let inc = w.declare(&id).await;
+        captures.push((id, capture_id(&inc, "declared")));
+    }
+    let announced_before = w.on("incidents.evidence.ready").await.len();
+    tokio::time::sleep(down.saturating_sub(stopped.elapsed())).await;
+    assert_eq!(
+        w.on("incidents.evidence.ready").await.len(),
+        announced_before,
+        "nothing announced while S3 is down"
+    );
+    w.s3.restart();
+    let back = Instant::now();
+    let ready = w
+        .wait_on(
+            "incidents.evidence.ready",
+            captures.len(),
+            Duration::from_secs(120),
+            &worker,
+        )
+        .await;
+    let stored_in = back.elapsed();
+    for (id, capture) in &captures {
+        let manifest = verify_stored(&w.s3, id, capture).await;
+        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
+        let keys = w.s3.keys(BUCKET, &format!("incidents/{id}/")).await;
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
+            "{id}: one capture only: {keys:?}"
+        );
+        let named: std::collections::BTreeSet<String> = ready
+            .iter()
+            .map(body)
+            .filter(|b| b["incident_id"] == id.as_str())
+            .map(|b| b["manifest_sha256"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(named.len(), 1, "{id}: announced as {named:?}");
+    }
+    assert_eq!(
+        w.backend.request_count(),
+        per_capture * captures.len(),
+        "the backend is asked once per incident ({per_capture} requests a capture)"
+    );
+    assert!(w.on("incidents.deadletter").await.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(w.spool("a"))
+        .unwrap()
+        .flatten()
+        .all(|e| e.file_name().to_string_lossy().starts_with('.'))
+    {
+        assert!(Instant::now() < deadline, "the spool still holds bundles");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "s3: stopped {:.0} s with {before} files of {mid} stored and not its manifest; {} incidents, \
+         all stored whole {:.1} s after S3 returned; the backend asked {} times ({per_capture} a capture)",
+        down.as_secs_f64(),
+        captures.len(),
+        stored_in.as_secs_f64(),
+        w.backend.request_count(),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_stores_what_its_spool_holds_without_asking_the_backend() {
     let mut w = world(NatsServer::start(), Kind::S3sFs, false).await;

@@ -165,6 +165,18 @@ impl S3Server {
         keys
     }
 
+    /// The keys under `prefix` that s3s-fs holds on disk, read from its directory (answers while
+    /// the server is stopped, and within a millisecond of a write).
+    pub fn files_on_disk(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        assert_eq!(self.kind, Kind::S3sFs, "moto keeps its objects in memory");
+        let root = self.dir.path().join(bucket);
+        super::tree(&root.join(prefix))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .filter_map(|p| Some(p.strip_prefix(&root).ok()?.to_string_lossy().into_owned()))
+            .collect()
+    }
+
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         let client = self.client().await;
         let out = client
