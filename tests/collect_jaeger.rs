@@ -275,6 +275,104 @@ fn spans_a_backend_returns_that_cannot_be_read_are_a_gap_not_a_silent_loss() {
     );
 }
 
+/// The traces of `started` (id, start in µs) missing from `got` that no gap accepted by `kind`
+/// covers: silent holes.
+fn uncovered(
+    gaps: &[serde_json::Value],
+    got: &BTreeSet<String>,
+    started: &[(String, i64)],
+    kind: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    started
+        .iter()
+        .filter(|(id, _)| !got.contains(id))
+        .filter(|(_, start_us)| {
+            let at = chrono::DateTime::from_timestamp_micros(*start_us).unwrap();
+            !gaps.iter().any(|g| {
+                let time = |k: &str| {
+                    g[k].as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                };
+                kind(g["kind"].as_str().unwrap_or(""))
+                    && matches!((time("start"), time("end")), (Some(a), Some(b)) if a <= at && at <= b)
+            })
+        })
+        .map(|(id, start_us)| format!("{id} at {start_us} µs"))
+        .collect()
+}
+
+/// Starts (id, µs) of the first span of each trace.
+fn trace_starts(traces: &[serde_json::Value]) -> Vec<(String, i64)> {
+    traces
+        .iter()
+        .map(|t| {
+            (
+                t["traceID"].as_str().unwrap().to_owned(),
+                t["spans"][0]["startTime"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A backend whose retention (one hour, as configured) deletes the window's oldest traces while
+/// the capture runs: 40 error traces in the first 4 s of a window that begins exactly one hour
+/// before the capture, each search taking 1 s. The traces deleted before a search reached them
+/// are missing, and every one lies inside the `expired` gap, which reaches to the retention's
+/// edge when the capture ended (it used to stop at the edge when it began: a silent hole).
+#[test]
+fn traces_the_backend_s_retention_deletes_during_the_capture_lie_inside_the_expired_gap() {
+    let s = scenario();
+    let incident = read_json(&s.incident);
+    let window_start =
+        chrono::DateTime::parse_from_rfc3339(incident["window"]["start"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros();
+    let traces = synthetic_traces(
+        40,
+        window_start + 300_000,
+        window_start + 4_000_000,
+        true,
+        20_000,
+        0,
+    );
+    let started = trace_starts(&traces);
+    let server = Server::new(Api::V1, 500, traces);
+    server.retention_s.store(3600, Ordering::SeqCst);
+    server.delay_ms.store(1_000, Ordering::SeqCst);
+    let (addr, server) = jaeger::start(server);
+    let out = collect_from(
+        &s,
+        "--jaeger",
+        &format!("http://{addr}"),
+        &[("EVIDENCE_LOCKER__BACKENDS__DEFAULT__RETENTION", "1h".into())],
+    );
+    let bundle = bundle_dir(&out);
+    let manifest = verify_manifest(&bundle);
+    let got: BTreeSet<String> = bundle_trace_ids(&bundle, "errors").into_iter().collect();
+    let gaps = manifest["completeness"]["gaps"].as_array().unwrap();
+    assert!(
+        got.len() < 40,
+        "the retention deleted none of the traces before they were read: {} requests",
+        server.request_count()
+    );
+    assert_eq!(manifest["completeness"]["status"], "partial");
+    let silent = uncovered(gaps, &got, &started, |k| k == "expired");
+    assert!(
+        silent.is_empty(),
+        "{} of 40 error traces captured; deleted with no expired gap covering them: {silent:?}\n{gaps:#?}",
+        got.len()
+    );
+    let expired: Vec<&serde_json::Value> = gaps.iter().filter(|g| g["kind"] == "expired").collect();
+    assert_eq!(expired.len(), 1, "{gaps:#?}");
+    eprintln!(
+        "retention: {} of 40 error traces read before deletion; expired gap {} to {}: {}",
+        got.len(),
+        expired[0]["start"],
+        expired[0]["end"],
+        expired[0]["message"]
+    );
+}
+
 /// A backend that answers 30% of requests with 503 after 2 s, one that drops every third
 /// connection mid-answer, and one that fails 90% of requests: each capture is complete through
 /// retries, or partial with every missing error trace inside a gap that names it: never a
@@ -284,15 +382,7 @@ fn a_flaky_slow_backend_and_one_that_drops_connections_leave_no_silent_hole() {
     let s = scenario();
     let start = us(Duration::minutes(20));
     let traces = synthetic_traces(40, start, us(Duration::minutes(10)), true, 1_500_000, 0);
-    let started: Vec<(String, i64)> = traces
-        .iter()
-        .map(|t| {
-            (
-                t["traceID"].as_str().unwrap().to_owned(),
-                t["spans"][0]["startTime"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let started = trace_starts(&traces);
     for (name, flaky, reset_every, delay_ms, retries) in [
         ("30% 503s, 2 s each", 30, 0, 2_000, "4"),
         ("every third connection dropped", 0, 3, 0, "4"),
@@ -331,23 +421,11 @@ fn a_flaky_slow_backend_and_one_that_drops_connections_leave_no_silent_hole() {
             manifest["completeness"]["status"],
             gaps.len()
         );
-        for (id, start_us) in &started {
-            if got.contains(id) {
-                continue;
-            }
-            let at = chrono::DateTime::from_timestamp_micros(*start_us).unwrap();
-            let covered = gaps.iter().any(|g| {
-                let time = |k: &str| {
-                    g[k].as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                };
-                matches!((time("start"), time("end")), (Some(a), Some(b)) if a <= at && at <= b)
-            });
-            assert!(
-                covered,
-                "{name}: error trace {id} ({at}) is missing and no gap covers it: {gaps:#?}"
-            );
-        }
+        let silent = uncovered(gaps, &got, &started, |_| true);
+        assert!(
+            silent.is_empty(),
+            "{name}: error traces missing with no gap covering them: {silent:?}\n{gaps:#?}"
+        );
         if got.len() == 40 {
             assert_eq!(manifest["counts"]["error_traces"], 40);
         } else {

@@ -220,25 +220,55 @@ fn gap(
     }
 }
 
-/// The part of the window older than the backend's retention, as a gap.
+/// The part of the window the backend's retention may have deleted, as an `expired` gap, for a
+/// capture that began at `started` and has just asked its last question: what was older than
+/// the retention at `started`, and what became older while the capture ran (a trace there may
+/// have been deleted before the search that would have found it; when each search ran is not
+/// kept per trace, so the whole stretch is named).
 pub fn expired_gap(
     source: &str,
     retention: std::time::Duration,
     plan: &CapturePlan,
+    started: chrono::DateTime<chrono::Utc>,
 ) -> Option<Gap> {
     let keep = chrono::Duration::from_std(retention).ok()?;
-    let oldest = chrono::Utc::now().checked_sub_signed(keep)?;
-    (plan.window.start() < oldest).then(|| Gap {
+    let ended = chrono::Utc::now();
+    let (at_start, at_end) = (
+        started.checked_sub_signed(keep)?,
+        ended.checked_sub_signed(keep)?,
+    );
+    let (from, to) = (plan.window.start(), plan.window.end());
+    if from >= at_end {
+        return None;
+    }
+    let kept = humantime::format_duration(retention);
+    let message = if from < at_start {
+        let during = if at_start < to {
+            format!(
+                " (the part after {} passed it while the capture ran)",
+                at_start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "this part of the window is older than the backend's retention ({kept}); its traces may already be deleted{during}"
+        )
+    } else {
+        format!(
+            "this part of the window passed the backend's retention ({kept}) while the capture ran ({} to {}); its traces may have been deleted before they were read",
+            started.format("%H:%M:%S%.3f"),
+            ended.format("%H:%M:%S%.3f")
+        )
+    };
+    Some(Gap {
         source: source.to_owned(),
         kind: "expired".into(),
         service: None,
         purpose: None,
-        start: Some(plan.window.start()),
-        end: Some(oldest.min(plan.window.end())),
-        message: format!(
-            "this part of the window is older than the backend's retention ({}); its traces may already be deleted",
-            humantime::format_duration(retention)
-        ),
+        start: Some(from),
+        end: Some(at_end.min(to)),
+        message,
     })
 }
 

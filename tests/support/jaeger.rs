@@ -41,6 +41,9 @@ pub struct Server {
     /// Every this many requests, the answer is cut off after its first bytes and the connection
     /// dropped (0: never).
     pub reset_every: AtomicUsize,
+    /// Retention in seconds (0: keeps everything): a trace that started longer ago than this is
+    /// deleted, as a storage's TTL does, and no search returns it any more.
+    pub retention_s: std::sync::atomic::AtomicU64,
     pub traces: Vec<StoredTrace>,
     pub requests: Mutex<Vec<String>>,
 }
@@ -54,6 +57,7 @@ impl Server {
             delay_ms: Default::default(),
             flaky_percent: AtomicUsize::new(0),
             reset_every: AtomicUsize::new(0),
+            retention_s: Default::default(),
             traces: traces
                 .into_iter()
                 .map(|json| StoredTrace { json })
@@ -262,10 +266,17 @@ fn matches(t: &Value, c: &Criteria) -> bool {
 }
 
 fn search<'a>(s: &'a Server, c: &Criteria) -> Vec<&'a Value> {
+    let retention = s.retention_s.load(Ordering::SeqCst) as i64;
+    let oldest_us = if retention > 0 {
+        chrono::Utc::now().timestamp_micros() - retention * 1_000_000
+    } else {
+        i64::MIN
+    };
     let mut found: Vec<&Value> = s
         .traces
         .iter()
         .map(|t| &t.json)
+        .filter(|t| t["spans"][0]["startTime"].as_i64().unwrap() >= oldest_us)
         .filter(|t| matches(t, c))
         .collect();
     // Most recent first, as Jaeger's storages return them.

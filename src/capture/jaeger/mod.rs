@@ -95,6 +95,7 @@ impl JaegerSource {
     }
 
     async fn run(&self, plan: &CapturePlan) -> SourceCapture {
+        let started = chrono::Utc::now();
         let mut gaps = Vec::new();
         let mut found: Vec<(Trace, Purposes)> = Vec::new();
         let mut api_name = None;
@@ -132,9 +133,6 @@ impl JaegerSource {
                         message: "the backend lists no services, and the incident names none: nothing could be asked for".into(),
                     });
                 }
-                if let Some(gap) = expired_gap(&self.name, self.settings.retention, plan) {
-                    gaps.push(gap);
-                }
                 let _ = self.api.set(api);
                 let limits = SweepLimits {
                     source: self.name.clone(),
@@ -148,6 +146,12 @@ impl JaegerSource {
                 let scopes: Vec<Option<String>> = services.into_iter().map(Some).collect();
                 let (traces, sweep_gaps) = sweep(self, &scopes, plan, &limits, &mut notes).await;
                 gaps.extend(sweep_gaps);
+                gaps.extend(expired_gap(
+                    &self.name,
+                    self.settings.retention,
+                    plan,
+                    started,
+                ));
                 gaps.extend(unknown_service_gaps(&self.name, plan, &known, &traces));
                 found.extend(traces);
             }

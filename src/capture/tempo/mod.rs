@@ -208,6 +208,7 @@ impl TempoSource {
     }
 
     async fn run(&self, plan: &CapturePlan) -> SourceCapture {
+        let started = chrono::Utc::now();
         let mut gaps = Vec::new();
         let mut traces = Vec::new();
         let mut notes = BTreeMap::new();
@@ -221,7 +222,6 @@ impl TempoSource {
                 &message,
             )),
             Ok(()) => {
-                gaps.extend(expired_gap(&self.name, self.settings.retention, plan));
                 known_services = if plan.services.is_empty() {
                     None
                 } else {
@@ -283,6 +283,12 @@ impl TempoSource {
                         )),
                     }
                 }
+                gaps.extend(expired_gap(
+                    &self.name,
+                    self.settings.retention,
+                    plan,
+                    started,
+                ));
             }
         }
         if let Some(known) = &known_services {

@@ -59,6 +59,7 @@ impl ZipkinSource {
     }
 
     async fn run(&self, plan: &CapturePlan) -> SourceCapture {
+        let started = chrono::Utc::now();
         let mut gaps = Vec::new();
         let mut traces = Vec::new();
         let mut notes = BTreeMap::new();
@@ -73,7 +74,6 @@ impl ZipkinSource {
             Ok(known) => {
                 let known: BTreeSet<String> = known.into_iter().collect();
                 note_unknown_services(&mut notes, &plan.services, &known);
-                gaps.extend(expired_gap(&self.name, self.settings.retention, plan));
                 let scopes: Vec<Option<String>> = if plan.services.is_empty() {
                     vec![None]
                 } else {
@@ -91,6 +91,12 @@ impl ZipkinSource {
                 };
                 let (found, sweep_gaps) = sweep(self, &scopes, plan, &limits, &mut notes).await;
                 gaps.extend(sweep_gaps);
+                gaps.extend(expired_gap(
+                    &self.name,
+                    self.settings.retention,
+                    plan,
+                    started,
+                ));
                 gaps.extend(unknown_service_gaps(&self.name, plan, &known, &found));
                 traces = found;
             }
