@@ -1972,13 +1972,32 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
     let mut declared: std::collections::BTreeMap<String, (i128, Value)> = Default::default();
     let mut refused = 0;
     let mut moved = None;
+    let mut orphan_before = 0;
     let started = Instant::now();
     for i in 0..n {
         if i == n / 4 {
             w.nats.nodes[1].stop();
+            orphan_before = captures_total(&workers[1]).await;
             eprintln!("cluster: node n2 killed after {i} incidents");
         }
         if i == n / 2 {
+            // The worker that was connected to n2 finds the others on its own (it was given
+            // n2's URL only) and goes on capturing while n2 is down.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut orphan_after = captures_total(&workers[1]).await;
+            while orphan_after == orphan_before {
+                assert!(
+                    Instant::now() < deadline,
+                    "w1 captured nothing in 30 s while its node was down\n{}",
+                    workers[1].log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                orphan_after = captures_total(&workers[1]).await;
+            }
+            eprintln!(
+                "cluster: w1 captured {} incidents while its node n2 was down",
+                orphan_after - orphan_before
+            );
             w.nats.nodes[1].restart();
             eprintln!("cluster: node n2 restarted after {i} incidents");
         }
