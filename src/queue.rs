@@ -37,6 +37,17 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("nats-server {0} is too old: evidence-locker needs nats-server 2.10 or later")]
     TooOld(String),
+    #[error(
+        "nats.replicas is {0}, but the nats-server is not part of a JetStream cluster: set nats.replicas = 1, or run a cluster of at least {0} nodes"
+    )]
+    ReplicasNotSupported(usize),
+}
+
+impl QueueError {
+    /// An error that asking again will not cure: the configuration or the server must change.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::TooOld(_) | Self::ReplicasNotSupported(_))
+    }
 }
 
 /// True when `version` (`2.10.3`, `v2.12.8-RC.1`) is at least `major.minor`.
@@ -139,14 +150,21 @@ impl Queue {
             num_replicas: self.settings.replicas,
             ..Default::default()
         };
-        let stream =
-            self.js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| QueueError::Stream {
+        let stream = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED =>
+                {
+                    QueueError::ReplicasNotSupported(self.settings.replicas)
+                }
+                _ => QueueError::Stream {
                     stream: self.settings.stream.clone(),
                     message: e.to_string(),
-                })?;
+                },
+            })?;
         let kept = stream.cached_info().config.num_replicas;
         if kept != self.settings.replicas {
             tracing::warn!(

@@ -1514,6 +1514,46 @@ async fn a_worker_waits_for_jetstream_parts_it_cannot_make_yet_then_captures() {
     verify_stored(&w.s3, "INC-AFTER-WAIT", &capture_id(&inc, "declared")).await;
 }
 
+/// `nats.replicas = 3` against a single nats-server is a configuration error, not a wait: the
+/// worker and the intake stop at start-up saying what to change (they used to retry forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_a_single_server_cannot_keep_stop_the_worker_and_the_intake_with_the_fix() {
+    let w = world(NatsServer::start(), Kind::S3sFs, false).await;
+    let replicas = ("EVIDENCE_LOCKER__NATS__REPLICAS", "3".to_owned());
+    let mut worker = w.start_worker("a", std::slice::from_ref(&replicas));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = worker.child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker still runs:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let fix = "nats.replicas is 3, but the nats-server is not part of a JetStream cluster: set nats.replicas = 1";
+    assert!(worker.log().contains(fix), "{}", worker.log());
+
+    let intake = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_evidence-locker"))
+        .arg("intake")
+        .env("EVIDENCE_LOCKER__NATS__URL", w.nats.url())
+        .env(replicas.0, &replicas.1)
+        .env(
+            "EVIDENCE_LOCKER__INTAKE__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&intake.stderr);
+    assert_eq!(intake.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(fix), "{stderr}");
+}
+
 /// `n` one-span traces of payment as OTLP JSON, spread over `[from, to)`: failing (status
 /// ERROR) or healthy (OK); ids start after `first`.
 fn otlp_payment(

@@ -444,9 +444,11 @@ pub async fn serve(
     use anyhow::Context as _;
     check_exposure(&settings.intake)?;
     let queue = Arc::new(Queue::connect(&settings.nats, settings.intake.publish_timeout).await?);
-    if let Err(e) = queue.ensure_stream().await {
+    match queue.ensure_stream().await {
+        Err(e) if e.is_permanent() => return Err(e.into()),
         // Not fatal: retried before the first publish.
-        tracing::warn!(error = %e, "the stream is not ready yet");
+        Err(e) => tracing::warn!(error = %e, "the stream is not ready yet"),
+        Ok(()) => {}
     }
     let store = match crate::store::Store::from_settings(&settings.store).await {
         Ok(s) => Some(s),

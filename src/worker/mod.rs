@@ -76,7 +76,8 @@ pub async fn serve(
         std::process::id()
     );
     // A cluster electing its leaders, or a node gone, answers a little later: every part is
-    // asked for again until it is there. Only a server too old to serve is final.
+    // asked for again until it is there. Only a server too old to serve, or replicas a single
+    // server cannot keep, are final.
     let JetStreamParts {
         mut consumer,
         actual,
@@ -92,10 +93,8 @@ pub async fn serve(
                     .without_max_times(),
             )
             .when(|e| {
-                !matches!(
-                    e.downcast_ref::<crate::queue::QueueError>(),
-                    Some(crate::queue::QueueError::TooOld(_))
-                )
+                !e.downcast_ref::<crate::queue::QueueError>()
+                    .is_some_and(crate::queue::QueueError::is_permanent)
             })
             .notify(|e, wait| {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "JetStream is not ready yet");
