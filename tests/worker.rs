@@ -359,6 +359,33 @@ fn body(m: &jetstream::Message) -> Value {
     serde_json::from_slice(&m.payload).unwrap()
 }
 
+/// Every capture of `captures` (incident, capture id) is stored whole (each file against its
+/// manifest) and complete, alone under its incident, and announced in `ready`, every
+/// announcement naming the same manifest.
+async fn each_stored_once_and_announced_alike(
+    s3: &S3Server,
+    captures: &[(String, String)],
+    ready: &[jetstream::Message],
+) {
+    for (id, capture) in captures {
+        let manifest = verify_stored(s3, id, capture).await;
+        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
+        let keys = s3.keys(BUCKET, &format!("incidents/{id}/")).await;
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
+            "{id}: one capture only: {keys:?}"
+        );
+        let named: std::collections::BTreeSet<String> = ready
+            .iter()
+            .map(body)
+            .filter(|b| b["incident_id"] == id.as_str())
+            .map(|b| b["manifest_sha256"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(named.len(), 1, "{id}: announcements name {named:?}");
+    }
+}
+
 /// Checks every object of a stored bundle against its manifest; returns the manifest.
 async fn verify_stored(s3: &S3Server, incident: &str, capture: &str) -> Value {
     let prefix = format!("incidents/{incident}/{capture}/");
@@ -1050,23 +1077,7 @@ async fn s3_stopped_for_a_minute_mid_upload_loses_nothing_and_asks_the_backend_o
         )
         .await;
     let stored_in = back.elapsed();
-    for (id, capture) in &captures {
-        let manifest = verify_stored(&w.s3, id, capture).await;
-        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
-        let keys = w.s3.keys(BUCKET, &format!("incidents/{id}/")).await;
-        assert!(
-            keys.iter()
-                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
-            "{id}: one capture only: {keys:?}"
-        );
-        let named: std::collections::BTreeSet<String> = ready
-            .iter()
-            .map(body)
-            .filter(|b| b["incident_id"] == id.as_str())
-            .map(|b| b["manifest_sha256"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(named.len(), 1, "{id}: announced as {named:?}");
-    }
+    each_stored_once_and_announced_alike(&w.s3, &captures, &ready).await;
     assert_eq!(
         w.backend.request_count(),
         per_capture * captures.len(),
@@ -1869,24 +1880,8 @@ async fn a_worker_killed_at_random_points_leaves_one_complete_bundle_per_inciden
             &worker,
         )
         .await;
-    for (id, capture) in &captures {
-        let manifest = verify_stored(&w.s3, id, capture).await;
-        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
-        let all = w.s3.keys(BUCKET, &format!("incidents/{id}/")).await;
-        assert!(
-            all.iter()
-                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
-            "{id}: one capture only: {all:?}"
-        );
-        // At least once, and every announcement of an incident names the same bundle.
-        let shas: std::collections::BTreeSet<String> = ready
-            .iter()
-            .map(body)
-            .filter(|b| b["incident_id"] == id.as_str())
-            .map(|b| b["manifest_sha256"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(shas.len(), 1, "{id}: announcements name {shas:?}");
-    }
+    // At least once, and every announcement of an incident names the same bundle.
+    each_stored_once_and_announced_alike(&w.s3, &captures, &ready).await;
     assert!(w.on("incidents.deadletter").await.is_empty());
     eprintln!(
         "chaos: {trials} incidents, {} announcements, all stored once and complete in {:.1} s",
@@ -2013,6 +2008,7 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
     let mut refused = 0;
     let mut moved = None;
     let mut orphan_before = 0;
+    let mut longest_refusal = Duration::ZERO;
     let started = Instant::now();
     for i in 0..n {
         if i == n / 4 {
@@ -2052,23 +2048,30 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         let inc = incident(&id);
         let at = Utc::now().timestamp_nanos_opt().unwrap() as i128;
         // As Alertmanager does: a refused or failed POST is sent again.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let first_try = Instant::now();
         loop {
             let sent = http
                 .post(format!("{}/v1/incidents", intake.base))
                 .json(&inc)
                 .send()
                 .await;
-            if sent.as_ref().is_ok_and(|r| r.status() == 202) {
-                break;
-            }
+            let why = match sent {
+                Ok(r) if r.status() == 202 => break,
+                Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
             refused += 1;
+            eprintln!(
+                "cluster: {id} refused after {:.1} s: {why}",
+                first_try.elapsed().as_secs_f64()
+            );
             assert!(
-                Instant::now() < deadline,
-                "the intake refused {id} for 30 s: {sent:?}"
+                first_try.elapsed() < Duration::from_secs(90),
+                "the intake refused {id} for 90 s: {why}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        longest_refusal = longest_refusal.max(first_try.elapsed());
         declared.insert(id, (at, inc));
         tokio::time::sleep(spacing).await;
     }
@@ -2086,19 +2089,13 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         .await;
     // First announcement of each incident, by JetStream's clock (the same machine's).
     let mut first: std::collections::BTreeMap<String, i128> = Default::default();
-    let mut shas: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
     for m in &ready {
-        let b = body(m);
-        let id = b["incident_id"].as_str().unwrap().to_owned();
+        let id = body(m)["incident_id"].as_str().unwrap().to_owned();
         let at = m.info().unwrap().published.timestamp_nanos_opt().unwrap() as i128;
         first
-            .entry(id.clone())
+            .entry(id)
             .and_modify(|t| *t = (*t).min(at))
             .or_insert(at);
-        shas.entry(id)
-            .or_default()
-            .insert(b["manifest_sha256"].as_str().unwrap().to_owned());
     }
     let missing: Vec<&String> = declared
         .keys()
@@ -2109,9 +2106,6 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         "not announced: {missing:?}\n{}",
         logs(&workers)
     );
-    for (id, s) in &shas {
-        assert_eq!(s.len(), 1, "{id}: announcements name {s:?}");
-    }
     // No worker gave up on the way.
     for (i, x) in workers.iter_mut().enumerate() {
         if let Ok(Some(status)) = x.child.try_wait() {
@@ -2132,17 +2126,11 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         logs(&workers)
     );
     assert!(per_worker.iter().all(|&c| c > 0), "{per_worker:?}");
-    for (id, (_, inc)) in &declared {
-        let capture = capture_id(inc, "declared");
-        let manifest = verify_stored(&w.s3, id, &capture).await;
-        assert_eq!(manifest["completeness"]["status"], "complete", "{id}");
-        let all = w.s3.keys(BUCKET, &format!("incidents/{id}/")).await;
-        assert!(
-            all.iter()
-                .all(|k| k.starts_with(&format!("incidents/{id}/{capture}/"))),
-            "{id}: one capture only: {all:?}"
-        );
-    }
+    let captures: Vec<(String, String)> = declared
+        .iter()
+        .map(|(id, (_, inc))| (id.clone(), capture_id(inc, "declared")))
+        .collect();
+    each_stored_once_and_announced_alike(&w.s3, &captures, &ready).await;
     assert!(w.on("incidents.deadletter").await.is_empty());
     // What the workers made is replicated on all three nodes.
     for stream in [
@@ -2175,11 +2163,13 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         as f64
         / 1e9;
     eprintln!(
-        "cluster: {n} incidents declared in {:.1} s ({refused} POSTs refused and sent again), \
+        "cluster: {n} incidents declared in {:.1} s ({refused} POSTs refused and sent again, \
+         the longest declaration {:.1} s), \
          captured by 3 workers {per_worker:?} in {span:.1} s ({:.2} incidents/s); \
          declaration to evidence.ready p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
          {} announcements",
         declaring.as_secs_f64(),
+        longest_refusal.as_secs_f64(),
         n as f64 / span,
         quantile(&latencies, 0.5),
         quantile(&latencies, 0.99),
