@@ -2018,20 +2018,29 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
         }
         if i == n / 2 {
             // The worker that was connected to n2 finds the others on its own (it was given
-            // n2's URL only) and goes on capturing while n2 is down.
+            // n2's URL only): connected to one of them and ready while n2 is down.
+            let others = [w.nats.nodes[0].port, w.nats.nodes[2].port];
             let deadline = Instant::now() + Duration::from_secs(30);
-            let mut orphan_after = captures_total(&workers[1]).await;
-            while orphan_after == orphan_before {
+            loop {
+                let log = workers[1].log();
+                let moved = others
+                    .iter()
+                    .any(|p| log.contains(&format!("connected successfully server={p}")));
+                let ready = reqwest::get(format!("http://{}/readyz", workers[1].metrics))
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if moved && ready {
+                    break;
+                }
                 assert!(
                     Instant::now() < deadline,
-                    "w1 captured nothing in 30 s while its node was down\n{}",
-                    workers[1].log()
+                    "w1 did not reconnect to another node within 30 s (moved {moved}, ready {ready})\n{log}"
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                orphan_after = captures_total(&workers[1]).await;
             }
+            let orphan_after = captures_total(&workers[1]).await;
             eprintln!(
-                "cluster: w1 captured {} incidents while its node n2 was down",
+                "cluster: w1 reconnected to another node; it captured {} incidents while n2 was down",
                 orphan_after - orphan_before
             );
             w.nats.nodes[1].restart();
