@@ -94,6 +94,15 @@ pub struct NatsSettings {
     pub replicas: usize,
 }
 
+impl NatsSettings {
+    /// The servers of `url`: one URL, or a cluster's as a comma-separated list (as the `nats`
+    /// tool takes them). async-nats reads a single string as one address, so the list is split
+    /// here; the configuration check refuses an empty or unreadable part.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
+}
+
 /// Which API a backend speaks.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -816,9 +825,7 @@ impl Settings {
 
     /// URLs and listen addresses, and what the stable links need.
     fn check_addresses(&self, errs: &mut Vec<String>) {
-        let n = &self.nats.url;
-        // async-nats takes a comma-separated list of servers.
-        for server in n.split(',').map(str::trim) {
+        for server in self.nats.servers() {
             let ok = url::Url::parse(server).is_ok_and(|u| {
                 matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") && u.host_str().is_some()
             });

@@ -60,15 +60,6 @@ fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
     (ma, mi) >= (major, minor)
 }
 
-/// The servers of `nats.url`: one URL, or a cluster's as a comma-separated list (as the `nats`
-/// tool takes them). async-nats reads a single string as one address, so the list is split here.
-fn servers(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 /// What JetStream said about a published message.
 #[derive(Clone, Copy, Debug)]
 pub struct Published {
@@ -110,7 +101,7 @@ impl Queue {
             options = options.nkey(settings.nkey.clone());
         }
         let client = options
-            .connect(servers(&settings.url))
+            .connect(settings.servers())
             .await
             .map_err(|e| QueueError::Connect(e.to_string()))?;
         let js = jetstream::ContextBuilder::new()
