@@ -76,6 +76,19 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What its /metrics page says.
+    async fn metrics_text(&self) -> String {
+        support::get_text(format!("http://{}/metrics", self.metrics)).await
+    }
+
+    /// Its /readyz answer: status and reason.
+    async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}/readyz", self.metrics))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
     /// Sends SIGTERM and waits for the exit; returns how long it took.
     fn terminate(&mut self) -> Duration {
         let start = Instant::now();
@@ -136,6 +149,16 @@ async fn world_on(nats: NatsCluster, kind: Kind, object_lock: bool) -> World {
 impl World {
     fn spool(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// What worker `name`'s spool holds besides its hidden staging and lock entries.
+    fn spooled(&self, name: &str) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(self.spool(name))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| !n.to_string_lossy().starts_with('.'))
+            .collect()
     }
 
     fn start_worker(&self, name: &str, extra: &[(&str, String)]) -> Worker {
@@ -664,7 +687,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
     );
     // What Prometheus sees: two captures stored, their traces counted, the webhook delivered
     // twice, the backend asked; and every worker metric the alerting rules and the dashboard use.
-    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    let metrics = worker.metrics_text().await;
     for sample in [
         "evidence_locker_worker_captures_total{status=\"complete\"} 2",
         "evidence_locker_worker_webhook_deliveries_total{result=\"delivered\"} 2",
@@ -691,10 +714,7 @@ async fn an_incident_becomes_a_locked_bundle_a_link_and_a_webhook_then_a_resolve
         // Only while a capture is in flight.
         &["evidence_locker_worker_retention_margin_seconds"],
     );
-    let ready = reqwest::get(format!("http://{}/readyz", worker.metrics))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(worker.readyz().await.0, 200);
     // Every line of a capture names its incident and capture.
     let log = worker.log();
     let captured: Vec<&str> = log.lines().filter(|l| l.contains(" captured ")).collect();
@@ -767,12 +787,7 @@ async fn five_copies_and_a_killed_worker_make_one_bundle() {
     assert_eq!(shas.len(), 1, "every announcement names the same bundle");
     assert!(w.on("incidents.deadletter").await.is_empty());
     for s in ["a", "b"] {
-        let spool = w.spool(s);
-        let left: Vec<_> = std::fs::read_dir(&spool)
-            .unwrap()
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .collect();
+        let left = w.spooled(s);
         assert!(left.is_empty(), "spool {s} not empty: {left:?}");
     }
 }
@@ -867,7 +882,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_carri
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["incident_id"], "INC-AFTER-1");
     // Prometheus counts each dead letter under a reason (the alert's label).
-    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    let metrics = worker.metrics_text().await;
     let count = |prefix: &str| -> u64 {
         metrics
             .lines()
@@ -956,16 +971,9 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     );
     assert!(spooled.exists());
     // Not ready while the store does not answer; the spool counts the waiting bundle.
-    let readyz = |worker: &Worker| {
-        let url = format!("http://{}/readyz", worker.metrics);
-        async move {
-            let r = reqwest::get(url).await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    };
-    let (status, why) = readyz(&worker).await;
+    let (status, why) = worker.readyz().await;
     assert_eq!((status, why.trim()), (503, "the store does not answer"));
-    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    let metrics = worker.metrics_text().await;
     assert!(
         metrics.contains("evidence_locker_worker_spool_bundles 1"),
         "{metrics}"
@@ -979,7 +987,7 @@ async fn with_s3_down_the_bundle_waits_in_the_spool_and_is_stored_when_s3_return
     let ready = w.ready(1, &worker).await;
     assert_eq!(body(&ready[0])["status"], "complete");
     assert_eq!(
-        readyz(&worker).await.0,
+        worker.readyz().await.0,
         200,
         "ready again once the bundle is stored"
     );
@@ -1085,11 +1093,7 @@ async fn s3_stopped_for_a_minute_mid_upload_loses_nothing_and_asks_the_backend_o
     );
     assert!(w.on("incidents.deadletter").await.is_empty());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_dir(w.spool("a"))
-        .unwrap()
-        .flatten()
-        .all(|e| e.file_name().to_string_lossy().starts_with('.'))
-    {
+    while !w.spooled("a").is_empty() {
         assert!(Instant::now() < deadline, "the spool still holds bundles");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1393,7 +1397,7 @@ async fn a_partial_capture_is_superseded_by_a_later_delivery_and_left_untouched(
         before,
         "the partial capture is left as it was"
     );
-    let metrics = support::get_text(format!("http://{}/metrics", worker_metrics(&worker))).await;
+    let metrics = worker.metrics_text().await;
     assert!(
         metrics.contains(
             "evidence_locker_worker_partial_captures_total{gap=\"backend_unavailable\"} 1"
@@ -1403,10 +1407,6 @@ async fn a_partial_capture_is_superseded_by_a_later_delivery_and_left_untouched(
 }
 
 /// The address a worker serves its metrics on.
-fn worker_metrics(worker: &Worker) -> String {
-    worker.metrics.clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_from_the_future_and_messages_not_due_yet_never_delay_a_real_incident() {
     let w = world(NatsServer::start(), Kind::S3sFs, false).await;
@@ -1480,10 +1480,7 @@ async fn the_stream_deleted_under_a_running_worker_is_made_again_and_the_next_in
         "{}",
         worker.log()
     );
-    let ready = reqwest::get(format!("http://{}/readyz", worker_metrics(&worker)))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(worker.readyz().await.0, 200);
 }
 
 /// A worker whose JetStream parts cannot all be made at start-up (here the claims bucket, whose
@@ -1514,10 +1511,7 @@ async fn a_worker_waits_for_jetstream_parts_it_cannot_make_yet_then_captures() {
         "the worker keeps waiting:\n{}",
         worker.log()
     );
-    let ready = reqwest::get(format!("http://{}/readyz", worker_metrics(&worker)))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(worker.readyz().await.0, 503);
     w.js.delete_stream("BLOCKER").await.unwrap();
     let inc = w.declare("INC-AFTER-WAIT").await;
     let ready = w.ready(1, &worker).await;
@@ -1704,7 +1698,7 @@ async fn queued_incidents_are_captured_earliest_retention_deadline_first_and_an_
         log.contains("little time left before the window's oldest part"),
         "{log}"
     );
-    let metrics = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    let metrics = worker.metrics_text().await;
     assert!(
         metrics.contains("evidence_locker_worker_retention_margin_warnings_total 2"),
         "{metrics}"
@@ -1892,7 +1886,7 @@ async fn a_worker_killed_at_random_points_leaves_one_complete_bundle_per_inciden
 
 /// The capture counts a worker's /metrics reports, summed over statuses.
 async fn captures_total(worker: &Worker) -> u64 {
-    let text = support::get_text(format!("http://{}/metrics", worker.metrics)).await;
+    let text = worker.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with("evidence_locker_worker_captures_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -1916,7 +1910,7 @@ async fn move_leader(js: &jetstream::Context, stream: &str) -> (String, String) 
             .unwrap()
             .clone(),
     );
-    let reply = w_request(js, &format!("STREAM.LEADER.STEPDOWN.{stream}")).await;
+    let reply = js_api_request(js, &format!("STREAM.LEADER.STEPDOWN.{stream}")).await;
     assert!(reply.contains("\"success\":true"), "{stream}: {reply}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1939,7 +1933,7 @@ async fn move_leader(js: &jetstream::Context, stream: &str) -> (String, String) 
 /// A JetStream API request (`subject` after `$JS.API.`) with an empty body, sent again while it
 /// times out (a cluster that lost a node answers once it has elected new leaders); the reply as
 /// text.
-async fn w_request(js: &jetstream::Context, subject: &str) -> String {
+async fn js_api_request(js: &jetstream::Context, subject: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match js
@@ -2026,9 +2020,7 @@ async fn a_three_node_cluster_captures_every_incident_once_through_a_node_loss_a
                 let moved = others
                     .iter()
                     .any(|p| log.contains(&format!("connected successfully server={p}")));
-                let ready = reqwest::get(format!("http://{}/readyz", workers[1].metrics))
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
+                let ready = workers[1].readyz().await.0 == 200;
                 if moved && ready {
                     break;
                 }

@@ -31,12 +31,18 @@ pub fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::launch(tempfile::tempdir().unwrap(), None, Vec::new())
+    }
+
+    /// Starts a server on a free port with its storage in `dir`, a config file, and cluster
+    /// arguments.
+    fn launch(dir: tempfile::TempDir, config: Option<PathBuf>, cluster: Vec<String>) -> Self {
         let mut s = Self {
             port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             child: None,
-            config: None,
-            cluster: Vec::new(),
+            config,
+            cluster,
         };
         s.restart();
         s
@@ -54,15 +60,7 @@ impl NatsServer {
             ),
         )
         .unwrap();
-        let mut s = Self {
-            port: free_port(),
-            dir,
-            child: None,
-            config: Some(config),
-            cluster: Vec::new(),
-        };
-        s.restart();
-        s
+        Self::launch(dir, Some(config), Vec::new())
     }
 
     pub fn url(&self) -> String {
@@ -157,12 +155,10 @@ impl NatsCluster {
                     .filter(|&(j, _)| j != i)
                     .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
                     .collect();
-                let mut s = NatsServer {
-                    port: free_port(),
-                    dir: tempfile::tempdir().unwrap(),
-                    child: None,
-                    config: None,
-                    cluster: vec![
+                NatsServer::launch(
+                    tempfile::tempdir().unwrap(),
+                    None,
+                    vec![
                         "--server_name".into(),
                         format!("n{}", i + 1),
                         "--cluster_name".into(),
@@ -172,9 +168,7 @@ impl NatsCluster {
                         "--routes".into(),
                         routes.join(","),
                     ],
-                };
-                s.restart();
-                s
+                )
             })
             .collect();
         Self { nodes }
