@@ -747,7 +747,8 @@ fn propagation_graph(h: &mut String, r: &ReportInput<'_>) {
             p.traces
         );
     }
-    for (s, (x, y)) in &at {
+    // Row by row, left to right: the same evidence draws the same page.
+    for (s, (x, y)) in rows.iter().flatten().filter_map(|s| Some((*s, at.get(s)?))) {
         let label: String = if s.chars().count() > 15 {
             s.chars().take(14).chain(['…']).collect()
         } else {
