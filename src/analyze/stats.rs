@@ -186,17 +186,13 @@ pub fn service_stats(
             if s.is_error() {
                 a.error_spans += 1;
                 if s.start_ns >= input.window_start_ns {
-                    let candidate = (
-                        s.end_ns,
-                        s.trace_id,
-                        s.span_id,
-                        s.status.message.as_deref().map(str::to_owned),
-                    );
+                    let candidate = (s.end_ns, s.trace_id, s.span_id);
                     if a.first_error
                         .as_ref()
-                        .is_none_or(|f| (candidate.0, candidate.1, candidate.2) < (f.0, f.1, f.2))
+                        .is_none_or(|f| candidate < (f.0, f.1, f.2))
                     {
-                        a.first_error = Some(candidate);
+                        let message = s.status.message.as_deref().map(str::to_owned);
+                        a.first_error = Some((candidate.0, candidate.1, candidate.2, message));
                     }
                 }
             }
@@ -276,12 +272,20 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
         base_ns: i128,
         base_n: usize,
         inc_critical_ns: i128,
-        inc_traces: std::collections::BTreeSet<crate::model::TraceId>,
+        /// Traces counted, and the last one (its place in the forest, plus one): a trace's
+        /// spans are seen one after the other.
+        inc_traces: (usize, usize),
         base_critical_ns: i128,
-        base_traces: std::collections::BTreeSet<crate::model::TraceId>,
+        base_traces: (usize, usize),
+    }
+    fn count_trace((n, last): &mut (usize, usize), t: usize) {
+        if *last != t {
+            *n += 1;
+            *last = t;
+        }
     }
     let mut sums: BTreeMap<(&str, &str), Sums> = BTreeMap::new();
-    for t in forest {
+    for (ti, t) in (1..).zip(forest) {
         let interesting = t.purposes.has(Purpose::Errors) || t.purposes.has(Purpose::Slow);
         let critical = t.critical_times();
         for (i, s) in t.trace.spans.iter().enumerate() {
@@ -295,12 +299,12 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
                 e.base_ns += self_ns;
                 e.base_n += 1;
                 e.base_critical_ns += i128::from(critical[i]);
-                e.base_traces.insert(t.trace.id);
+                count_trace(&mut e.base_traces, ti);
             } else {
                 e.inc_ns += self_ns;
                 e.inc_n += 1;
                 e.inc_critical_ns += i128::from(critical[i]);
-                e.inc_traces.insert(t.trace.id);
+                count_trace(&mut e.inc_traces, ti);
             }
         }
     }
@@ -312,11 +316,10 @@ pub fn latency(forest: &[TraceTree<'_>], input: &AnalysisInput) -> Vec<LatencyEn
                 s.inc_critical_ns,
                 LatencyEntry {
                     incident_critical_ms_per_trace: round4(
-                        s.inc_critical_ns as f64 / s.inc_traces.len().max(1) as f64 / 1e6,
+                        s.inc_critical_ns as f64 / s.inc_traces.0.max(1) as f64 / 1e6,
                     ),
-                    baseline_critical_ms_per_trace: (!s.base_traces.is_empty()).then(|| {
-                        round4(s.base_critical_ns as f64 / s.base_traces.len() as f64 / 1e6)
-                    }),
+                    baseline_critical_ms_per_trace: (s.base_traces.0 > 0)
+                        .then(|| round4(s.base_critical_ns as f64 / s.base_traces.0 as f64 / 1e6)),
                     service: service.to_owned(),
                     operation: operation.to_owned(),
                     incident_self_ms: round4(s.inc_ns as f64 / s.inc_n as f64 / 1e6),

@@ -48,8 +48,8 @@ pub fn build(forest: &[TraceTree<'_>], analysis: &Analysis, input: &AnalysisInpu
     let mut entries = Vec::new();
     // Traces by id, built once: looked up for every failing service and every propagation edge
     // (a scan of the forest each time made the timeline quadratic in the failing services).
-    let mut by_trace: std::collections::HashMap<TraceId, usize> =
-        std::collections::HashMap::with_capacity(forest.len());
+    let mut by_trace: foldhash::HashMap<TraceId, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(forest.len(), Default::default());
     for (i, t) in forest.iter().enumerate() {
         by_trace.entry(t.trace.id).or_insert(i);
     }

@@ -1,7 +1,7 @@
 //! The parent/child structure of each trace, and what follows from it: which errors are the
 //! source of others, and which caller→callee edges a failure travelled along.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Propagation, time};
 use crate::capture::Purposes;
@@ -26,7 +26,8 @@ const NO_PARENT: u32 = u32::MAX;
 impl<'a> TraceTree<'a> {
     pub fn new(trace: &'a Trace, purposes: Purposes) -> Self {
         let n = trace.spans.len();
-        let mut by_id: HashMap<SpanId, usize> = HashMap::with_capacity(n);
+        let mut by_id: foldhash::HashMap<SpanId, usize> =
+            foldhash::HashMap::with_capacity_and_hasher(n, Default::default());
         // A repeated id (a malformed trace) keeps its first span; Zipkin's shared client and
         // server halves got ids of their own when read.
         for (i, s) in trace.spans.iter().enumerate() {

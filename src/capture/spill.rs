@@ -109,14 +109,14 @@ impl Entries {
 /// Where each trace kept lies, once the plan has sorted the traces out.
 #[derive(Default)]
 struct Kept {
-    records: HashMap<TraceId, Vec<Record>>,
+    records: foldhash::HashMap<TraceId, Vec<Record>>,
 }
 
 #[derive(Default)]
 struct State {
     len: u64,
     /// While reading: each trace's entry number.
-    index: HashMap<TraceId, u32>,
+    index: foldhash::HashMap<TraceId, u32>,
     entries: Entries,
     /// The compact spans of the entries.
     slabs: Slabs,
@@ -278,7 +278,7 @@ impl Spill {
         }
         drop(at);
         *entries = Entries::default();
-        *index = HashMap::new();
+        *index = Default::default();
         *slabs = Slabs::default();
         release_freed_memory();
         keep.into_iter()

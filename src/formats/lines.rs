@@ -24,7 +24,11 @@ pub(super) fn parse_lines(
     first_line: usize,
     mut format: Format,
 ) -> Result<Format, FormatError> {
-    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+    for (n, end) in ends.enumerate() {
+        let line = &bytes[start..end];
+        start = end + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

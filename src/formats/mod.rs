@@ -9,7 +9,7 @@ mod lines;
 pub mod otlp;
 pub mod zipkin;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::{Resource, Scope, Span, Trace, TraceId};
@@ -58,7 +58,7 @@ impl Format {
 /// Shares the strings that repeat across spans (service, operation and attribute names).
 #[derive(Default)]
 pub struct Interner {
-    strings: HashMap<Box<str>, Arc<str>>,
+    strings: foldhash::HashMap<Box<str>, Arc<str>>,
 }
 
 impl Interner {
@@ -92,9 +92,9 @@ pub struct TraceCollector {
     /// Where each part goes once read, when the input is streamed rather than kept.
     sink: Option<Arc<dyn TraceSink>>,
     pub interner: Interner,
-    resources: HashMap<Arc<str>, Vec<Arc<Resource>>>,
+    resources: foldhash::HashMap<Arc<str>, Vec<Arc<Resource>>>,
     scopes: Vec<Arc<Scope>>,
-    index: HashMap<TraceId, usize>,
+    index: foldhash::HashMap<TraceId, usize>,
     traces: Vec<Trace>,
     skipped: BTreeMap<String, usize>,
     notes: BTreeMap<String, usize>,
@@ -131,9 +131,9 @@ impl TraceCollector {
         self.count_duplicates(duplicates);
         // What is left of a part is its counts: the tables that built its traces go with them
         // (thousands of parts are kept until the input ends).
-        self.index = HashMap::new();
+        self.index = Default::default();
         self.interner = Interner::default();
-        self.resources = HashMap::new();
+        self.resources = Default::default();
         self.scopes = Vec::new();
         sink.take(part, std::mem::take(&mut self.traces))
     }

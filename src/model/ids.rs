@@ -83,7 +83,12 @@ impl TraceId {
 
     /// 32 lower-case hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex().as_str().to_owned()
+    }
+
+    /// 32 lower-case hex digits, without an allocation.
+    pub fn hex(&self) -> HexId {
+        HexId::of(&self.0)
     }
 }
 
@@ -100,13 +105,51 @@ impl SpanId {
 
     /// 16 lower-case hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex().as_str().to_owned()
+    }
+
+    /// 16 lower-case hex digits, without an allocation.
+    pub fn hex(&self) -> HexId {
+        HexId::of(&self.0)
+    }
+}
+
+/// An id written as lower-case hex, held on the stack: the writers put three in every span.
+#[derive(Clone, Copy)]
+pub struct HexId {
+    digits: [u8; 32],
+    len: u8,
+}
+
+impl HexId {
+    fn of(bytes: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 32];
+        for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        Self {
+            digits,
+            len: (bytes.len() * 2).min(32) as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for HexId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for TraceId {
@@ -116,7 +159,7 @@ impl fmt::Debug for TraceId {
 }
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for SpanId {

@@ -5,7 +5,7 @@ mod ids;
 mod incident;
 mod span;
 
-pub use ids::{IdError, SpanId, TraceId};
+pub use ids::{HexId, IdError, SpanId, TraceId};
 pub use incident::{
     EARLIEST_NS, Incident, IncidentError, IncidentId, IncidentParts, LATEST_NS, ObjectError,
     ResolvedWindow, TimeWindow, WindowDefaults, json_object,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::Serialize;
 
-use crate::model::{AttrValue, Resource, StatusCode, Trace};
+use crate::model::{AttrValue, HexId, Resource, StatusCode, Trace};
 
 #[derive(Serialize)]
 struct TagOut<'a> {
@@ -56,9 +56,9 @@ fn str_tag<'a>(key: &'a str, value: &'a str) -> TagOut<'a> {
 struct ReferenceOut {
     ref_type: &'static str,
     #[serde(rename = "traceID")]
-    trace_id: String,
+    trace_id: HexId,
     #[serde(rename = "spanID")]
-    span_id: String,
+    span_id: HexId,
 }
 
 #[derive(Serialize)]
@@ -71,9 +71,9 @@ struct LogOut<'a> {
 #[serde(rename_all = "camelCase")]
 struct SpanOut<'a> {
     #[serde(rename = "traceID")]
-    trace_id: String,
+    trace_id: HexId,
     #[serde(rename = "spanID")]
-    span_id: String,
+    span_id: HexId,
     flags: u8,
     operation_name: &'a str,
     references: Vec<ReferenceOut>,
@@ -96,7 +96,7 @@ struct ProcessOut<'a> {
 #[derive(Serialize)]
 struct TraceOut<'a> {
     #[serde(rename = "traceID")]
-    trace_id: String,
+    trace_id: HexId,
     spans: Vec<SpanOut<'a>>,
     processes: BTreeMap<String, ProcessOut<'a>>,
     warnings: Option<()>,
@@ -133,15 +133,15 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
         if let Some(p) = s.parent {
             references.push(ReferenceOut {
                 ref_type: "CHILD_OF",
-                trace_id: s.trace_id.to_hex(),
-                span_id: p.to_hex(),
+                trace_id: s.trace_id.hex(),
+                span_id: p.hex(),
             });
         }
         for l in &s.links {
             references.push(ReferenceOut {
                 ref_type: "FOLLOWS_FROM",
-                trace_id: l.trace_id.to_hex(),
-                span_id: l.span_id.to_hex(),
+                trace_id: l.trace_id.hex(),
+                span_id: l.span_id.hex(),
             });
         }
         let mut tags: Vec<TagOut<'_>> = s
@@ -183,8 +183,8 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
             })
             .collect();
         spans.push(SpanOut {
-            trace_id: s.trace_id.to_hex(),
-            span_id: s.span_id.to_hex(),
+            trace_id: s.trace_id.hex(),
+            span_id: s.span_id.hex(),
             flags: 1,
             operation_name: &s.operation,
             references,
@@ -197,7 +197,7 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
         });
     }
     TraceOut {
-        trace_id: trace.id.to_hex(),
+        trace_id: trace.id.hex(),
         spans,
         processes,
         warnings: None,

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use crate::model::{AttrValue, Attribute, Resource, Scope, Span, Trace};
+use crate::model::{AttrValue, Attribute, HexId, Resource, Scope, Span, Trace};
 
 struct Attrs<'a>(&'a [Attribute]);
 struct Value<'a>(&'a AttrValue);
@@ -37,7 +37,7 @@ impl Serialize for Value<'_> {
         match self.0 {
             AttrValue::Str(v) => m.serialize_entry("stringValue", v)?,
             AttrValue::Bool(v) => m.serialize_entry("boolValue", v)?,
-            AttrValue::Int(v) => m.serialize_entry("intValue", &v.to_string())?,
+            AttrValue::Int(v) => m.serialize_entry("intValue", &Decimal(*v))?,
             // Protobuf's JSON mapping writes non-finite doubles as strings.
             AttrValue::Double(v) if v.is_nan() => m.serialize_entry("doubleValue", "NaN")?,
             AttrValue::Double(v) if v.is_infinite() => m.serialize_entry(
@@ -66,6 +66,15 @@ impl Serialize for Value<'_> {
     }
 }
 
+/// An integer as a JSON string of its decimal digits (protobuf's JSON mapping of int64).
+struct Decimal(i64);
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(itoa::Buffer::new().format(self.0))
+    }
+}
+
 #[derive(Serialize)]
 struct ArrayOut<'a> {
     values: Vec<Value<'a>>,
@@ -79,16 +88,16 @@ struct KvListOut<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SpanOut<'a> {
-    trace_id: String,
-    span_id: String,
+    trace_id: HexId,
+    span_id: HexId,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_state: Option<&'a str>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    parent_span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<HexId>,
     name: &'a str,
     kind: u8,
-    start_time_unix_nano: String,
-    end_time_unix_nano: String,
+    start_time_unix_nano: Decimal,
+    end_time_unix_nano: Decimal,
     #[serde(skip_serializing_if = "is_empty_attrs")]
     attributes: Attrs<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -105,7 +114,7 @@ fn is_empty_attrs(a: &Attrs<'_>) -> bool {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EventOut<'a> {
-    time_unix_nano: String,
+    time_unix_nano: Decimal,
     name: &'a str,
     #[serde(skip_serializing_if = "is_empty_attrs")]
     attributes: Attrs<'a>,
@@ -114,8 +123,8 @@ struct EventOut<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct LinkOut<'a> {
-    trace_id: String,
-    span_id: String,
+    trace_id: HexId,
+    span_id: HexId,
     #[serde(skip_serializing_if = "is_empty_attrs")]
     attributes: Attrs<'a>,
 }
@@ -165,20 +174,20 @@ struct TracesDataOut<'a> {
 
 fn span_out(s: &Span) -> SpanOut<'_> {
     SpanOut {
-        trace_id: s.trace_id.to_hex(),
-        span_id: s.span_id.to_hex(),
+        trace_id: s.trace_id.hex(),
+        span_id: s.span_id.hex(),
         trace_state: s.trace_state.as_deref(),
-        parent_span_id: s.parent.map(|p| p.to_hex()).unwrap_or_default(),
+        parent_span_id: s.parent.map(|p| p.hex()),
         name: &s.operation,
         kind: s.kind.otlp_number(),
-        start_time_unix_nano: s.start_ns.to_string(),
-        end_time_unix_nano: s.end_ns.to_string(),
+        start_time_unix_nano: Decimal(s.start_ns),
+        end_time_unix_nano: Decimal(s.end_ns),
         attributes: Attrs(&s.attributes),
         events: s
             .events
             .iter()
             .map(|e| EventOut {
-                time_unix_nano: e.time_ns.to_string(),
+                time_unix_nano: Decimal(e.time_ns),
                 name: &e.name,
                 attributes: Attrs(&e.attributes),
             })
@@ -187,8 +196,8 @@ fn span_out(s: &Span) -> SpanOut<'_> {
             .links
             .iter()
             .map(|l| LinkOut {
-                trace_id: l.trace_id.to_hex(),
-                span_id: l.span_id.to_hex(),
+                trace_id: l.trace_id.hex(),
+                span_id: l.span_id.hex(),
                 attributes: Attrs(&l.attributes),
             })
             .collect(),
