@@ -201,9 +201,66 @@ pub fn analyze_with(
         .iter()
         .map(|(t, p)| tree::TraceTree::new(t, *p))
         .collect();
-    let services = stats::service_stats(&forest, input);
-    let sources = tree::source_errors(&forest);
-    let ranked = rank::rank(&forest, &sources, input);
+    // The figures that do not depend on the origin are worked out on a second core while this
+    // one ranks the candidates and reads the suspects back.
+    std::thread::scope(|scope| {
+        let apart = scope.spawn(|| {
+            let services = stats::service_stats(&forest, input);
+            let recovered = recoveries(&forest, |t, i, s| t.is_entry(i).then_some(&**s.service()));
+            let propagation = tree::propagation(&forest);
+            let latency = stats::latency(&forest, input);
+            (services, recovered, propagation, latency)
+        });
+        let by_origin = by_origin(&forest, input, spill);
+        let (services, recovered, propagation, latency) = apart
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let (origin, ranking, recovery, suspects) = by_origin?;
+        Ok(assemble(
+            traces,
+            &forest,
+            input,
+            Parts {
+                services,
+                recovered,
+                propagation,
+                latency,
+                origin,
+                ranking,
+                recovery,
+                suspects,
+            },
+        ))
+    })
+}
+
+/// The parts of the analysis worked out apart.
+struct Parts<'a> {
+    services: BTreeMap<String, ServiceStats>,
+    recovered: HashMap<&'a str, Evidence>,
+    propagation: Vec<Propagation>,
+    latency: Vec<LatencyEntry>,
+    origin: Option<Origin>,
+    ranking: Vec<Candidate>,
+    recovery: Option<Evidence>,
+    suspects: Vec<Suspect>,
+}
+
+/// The origin, the ranking it came first in, the origin's recovery and its suspects.
+type ByOrigin = (
+    Option<Origin>,
+    Vec<Candidate>,
+    Option<Evidence>,
+    Vec<Suspect>,
+);
+
+fn by_origin(
+    forest: &[tree::TraceTree<'_>],
+    input: &AnalysisInput,
+    spill: Option<&Spill>,
+) -> std::io::Result<ByOrigin> {
+    let sources = tree::source_errors(forest);
+    let ranked = rank::rank(forest, &sources, input);
     let total: f64 = ranked.iter().map(|(c, _)| c.score).sum();
     let origin = ranked
         .first()
@@ -243,29 +300,13 @@ pub fn analyze_with(
             })
         });
     let ranking: Vec<Candidate> = ranked.into_iter().map(|(c, _)| c).collect();
-    let propagation = tree::propagation(&forest);
-    let latency = stats::latency(&forest, input);
     // The origin's recovery: its first successful call after its last failing one.
     let recovery = origin.as_ref().and_then(|o| {
-        recoveries(&forest, |_, _, s| {
+        recoveries(forest, |_, _, s| {
             (**s.service() == *o.service && *s.operation == *o.operation).then_some(())
         })
         .remove(&())
     });
-    let recovery_note = match (&origin, &recovery) {
-        (_, Some(_)) => None,
-        (None, None) => Some("no origin of a failure was found, so no recovery either".to_owned()),
-        (Some(o), None) => Some(format!(
-            "not recovered at capture time: no successful {} of {} after its last failure among the captured traces",
-            o.operation, o.service
-        )),
-    };
-    let mut services = services;
-    let mut recovered = recoveries(&forest, |t, i, s| t.is_entry(i).then_some(&**s.service()));
-    for (name, stats) in services.iter_mut() {
-        // Per service: its first successful request after its last failing one.
-        stats.recovery = recovered.remove(name.as_str());
-    }
     let suspects = match &origin {
         None => Vec::new(),
         Some(o) => {
@@ -290,9 +331,40 @@ pub fn analyze_with(
                     Some(suspects::SpanAttributes::new(read))
                 }
             };
-            suspects::suspects(&forest, o, input, read_back.as_ref())
+            suspects::suspects(forest, o, input, read_back.as_ref())
         }
     };
+    Ok((origin, ranking, recovery, suspects))
+}
+
+fn assemble(
+    traces: &[(Trace, Purposes)],
+    forest: &[tree::TraceTree<'_>],
+    input: &AnalysisInput,
+    parts: Parts<'_>,
+) -> (Analysis, Timeline) {
+    let Parts {
+        mut services,
+        mut recovered,
+        propagation,
+        latency,
+        origin,
+        ranking,
+        recovery,
+        suspects,
+    } = parts;
+    let recovery_note = match (&origin, &recovery) {
+        (_, Some(_)) => None,
+        (None, None) => Some("no origin of a failure was found, so no recovery either".to_owned()),
+        (Some(o), None) => Some(format!(
+            "not recovered at capture time: no successful {} of {} after its last failure among the captured traces",
+            o.operation, o.service
+        )),
+    };
+    for (name, stats) in services.iter_mut() {
+        // Per service: its first successful request after its last failing one.
+        stats.recovery = recovered.remove(name.as_str());
+    }
     let failure_order = failure_order(&services, &propagation);
     let sampled: Vec<&Trace> = traces
         .iter()
@@ -319,8 +391,8 @@ pub fn analyze_with(
         recovery,
         recovery_note,
     };
-    let timeline = timeline::build(&forest, &analysis, input);
-    Ok((analysis, timeline))
+    let timeline = timeline::build(forest, &analysis, input);
+    (analysis, timeline)
 }
 
 /// Services in the order they started failing: a topological order of the propagation edges

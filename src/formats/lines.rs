@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use super::{Format, FormatError, ReadError, TraceCollector, jaeger, otlp};
+use super::{Format, FormatError, Json, ReadError, TraceCollector, jaeger, otlp};
 
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -24,17 +24,24 @@ pub(super) fn parse_lines(
     first_line: usize,
     mut format: Format,
 ) -> Result<Format, FormatError> {
+    // One check of the whole part: each line's strings then need none of their own.
+    let text = std::str::from_utf8(bytes).ok();
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
     for (n, end) in ends.enumerate() {
+        let json = match text {
+            // A newline is never inside a character, so the cut is on a boundary.
+            Some(t) => Json::Text(t.get(start..end).unwrap_or_default()),
+            None => Json::Bytes(&bytes[start..end]),
+        };
         let line = &bytes[start..end];
         start = end + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let same = match format {
-            Format::JaegerTrace => jaeger::parse_if_trace(line, c),
-            Format::Otlp => otlp::parse_if_plain(line, c),
+            Format::JaegerTrace => jaeger::parse_if_trace(json, c),
+            Format::Otlp => otlp::parse_if_plain(json, c),
             _ => false,
         };
         if same {

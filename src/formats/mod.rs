@@ -55,6 +55,23 @@ impl Format {
     }
 }
 
+/// One document's JSON: text already known to be UTF-8 (a whole part of JSON Lines is checked at
+/// once, so each string need not be), or bytes not checked yet.
+#[derive(Clone, Copy)]
+pub enum Json<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Json<'a> {
+    pub fn parse<T: serde::Deserialize<'a>>(self) -> serde_json::Result<T> {
+        match self {
+            Self::Text(t) => serde_json::from_str(t),
+            Self::Bytes(b) => serde_json::from_slice(b),
+        }
+    }
+}
+
 /// Shares the strings that repeat across spans (service, operation and attribute names).
 #[derive(Default)]
 pub struct Interner {

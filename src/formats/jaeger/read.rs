@@ -9,7 +9,7 @@ use chrono::DateTime;
 use serde::Deserialize;
 
 use crate::formats::lenient::i64_any;
-use crate::formats::{Format, FormatError, TraceCollector};
+use crate::formats::{Format, FormatError, Json, TraceCollector};
 use crate::model::{
     AttrValue, Attribute, Event, Link, Resource, Span, SpanId, SpanKind, Status, StatusCode,
     TraceId,
@@ -345,8 +345,8 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
 /// Parses `bytes` as one Jaeger UI trace (`{traceID, spans, processes}`) if it is one; `false`,
 /// with nothing added, if it is not. JSON Lines of traces are read a line at a time this way,
 /// without detecting each line's format again.
-pub fn parse_if_trace(bytes: &[u8], c: &mut TraceCollector) -> bool {
-    match serde_json::from_slice::<JTrace<'_>>(bytes) {
+pub fn parse_if_trace(json: Json<'_>, c: &mut TraceCollector) -> bool {
+    match json.parse::<JTrace<'_>>() {
         Ok(t) if t.trace_id.is_some() && !t.spans.is_empty() => {
             add_trace(t, c);
             true

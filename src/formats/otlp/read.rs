@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::formats::lenient::{NumberOrName, f64_any, i64_any};
-use crate::formats::{FormatError, TraceCollector};
+use crate::formats::{FormatError, Json, TraceCollector};
 use crate::model::{
     AttrValue, Attribute, Event, Link, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode,
     TraceId,
@@ -239,8 +239,8 @@ pub fn parse(bytes: &[u8], c: &mut TraceCollector) -> Result<(), FormatError> {
 
 /// Parses `bytes` as a plain OTLP `TracesData` (`resourceSpans` or `batches`) if it is one;
 /// `false`, with nothing added, if it is not.
-pub fn parse_if_plain(bytes: &[u8], c: &mut TraceCollector) -> bool {
-    match serde_json::from_slice::<Document<'_>>(bytes) {
+pub fn parse_if_plain(json: Json<'_>, c: &mut TraceCollector) -> bool {
+    match json.parse::<Document<'_>>() {
         Ok(doc) if !doc.resource_spans.is_empty() => {
             add_resource_spans(doc.resource_spans, c);
             true
