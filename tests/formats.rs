@@ -501,3 +501,74 @@ fn the_fast_line_parser_reads_every_awkward_line_as_the_detecting_reader_does() 
         assert_eq!(detected, fast, "{name}");
     }
 }
+
+/// A process seen again is given the resource made of it before, without making it again; one of
+/// the same service whose tags differ, if only in type (`"5"` as text, as an int64, as a bool
+/// `"true"` against a string `"true"`), gets a resource of its own with its own values.
+#[test]
+fn processes_of_one_service_share_a_resource_only_when_their_tags_are_the_same() {
+    let process = |tags: &str| format!(r#"{{"serviceName":"checkout","tags":[{tags}]}}"#);
+    let line = |trace: u32, tags: &str| {
+        format!(
+            r#"{{"traceID":"{trace:032x}","spans":[{{"traceID":"{trace:032x}","spanID":"00000000000000a1","operationName":"op","references":[],"startTime":1700000000000000,"duration":1500,"tags":[],"logs":[],"processID":"p1"}}],"processes":{{"p1":{}}}}}"#,
+            process(tags)
+        )
+    };
+    let processes = [
+        r#"{"key":"n","type":"string","value":"5"}"#,
+        r#"{"key":"n","type":"int64","value":"5"}"#,
+        r#"{"key":"n","type":"string","value":"5"}"#,
+        r#"{"key":"n","type":"bool","value":"true"}"#,
+        r#"{"key":"n","type":"string","value":"true"}"#,
+        r#"{"key":"n","vType":"INT64","vInt64":5}"#,
+        r#"{"key":"m","type":"string","value":"5"}"#,
+        "",
+    ];
+    // The first line is read alone (it tells the format); resources are shared within the
+    // parts the rest is read in.
+    let first = line(99, "").replace("checkout", "frontend") + "\n";
+    let file: String = std::iter::once(first)
+        .chain(
+            processes
+                .iter()
+                .enumerate()
+                .map(|(i, tags)| line(i as u32 + 1, tags) + "\n"),
+        )
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traces.jsonl");
+    std::fs::write(&path, file).unwrap();
+    let parsed = parse(&path);
+    assert_eq!(parsed.traces.len(), processes.len() + 1);
+    let resources: Vec<_> = parsed.traces[1..]
+        .iter()
+        .map(|t| t.spans[0].resource.clone())
+        .collect();
+    let values: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            r.attributes[1..]
+                .iter()
+                .map(|a| format!("{}={:?}", a.key, a.value))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        values,
+        [
+            r#"n=Str("5")"#,
+            "n=Int(5)",
+            r#"n=Str("5")"#,
+            "n=Bool(true)",
+            r#"n=Str("true")"#,
+            "n=Int(5)",
+            r#"m=Str("5")"#,
+            "",
+        ]
+    );
+    let shared = |a: usize, b: usize| std::sync::Arc::ptr_eq(&resources[a], &resources[b]);
+    assert!(shared(0, 2) && shared(1, 5), "an equal process shares its resource");
+    for (a, b) in [(0, 1), (0, 4), (3, 4), (0, 6), (0, 7)] {
+        assert!(!shared(a, b), "processes {a} and {b} differ but share a resource");
+    }
+}

@@ -367,11 +367,34 @@ impl Spill {
         extents.sort_unstable_by_key(|(_, e)| e.0);
         let mut names = HashMap::new();
         let mut out = Vec::new();
-        for (id, extent) in extents {
-            let bytes = self.read(extent)?;
-            let spans =
-                spill_attrs::decode(&bytes, &mut names, wanted).map_err(io::Error::other)?;
-            out.extend(spans.into_iter().map(|s| (id, s)));
+        // Records close together are read in one go: a trace's record sits a few KiB after the
+        // previous one's, and a read per record cost more than the bytes between them.
+        let mut rest = extents.as_slice();
+        while let Some(((_, (start, _)), _)) = rest.split_first() {
+            let run = rest
+                .iter()
+                .take_while(|(_, (offset, len))| {
+                    offset + u64::from(*len) - start <= COALESCED_READ as u64
+                })
+                .count()
+                .max(1);
+            let (group, after) = rest.split_at(run);
+            rest = after;
+            let end = group
+                .iter()
+                .map(|(_, (offset, len))| offset + u64::from(*len))
+                .max()
+                .unwrap_or(*start);
+            let bytes = self.read((*start, len32((end - start) as usize)?))?;
+            for (id, (offset, len)) in group {
+                let at = (offset - start) as usize;
+                let record = bytes
+                    .get(at..at + *len as usize)
+                    .ok_or_else(|| io::Error::other("a spilled record lies outside its read"))?;
+                let spans =
+                    spill_attrs::decode(record, &mut names, wanted).map_err(io::Error::other)?;
+                out.extend(spans.into_iter().map(|s| (*id, s)));
+            }
         }
         Ok(out)
     }
@@ -393,6 +416,9 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// The most bytes [`Spill::attributes`] reads at once.
+const COALESCED_READ: usize = 1 << 20;
 
 fn len32(n: usize) -> io::Result<u32> {
     u32::try_from(n).map_err(|_| io::Error::other("a single trace of 4 GiB or more"))

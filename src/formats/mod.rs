@@ -162,6 +162,16 @@ impl TraceCollector {
         }
     }
 
+    /// The shared copy of a resource of `service` seen before that `is` accepts, if there is
+    /// one: [`TraceCollector::resource`] would return it for an equal resource.
+    pub fn known_resource(
+        &self,
+        service: &str,
+        is: impl Fn(&Resource) -> bool,
+    ) -> Option<Arc<Resource>> {
+        self.resources.get(service)?.iter().find(|r| is(r)).cloned()
+    }
+
     /// The shared copy of an equal resource seen before, or this one.
     pub fn resource(&mut self, resource: Resource) -> Arc<Resource> {
         let same = self.resources.entry(resource.service.clone()).or_default();

@@ -301,6 +301,11 @@ fn process_resource(p: &JProcess<'_>, c: &mut TraceCollector) -> Arc<Resource> {
     } else {
         &p.service_name
     };
+    // The same process comes with every trace of a service: the resource made from it before
+    // is found without making it again.
+    if let Some(r) = c.known_resource(service, |r| is_resource_of(r, service, &p.tags)) {
+        return r;
+    }
     let service = c.interner.get(service);
     let mut attributes = vec![Attribute {
         key: c.interner.get("service.name"),
@@ -311,6 +316,44 @@ fn process_resource(p: &JProcess<'_>, c: &mut TraceCollector) -> Arc<Resource> {
         service,
         attributes,
     })
+}
+
+/// Whether `r` is the resource [`process_resource`] makes of a process with this service name
+/// and these tags.
+fn is_resource_of(r: &Resource, service: &str, tags: &[JTag<'_>]) -> bool {
+    let [first, rest @ ..] = r.attributes.as_slice() else {
+        return false;
+    };
+    *r.service == *service
+        && &*first.key == "service.name"
+        && matches!(&first.value, AttrValue::Str(s) if **s == *service)
+        && rest.len() == tags.len()
+        && rest.iter().zip(tags).all(|(a, t)| {
+            *a.key == *t.key
+                && match (&a.value, tag_as_text(t)) {
+                    (AttrValue::Str(have), Some(text)) => **have == *text,
+                    (have, _) => *have == tag_value(t),
+                }
+        })
+}
+
+/// A tag's value when [`tag_value`] would make it text as it is written (the common case),
+/// without making it.
+fn tag_as_text<'t>(t: &'t JTag<'_>) -> Option<&'t str> {
+    if t.v_str.is_some() {
+        return t.v_str.as_deref();
+    }
+    if t.v_bool.is_some() || t.v_int64.is_some() || t.v_float64.is_some() || t.v_binary.is_some() {
+        return None;
+    }
+    let kind = t.kind.as_ref();
+    let typed = ["bool", "int64", "float64", "binary"]
+        .iter()
+        .any(|k| kind.eq_ignore_ascii_case(k));
+    match &t.value {
+        Some(TagValue::Str(s)) if !typed => Some(s),
+        _ => None,
+    }
 }
 
 /// Parses one Jaeger v1 document of the given (detected) format into the collector.
