@@ -567,8 +567,14 @@ fn processes_of_one_service_share_a_resource_only_when_their_tags_are_the_same()
         ]
     );
     let shared = |a: usize, b: usize| std::sync::Arc::ptr_eq(&resources[a], &resources[b]);
-    assert!(shared(0, 2) && shared(1, 5), "an equal process shares its resource");
+    assert!(
+        shared(0, 2) && shared(1, 5),
+        "an equal process shares its resource"
+    );
     for (a, b) in [(0, 1), (0, 4), (3, 4), (0, 6), (0, 7)] {
-        assert!(!shared(a, b), "processes {a} and {b} differ but share a resource");
+        assert!(
+            !shared(a, b),
+            "processes {a} and {b} differ but share a resource"
+        );
     }
 }

@@ -204,55 +204,35 @@ pub fn analyze_with(
     // The figures that do not depend on the origin are worked out on a second core while this
     // one ranks the candidates and reads the suspects back.
     std::thread::scope(|scope| {
-        let apart = scope.spawn(|| {
-            let services = stats::service_stats(&forest, input);
-            let recovered = recoveries(&forest, |t, i, s| t.is_entry(i).then_some(&**s.service()));
-            let propagation = tree::propagation(&forest);
-            let latency = stats::latency(&forest, input);
-            (services, recovered, propagation, latency)
+        let apart = scope.spawn(|| Apart {
+            services: stats::service_stats(&forest, input),
+            recovered: recoveries(&forest, |t, i, s| t.is_entry(i).then_some(&**s.service())),
+            propagation: tree::propagation(&forest),
+            latency: stats::latency(&forest, input),
         });
         let by_origin = by_origin(&forest, input, spill);
-        let (services, recovered, propagation, latency) = apart
+        let apart = apart
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let (origin, ranking, recovery, suspects) = by_origin?;
-        Ok(assemble(
-            traces,
-            &forest,
-            input,
-            Parts {
-                services,
-                recovered,
-                propagation,
-                latency,
-                origin,
-                ranking,
-                recovery,
-                suspects,
-            },
-        ))
+        Ok(assemble(traces, &forest, input, apart, by_origin?))
     })
 }
 
-/// The parts of the analysis worked out apart.
-struct Parts<'a> {
+/// The parts of the analysis that do not depend on the origin.
+struct Apart<'a> {
     services: BTreeMap<String, ServiceStats>,
     recovered: HashMap<&'a str, Evidence>,
     propagation: Vec<Propagation>,
     latency: Vec<LatencyEntry>,
+}
+
+/// The origin, the ranking it came first in, the origin's recovery and its suspects.
+struct ByOrigin {
     origin: Option<Origin>,
     ranking: Vec<Candidate>,
     recovery: Option<Evidence>,
     suspects: Vec<Suspect>,
 }
-
-/// The origin, the ranking it came first in, the origin's recovery and its suspects.
-type ByOrigin = (
-    Option<Origin>,
-    Vec<Candidate>,
-    Option<Evidence>,
-    Vec<Suspect>,
-);
 
 fn by_origin(
     forest: &[tree::TraceTree<'_>],
@@ -334,25 +314,33 @@ fn by_origin(
             suspects::suspects(forest, o, input, read_back.as_ref())
         }
     };
-    Ok((origin, ranking, recovery, suspects))
+    Ok(ByOrigin {
+        origin,
+        ranking,
+        recovery,
+        suspects,
+    })
 }
 
 fn assemble(
     traces: &[(Trace, Purposes)],
     forest: &[tree::TraceTree<'_>],
     input: &AnalysisInput,
-    parts: Parts<'_>,
+    apart: Apart<'_>,
+    by_origin: ByOrigin,
 ) -> (Analysis, Timeline) {
-    let Parts {
+    let Apart {
         mut services,
         mut recovered,
         propagation,
         latency,
+    } = apart;
+    let ByOrigin {
         origin,
         ranking,
         recovery,
         suspects,
-    } = parts;
+    } = by_origin;
     let recovery_note = match (&origin, &recovery) {
         (_, Some(_)) => None,
         (None, None) => Some("no origin of a failure was found, so no recovery either".to_owned()),
