@@ -239,50 +239,65 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-fn tag_value(tag: &JTag<'_>) -> AttrValue {
+/// A tag's value as [`tag_value`] makes it, with text left borrowed from the tag: a process's
+/// tags are compared with a resource made before without making anything.
+enum TagRef<'t> {
+    Text(&'t str),
+    Value(AttrValue),
+}
+
+fn tag_ref<'t>(tag: &'t JTag<'_>) -> TagRef<'t> {
+    use TagRef::{Text, Value};
     if let Some(s) = &tag.v_str {
-        return AttrValue::Str(s.as_ref().into());
+        return Text(s);
     }
     if let Some(b) = tag.v_bool {
-        return AttrValue::Bool(b);
+        return Value(AttrValue::Bool(b));
     }
     if let Some(i) = tag.v_int64 {
-        return AttrValue::Int(i);
+        return Value(AttrValue::Int(i));
     }
     if let Some(f) = tag.v_float64 {
-        return AttrValue::Double(f);
+        return Value(AttrValue::Double(f));
     }
     if let Some(b) = &tag.v_binary
         && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b.as_bytes())
     {
-        return AttrValue::Bytes(bytes.into());
+        return Value(AttrValue::Bytes(bytes.into()));
     }
     let kind = tag.kind.as_ref();
     let is = |name: &str| kind.eq_ignore_ascii_case(name);
     match &tag.value {
-        Some(TagValue::Bool(b)) => AttrValue::Bool(*b),
-        Some(TagValue::Int(i)) if is("float64") => AttrValue::Double(*i as f64),
-        Some(TagValue::Int(i)) => AttrValue::Int(*i),
-        Some(TagValue::Float(f)) => AttrValue::Double(*f),
-        Some(TagValue::Str(s)) if is("bool") => AttrValue::Bool(s.eq_ignore_ascii_case("true")),
-        Some(TagValue::Str(s)) if is("int64") => s
-            .parse()
-            .map(AttrValue::Int)
-            .unwrap_or_else(|_| AttrValue::Str(s.as_ref().into())),
-        Some(TagValue::Str(s)) if is("float64") => s
-            .parse()
-            .map(AttrValue::Double)
-            .unwrap_or_else(|_| AttrValue::Str(s.as_ref().into())),
+        Some(TagValue::Bool(b)) => Value(AttrValue::Bool(*b)),
+        Some(TagValue::Int(i)) if is("float64") => Value(AttrValue::Double(*i as f64)),
+        Some(TagValue::Int(i)) => Value(AttrValue::Int(*i)),
+        Some(TagValue::Float(f)) => Value(AttrValue::Double(*f)),
+        Some(TagValue::Str(s)) if is("bool") => {
+            Value(AttrValue::Bool(s.eq_ignore_ascii_case("true")))
+        }
+        Some(TagValue::Str(s)) if is("int64") => {
+            s.parse().map_or(Text(s), |i| Value(AttrValue::Int(i)))
+        }
+        Some(TagValue::Str(s)) if is("float64") => {
+            s.parse().map_or(Text(s), |f| Value(AttrValue::Double(f)))
+        }
         Some(TagValue::Str(s)) if is("binary") => {
             match base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
-                Ok(b) => AttrValue::Bytes(b.into()),
-                Err(_) => AttrValue::Str(s.as_ref().into()),
+                Ok(b) => Value(AttrValue::Bytes(b.into())),
+                Err(_) => Text(s),
             }
         }
-        Some(TagValue::Str(s)) => AttrValue::Str(s.as_ref().into()),
-        Some(TagValue::Other(text)) => AttrValue::Str(text.as_str().into()),
-        None if is("bool") => AttrValue::Bool(false),
-        None => AttrValue::Str("".into()),
+        Some(TagValue::Str(s)) => Text(s),
+        Some(TagValue::Other(text)) => Text(text),
+        None if is("bool") => Value(AttrValue::Bool(false)),
+        None => Text(""),
+    }
+}
+
+fn tag_value(tag: &JTag<'_>) -> AttrValue {
+    match tag_ref(tag) {
+        TagRef::Text(s) => AttrValue::Str(s.into()),
+        TagRef::Value(v) => v,
     }
 }
 
@@ -330,30 +345,12 @@ fn is_resource_of(r: &Resource, service: &str, tags: &[JTag<'_>]) -> bool {
         && rest.len() == tags.len()
         && rest.iter().zip(tags).all(|(a, t)| {
             *a.key == *t.key
-                && match (&a.value, tag_as_text(t)) {
-                    (AttrValue::Str(have), Some(text)) => **have == *text,
-                    (have, _) => *have == tag_value(t),
+                && match (&a.value, tag_ref(t)) {
+                    (AttrValue::Str(have), TagRef::Text(text)) => **have == *text,
+                    (have, TagRef::Value(v)) => *have == v,
+                    (_, TagRef::Text(_)) => false,
                 }
         })
-}
-
-/// A tag's value when [`tag_value`] would make it text as it is written (the common case),
-/// without making it.
-fn tag_as_text<'t>(t: &'t JTag<'_>) -> Option<&'t str> {
-    if t.v_str.is_some() {
-        return t.v_str.as_deref();
-    }
-    if t.v_bool.is_some() || t.v_int64.is_some() || t.v_float64.is_some() || t.v_binary.is_some() {
-        return None;
-    }
-    let kind = t.kind.as_ref();
-    let typed = ["bool", "int64", "float64", "binary"]
-        .iter()
-        .any(|k| kind.eq_ignore_ascii_case(k));
-    match &t.value {
-        Some(TagValue::Str(s)) if !typed => Some(s),
-        _ => None,
-    }
 }
 
 /// Parses one Jaeger v1 document of the given (detected) format into the collector.
