@@ -52,12 +52,7 @@ pub struct CollectOutcome {
 /// is captured in bounded memory.
 pub fn file_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
     let redactor = crate::redact::Redactor::new(&settings.redaction).map_err(anyhow::Error::msg)?;
-    let slow_ns = settings
-        .capture
-        .slow_threshold
-        .as_nanos()
-        .min(i64::MAX as u128) as i64;
-    let spill = Spill::new(redactor, slow_ns)
+    let spill = Spill::new(redactor)
         .context("cannot create the temporary file trace files stream through (TMPDIR)")?;
     Ok(std::sync::Arc::new(spill))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::tree::TraceTree;
 use super::{AnalysisInput, Evidence, Origin, Suspect, round4, time};
-use crate::capture::spill_attrs::SpanRecord;
+use crate::capture::spill_record::SpanRecord;
 use crate::model::{AttrValue, Attribute, Span, SpanId, TraceId};
 
 /// Failing calls a value must cover, at least, to be a suspect.

@@ -11,7 +11,7 @@ pub mod jaeger;
 pub mod light;
 pub mod search;
 pub mod spill;
-pub mod spill_attrs;
+pub mod spill_record;
 pub mod sweep;
 pub mod tempo;
 pub mod zipkin;

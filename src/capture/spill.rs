@@ -1,14 +1,13 @@
 //! Traces written out as they are read, so that a large trace file never sits in memory whole.
 //!
 //! Each part of the input (a batch of JSON Lines, on whichever core parsed it) is redacted and
-//! written to a temporary file as the OTLP JSON lines the bundle's trace files hold, and, for a
-//! trace with an error or a slow span, also as the Jaeger trace `jaeger-ui.json` holds. Only
-//! light spans (`Span::slim`: ids, names, times, status) stay in memory for the analysis. The
-//! bundle then copies each trace's bytes into its files in its own order, and the suspects read
-//! back the attributes they compare. A trace whose spans came in several parts is read back and
-//! merged before it is written, as if it had been read whole.
+//! written to a temporary file as one binary record per trace ([`spill_record`]). Only light
+//! spans (`Span::slim`: ids, names, times, status) stay in memory for the analysis. The suspects
+//! read back the attributes they compare; the bundle reads back the traces it keeps and writes
+//! them as OTLP and Jaeger JSON then, so the traces it leaves out are never written as JSON. A
+//! trace whose spans came in several parts is read back and merged before it is written, as if
+//! it had been read whole.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -16,35 +15,28 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
-use super::spill_attrs::{self, SpanRecord};
-use crate::formats::{TraceCollector, TraceSink, jaeger, otlp};
+use super::spill_record::{self, SpanRecord};
+use crate::formats::{TraceSink, jaeger, otlp};
 use crate::model::{Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
-/// Where one part's copy of a trace lies in the spill file: its OTLP line, then (when it has
-/// one) its Jaeger trace, then its attribute record, one after the other.
+/// Where one part's record of a trace lies in the spill file: its attributes section, then the
+/// rest.
 #[derive(Clone, Copy, Debug)]
 struct Record {
     /// The part of the input it came from: the merge order.
     part: u64,
     offset: u64,
-    otlp: u32,
-    jaeger: u32,
     attrs: u32,
+    rest: u32,
 }
 
 impl Record {
-    fn otlp(&self) -> (u64, u32) {
-        (self.offset, self.otlp)
-    }
-    fn jaeger(&self) -> Option<(u64, u32)> {
-        (self.jaeger > 0).then_some((self.offset + u64::from(self.otlp), self.jaeger))
-    }
     fn attrs(&self) -> (u64, u32) {
-        (
-            self.offset + u64::from(self.otlp) + u64::from(self.jaeger),
-            self.attrs,
-        )
+        (self.offset, self.attrs)
+    }
+    fn whole(&self) -> (u64, u32) {
+        (self.offset, self.attrs.saturating_add(self.rest))
     }
 }
 
@@ -131,8 +123,6 @@ struct State {
 pub struct Spill {
     file: File,
     redactor: Redactor,
-    /// Traces with a span at least this long also get their Jaeger copy written.
-    slow_ns: i64,
     /// Inputs begun (each file is one): parts are numbered input first, then line.
     inputs: AtomicU64,
     state: Mutex<State>,
@@ -141,11 +131,10 @@ pub struct Spill {
 impl Spill {
     /// A spill in the system's temporary directory (`TMPDIR`), removed when dropped; traces are
     /// redacted by `redactor` before they are written.
-    pub fn new(redactor: Redactor, slow_ns: i64) -> io::Result<Self> {
+    pub fn new(redactor: Redactor) -> io::Result<Self> {
         Ok(Self {
             file: tempfile::tempfile()?,
             redactor,
-            slow_ns,
             inputs: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         })
@@ -306,51 +295,51 @@ impl Spill {
         Ok(buf)
     }
 
-    /// The whole trace as it was read (its parts merged), or `None` when it was never written
-    /// here.
+    /// The whole trace as it was read (its parts merged, in input order, repeated spans
+    /// dropped as reading the input whole drops them), or `None` when it was never written here.
     pub fn load(&self, id: TraceId) -> io::Result<Option<Trace>> {
         let mut records = self.records(id);
-        if records.is_empty() {
-            return Ok(None);
-        }
         records.sort_by_key(|r| r.part);
-        // Each part is read on its own, as the input's parts were, and the parts are joined in
-        // input order: the trace reading the input whole gives, down to which spans share a
-        // resource when written.
-        let mut whole = TraceCollector::default();
+        let mut whole: Option<Trace> = None;
         for r in records {
-            let line = self.read(r.otlp())?;
-            let mut part = TraceCollector::default();
-            part.add_document(&line).map_err(|e| {
-                io::Error::other(format!(
-                    "the spilled copy of trace {id} cannot be read: {e}"
-                ))
-            })?;
-            whole.absorb(part);
+            let part = self.decode(r)?;
+            match &mut whole {
+                None => whole = Some(part),
+                Some(w) => w.spans.extend(part.spans),
+            }
         }
-        Ok(whole.finish().traces.into_iter().find(|t| t.id == id))
+        if let Some(w) = &mut whole {
+            crate::formats::dedupe_spans(w);
+        }
+        Ok(whole)
     }
 
-    /// Writes `trace` as one OTLP JSON line, copied from the spill when it was written here in
-    /// one part (`trace` itself is light and cannot be written as it is).
+    fn decode(&self, r: Record) -> io::Result<Trace> {
+        let bytes = self.read(r.whole())?;
+        spill_record::decode_trace(&bytes).map_err(io::Error::other)
+    }
+
+    /// Writes `trace` as one OTLP JSON line, read back from the spill when it was written here
+    /// (`trace` itself is light and cannot be written as it is).
     pub fn write_otlp<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
-        match self.records(trace.id).as_slice() {
-            [one] => out.write_all(&self.read(one.otlp())?),
-            [] => otlp::write_trace_line(trace, out),
-            _ => otlp::write_trace_line(&self.whole(trace)?, out),
+        // Written whole, then handed on in one piece: the serialiser writes a token at a time,
+        // and `out` is a compressor.
+        let mut line = Vec::with_capacity(4096);
+        match self.load(trace.id)? {
+            Some(whole) => otlp::write_trace_line(&whole, &mut line)?,
+            None => otlp::write_trace_line(trace, &mut line)?,
         }
+        out.write_all(&line)
     }
 
     /// Writes `trace` as an element of a Jaeger API response's `data`, the same way.
     pub fn write_jaeger<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
-        match self.records(trace.id).as_slice() {
-            [one] => match one.jaeger() {
-                Some(extent) => out.write_all(&self.read(extent)?),
-                None => jaeger::write_api_trace(&self.whole(trace)?, out),
-            },
-            [] => jaeger::write_api_trace(trace, out),
-            _ => jaeger::write_api_trace(&self.whole(trace)?, out),
+        let mut json = Vec::with_capacity(4096);
+        match self.load(trace.id)? {
+            Some(whole) => jaeger::write_api_trace(&whole, &mut json)?,
+            None => jaeger::write_api_trace(trace, &mut json)?,
         }
+        out.write_all(&json)
     }
 
     /// The attributes of the spans of the traces `ids` for which `wanted(service, operation)`,
@@ -365,7 +354,7 @@ impl Spill {
             .flat_map(|id| self.records(*id).into_iter().map(|r| (*id, r.attrs())))
             .collect();
         extents.sort_unstable_by_key(|(_, e)| e.0);
-        let mut names = HashMap::new();
+        let mut names = spill_record::Names::shared();
         let mut out = Vec::new();
         // Records close together are read in one go: a trace's record sits a few KiB after the
         // previous one's, and a read per record cost more than the bytes between them.
@@ -392,17 +381,11 @@ impl Spill {
                     .get(at..at + *len as usize)
                     .ok_or_else(|| io::Error::other("a spilled record lies outside its read"))?;
                 let spans =
-                    spill_attrs::decode(record, &mut names, wanted).map_err(io::Error::other)?;
+                    spill_record::decode(record, &mut names, wanted).map_err(io::Error::other)?;
                 out.extend(spans.into_iter().map(|s| (*id, s)));
             }
         }
         Ok(out)
-    }
-
-    fn whole(&self, trace: &Trace) -> io::Result<Trace> {
-        self.load(trace.id)?.ok_or_else(|| {
-            io::Error::other(format!("trace {} is missing from the spill", trace.id))
-        })
     }
 }
 
@@ -432,22 +415,12 @@ impl TraceSink for Spill {
         let mut records = Vec::with_capacity(traces.len());
         for t in &traces {
             let offset = buf.len();
-            otlp::write_trace_line(t, &mut buf)?;
-            let otlp = len32(buf.len() - offset)?;
-            let jaeger_at = buf.len();
-            if t.has_error() || t.max_span_duration_ns() >= self.slow_ns {
-                jaeger::write_api_trace(t, &mut buf)?;
-            }
-            let jaeger = len32(buf.len() - jaeger_at)?;
-            let attrs_at = buf.len();
-            spill_attrs::encode(t, &mut buf);
-            let attrs = len32(buf.len() - attrs_at)?;
+            let (attrs, rest) = spill_record::encode(t, &mut buf);
             records.push(Record {
                 part,
                 offset: offset as u64,
-                otlp,
-                jaeger,
-                attrs,
+                attrs: len32(attrs)?,
+                rest: len32(rest)?,
             });
         }
         let part_names = PartNames::of(&traces, &mut self.state().names);

@@ -380,7 +380,7 @@ impl TraceCollector {
 }
 
 /// Drops repeated copies of a span (the same export read twice); returns how many.
-fn dedupe_spans(t: &mut Trace) -> usize {
+pub(crate) fn dedupe_spans(t: &mut Trace) -> usize {
     let before = t.spans.len();
     let same = |a: &Span, b: &Span| {
         a.span_id == b.span_id
