@@ -247,8 +247,23 @@ pub fn decode(
 
 /// Reads a whole record back into the trace [`encode`] was given.
 pub fn decode_trace(bytes: &[u8]) -> Result<Trace, Damaged> {
-    // One trace's names are not worth a table: each is made once where it appears.
-    let names = &mut Names::default();
+    thread_local! {
+        // Each thread writing trace files reads thousands of traces naming the same keys.
+        static NAMES: std::cell::RefCell<Names> = std::cell::RefCell::new(Names::shared());
+    }
+    NAMES.with_borrow_mut(|names| {
+        // Names that never repeat (hostile input, unique keys) are not kept for ever.
+        if names.0.as_ref().is_some_and(|n| n.len() > MAX_NAMES) {
+            *names = Names::shared();
+        }
+        decode_trace_with(bytes, names)
+    })
+}
+
+/// The most names [`decode_trace`] keeps per thread.
+const MAX_NAMES: usize = 1 << 16;
+
+fn decode_trace_with(bytes: &[u8], names: &mut Names) -> Result<Trace, Damaged> {
     let mut r = Reader { bytes, at: 0 };
     let n = r.len()?;
     // What the attributes section holds of each span; the rest follows once the trace id and
