@@ -11,8 +11,8 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
@@ -112,8 +112,6 @@ struct State {
     entries: Entries,
     /// The compact spans of the entries.
     slabs: Slabs,
-    /// After [`Spill::keep`]: the records of the traces kept, and nothing else.
-    kept: Kept,
     names: Names,
     /// What redaction replaced in the traces kept (all of them until [`Spill::keep`]).
     redaction: Redacted,
@@ -126,6 +124,9 @@ pub struct Spill {
     /// Inputs begun (each file is one): parts are numbered input first, then line.
     inputs: AtomicU64,
     state: Mutex<State>,
+    /// After [`Spill::keep`]: the records of the traces kept, and nothing else. Apart from the
+    /// state, so that the threads writing the bundle read it at once.
+    kept: RwLock<Kept>,
 }
 
 impl Spill {
@@ -137,6 +138,7 @@ impl Spill {
             redactor,
             inputs: AtomicU64::new(0),
             state: Mutex::new(State::default()),
+            kept: RwLock::default(),
         })
     }
 
@@ -219,11 +221,11 @@ impl Spill {
             index,
             entries,
             slabs,
-            kept,
             names,
             redaction,
             ..
         } = &mut *state;
+        let mut kept = Kept::default();
         redaction.clear();
         // Where each trace goes in `keep`, by its number (u32::MAX: not kept).
         let mut at = vec![u32::MAX; entries.len];
@@ -269,6 +271,7 @@ impl Spill {
         *entries = Entries::default();
         *index = Default::default();
         *slabs = Slabs::default();
+        *self.kept.write().unwrap_or_else(|p| p.into_inner()) = kept;
         release_freed_memory();
         keep.into_iter()
             .zip(lights)
@@ -281,8 +284,9 @@ impl Spill {
     }
 
     fn records(&self, id: TraceId) -> Vec<Record> {
-        self.state()
-            .kept
+        self.kept
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .records
             .get(&id)
             .cloned()
