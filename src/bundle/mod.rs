@@ -94,7 +94,7 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
     s
 }
 
-/// Writes the traces `picks` as OTLP JSON Lines, zstd-compressed: copied from the spill where
+/// Writes the traces `picks` as OTLP JSON Lines, zstd-compressed: read back from the spill where
 /// the capture streamed them out, else written from memory.
 fn write_traces(
     dir: &Path,

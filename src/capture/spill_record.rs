@@ -225,22 +225,10 @@ pub fn decode(
     let n = r.len()?;
     let mut spans = Vec::with_capacity(n.min(bytes.len() / 28));
     for _ in 0..n {
-        let span_id = SpanId(r.array()?);
-        let start_ns = i64::from_le_bytes(r.array()?);
-        let end_ns = i64::from_le_bytes(r.array()?);
-        let service = r.name(names)?;
-        let operation = r.name(names)?;
-        let attributes = r.attributes(names, 0)?;
-        if !wanted(&service, &operation) {
-            continue;
+        let (span, operation) = r.span_record(names)?;
+        if wanted(&span.service, &operation) {
+            spans.push(span);
         }
-        spans.push(SpanRecord {
-            span_id,
-            start_ns,
-            end_ns,
-            service,
-            attributes,
-        });
     }
     Ok(spans)
 }
@@ -270,13 +258,7 @@ fn decode_trace_with(bytes: &[u8], names: &mut Names) -> Result<Trace, Damaged> 
     // the shared resources are read.
     let mut firsts = Vec::with_capacity(n.min(bytes.len() / 28));
     for _ in 0..n {
-        let span_id = SpanId(r.array()?);
-        let start_ns = i64::from_le_bytes(r.array()?);
-        let end_ns = i64::from_le_bytes(r.array()?);
-        let _service = r.text()?;
-        let operation = r.name(names)?;
-        let attributes = r.attributes(names, 0)?;
-        firsts.push((span_id, start_ns, end_ns, operation, attributes));
+        firsts.push(r.span_record(names)?);
     }
     let trace_id = TraceId(r.array()?);
     let mut resources = Vec::new();
@@ -300,7 +282,14 @@ fn decode_trace_with(bytes: &[u8], names: &mut Names) -> Result<Trace, Damaged> 
         }));
     }
     let mut spans = Vec::with_capacity(firsts.len());
-    for (span_id, start_ns, end_ns, operation, attributes) in firsts {
+    for (first, operation) in firsts {
+        let SpanRecord {
+            span_id,
+            start_ns,
+            end_ns,
+            attributes,
+            ..
+        } = first;
         let parent = match r.array::<1>()?[0] {
             0 => None,
             _ => Some(SpanId(r.array()?)),
@@ -399,6 +388,24 @@ impl Reader<'_> {
         let n = self.len()?;
         let at = self.at;
         std::str::from_utf8(self.take(n)?).map_err(|_| Damaged(at))
+    }
+
+    /// One span of the attributes section, and its operation.
+    fn span_record(&mut self, names: &mut Names) -> Result<(SpanRecord, Arc<str>), Damaged> {
+        let span_id = SpanId(self.array()?);
+        let start_ns = i64::from_le_bytes(self.array()?);
+        let end_ns = i64::from_le_bytes(self.array()?);
+        let service = self.name(names)?;
+        let operation = self.name(names)?;
+        let attributes = self.attributes(names, 0)?;
+        let span = SpanRecord {
+            span_id,
+            start_ns,
+            end_ns,
+            service,
+            attributes,
+        };
+        Ok((span, operation))
     }
 
     fn optional_text(&mut self) -> Result<Option<&str>, Damaged> {
