@@ -6,7 +6,7 @@
 //! answer the same every time) the 95% intervals must contain the true rates; the real Jaeger
 //! picks which 20 traces of a minute it returns, differently from run to run, so its rates are
 //! held to 4 standard errors of the truth instead (a 95% interval misses one run in twenty by
-//! design, and its misses were one run in four here).
+//! design, and it missed in 2 of 11 runs here).
 //!
 //! The story: checkout traffic every second (frontend → checkout → payment), payment on four pods
 //! on four hosts. Pods a and b run v2.3.1 all along, healthy before the incident; from 5 minutes
