@@ -36,6 +36,7 @@ impl Record {
         (self.offset, self.attrs)
     }
     fn whole(&self) -> (u64, u32) {
+        // The sum fits: `take` refuses a record of 4 GiB or more.
         (self.offset, self.attrs.saturating_add(self.rest))
     }
 }
@@ -306,7 +307,7 @@ impl Spill {
         records.sort_by_key(|r| r.part);
         let mut whole: Option<Trace> = None;
         for r in records {
-            let part = self.decode(r)?;
+            let part = self.decode(id, r)?;
             match &mut whole {
                 None => whole = Some(part),
                 Some(w) => w.spans.extend(part.spans),
@@ -318,9 +319,13 @@ impl Spill {
         Ok(whole)
     }
 
-    fn decode(&self, r: Record) -> io::Result<Trace> {
+    fn decode(&self, id: TraceId, r: Record) -> io::Result<Trace> {
         let bytes = self.read(r.whole())?;
-        spill_record::decode_trace(&bytes).map_err(io::Error::other)
+        spill_record::decode_trace(&bytes).map_err(|e| {
+            io::Error::other(format!(
+                "the spilled record of trace {id} cannot be read: {e}"
+            ))
+        })
     }
 
     /// Writes `trace` as one OTLP JSON line, read back from the spill when it was written here
@@ -420,6 +425,7 @@ impl TraceSink for Spill {
         for t in &traces {
             let offset = buf.len();
             let (attrs, rest) = spill_record::encode(t, &mut buf);
+            len32(attrs + rest)?;
             records.push(Record {
                 part,
                 offset: offset as u64,
