@@ -305,6 +305,7 @@ impl Spill {
     pub fn load(&self, id: TraceId) -> io::Result<Option<Trace>> {
         let mut records = self.records(id);
         records.sort_by_key(|r| r.part);
+        let joined = records.len() > 1;
         let mut whole: Option<Trace> = None;
         for r in records {
             let part = self.decode(id, r)?;
@@ -313,7 +314,8 @@ impl Spill {
                 Some(w) => w.spans.extend(part.spans),
             }
         }
-        if let Some(w) = &mut whole {
+        // Each part lost its repeated spans before it was written: only joining makes more.
+        if let Some(w) = whole.as_mut().filter(|_| joined) {
             crate::formats::dedupe_spans(w);
         }
         Ok(whole)
@@ -331,22 +333,27 @@ impl Spill {
     /// Writes `trace` as one OTLP JSON line, read back from the spill when it was written here
     /// (`trace` itself is light and cannot be written as it is).
     pub fn write_otlp<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
-        // Written whole, then handed on in one piece: the serialiser writes a token at a time,
-        // and `out` is a compressor.
-        let mut line = Vec::with_capacity(4096);
-        match self.load(trace.id)? {
-            Some(whole) => otlp::write_trace_line(&whole, &mut line)?,
-            None => otlp::write_trace_line(trace, &mut line)?,
-        }
-        out.write_all(&line)
+        self.write_whole(trace, out, otlp::write_trace_line)
     }
 
     /// Writes `trace` as an element of a Jaeger API response's `data`, the same way.
     pub fn write_jaeger<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
+        self.write_whole(trace, out, jaeger::write_api_trace)
+    }
+
+    /// Writes with `write` the whole trace read back, or `trace` itself when it is not here.
+    fn write_whole<W: Write + ?Sized>(
+        &self,
+        trace: &Trace,
+        out: &mut W,
+        write: fn(&Trace, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        // Written whole, then handed on in one piece: the serialiser writes a token at a time,
+        // and `out` is a compressor.
         let mut json = Vec::with_capacity(4096);
         match self.load(trace.id)? {
-            Some(whole) => jaeger::write_api_trace(&whole, &mut json)?,
-            None => jaeger::write_api_trace(trace, &mut json)?,
+            Some(whole) => write(&whole, &mut json)?,
+            None => write(trace, &mut json)?,
         }
         out.write_all(&json)
     }
