@@ -22,9 +22,9 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SpanId(pub [u8; 8]);
 
-/// Value of each ASCII hex digit (only read for bytes already checked to be hex digits).
+/// Value of each ASCII hex digit; `NOT_HEX` for every other byte.
 const HEX: [u8; 256] = {
-    let mut t = [0u8; 256];
+    let mut t = [NOT_HEX; 256];
     let mut i = 0;
     while i < 10 {
         t[b'0' as usize + i] = i as u8;
@@ -38,6 +38,7 @@ const HEX: [u8; 256] = {
     }
     t
 };
+const NOT_HEX: u8 = 0xff;
 
 /// Decodes hex (up to `N * 2` digits, left-padded) or, failing that, base64 of exactly `N` bytes
 /// or fewer (left-padded).
@@ -51,6 +52,19 @@ fn decode<const N: usize>(kind: &'static str, s: &str) -> Result<[u8; N], IdErro
         return Err(err("empty"));
     }
     let mut out = [0u8; N];
+    // Most ids are hex of full length: one pass, checked once at the end.
+    if s.len() == N * 2 {
+        let mut seen = 0u8;
+        for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let (high, low) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            seen |= high | low;
+            *o = (high << 4) | low;
+        }
+        if seen & 0xf0 == 0 {
+            return Ok(out);
+        }
+        out = [0u8; N];
+    }
     if s.len() <= N * 2 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let digits = s.as_bytes();
         // Right-align the digits; an odd count gets an implicit leading zero.
@@ -219,5 +233,18 @@ mod tests {
             SpanId::parse("00112233445566778899").is_err(),
             "too long for a span id"
         );
+    }
+
+    #[test]
+    fn a_full_length_id_with_one_digit_not_hex_is_refused_wherever_it_is() {
+        let good = "5b8efff798038103d269b633813fc60c";
+        for at in 0..good.len() {
+            for bad in ["g", "G", "-", " ", "/", ":", "@", "`", "\u{7f}"] {
+                let id = format!("{}{bad}{}", &good[..at], &good[at + 1..]);
+                assert!(TraceId::parse(&id).is_err(), "{id:?} taken as an id");
+                assert!(SpanId::parse(&id[..16]).is_err() || at >= 16, "{id:?}");
+            }
+        }
+        assert_eq!(TraceId::parse(good).unwrap().to_hex(), good);
     }
 }

@@ -1,7 +1,6 @@
 //! Reading Jaeger v1 JSON (API response, UI trace, span list, domain model) into the model.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -29,7 +28,7 @@ struct JTrace<'a> {
     #[serde(default, borrow)]
     spans: Vec<JSpan<'a>>,
     #[serde(default, borrow)]
-    processes: HashMap<Cow<'a, str>, JProcess<'a>>,
+    processes: foldhash::HashMap<Cow<'a, str>, JProcess<'a>>,
     /// The domain model's list of `{processID, process}`.
     #[serde(default, borrow)]
     process_map: Vec<JProcessMapping<'a>>,
@@ -371,7 +370,7 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
         Format::JaegerSpans => vec![JTrace {
             trace_id: None,
             spans: serde_json::from_slice(bytes).map_err(invalid)?,
-            processes: HashMap::new(),
+            processes: Default::default(),
             process_map: Vec::new(),
         }],
         _ => vec![serde_json::from_slice(bytes).map_err(invalid)?],
@@ -396,7 +395,7 @@ pub fn parse_if_trace(json: Json<'_>, c: &mut TraceCollector) -> bool {
 }
 
 fn add_trace(trace: JTrace<'_>, c: &mut TraceCollector) {
-    let mut processes: HashMap<&str, Arc<Resource>> = HashMap::new();
+    let mut processes: foldhash::HashMap<&str, Arc<Resource>> = Default::default();
     for (id, p) in &trace.processes {
         processes.insert(id.as_ref(), process_resource(p, c));
     }
