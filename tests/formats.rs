@@ -578,3 +578,44 @@ fn processes_of_one_service_share_a_resource_only_when_their_tags_are_the_same()
         );
     }
 }
+
+/// A Jaeger process is read only when its trace is added (one seen before with the same text is
+/// not read again), but one that cannot be read still costs its line, named, in JSON Lines, and
+/// refuses a whole document without adding any of its traces.
+#[test]
+fn a_process_that_cannot_be_read_costs_its_line_or_refuses_its_document() {
+    let trace = |id: u32, process: &str| {
+        format!(
+            r#"{{"traceID":"{id:032x}","spans":[{{"traceID":"{id:032x}","spanID":"00000000000000a1","operationName":"op","references":[],"startTime":1700000000000000,"duration":1500,"tags":[],"logs":[],"processID":"p1"}}],"processes":{{"p1":{process}}}}}"#
+        )
+    };
+    let good = r#"{"serviceName":"checkout","tags":[{"key":"host","type":"string","value":"a"}]}"#;
+    for bad in [
+        r#"{"serviceName":"checkout","tags":5}"#,
+        r#"{"serviceName":"checkout","tags":[{"key":5,"type":"string","value":"x"}]}"#,
+        "null",
+    ] {
+        let lines = [trace(1, good), trace(2, bad), trace(3, good)].join("\n") + "\n";
+        let mut c = TraceCollector::default();
+        c.add_input(lines.as_bytes()).unwrap();
+        let collected = c.finish();
+        let ids: Vec<String> = collected.traces.iter().map(|t| t.id.to_hex()).collect();
+        assert_eq!(ids, [format!("{:032x}", 1), format!("{:032x}", 3)], "{bad}");
+        let (reason, count) = collected.skipped.iter().next().unwrap();
+        assert_eq!(*count, 1, "{bad}");
+        assert!(reason.contains("line 2"), "{bad}: {reason}");
+        assert_eq!(
+            &*collected.traces[1].spans[0].resource.attributes[1].key,
+            "host"
+        );
+
+        let document = format!(r#"{{"data":[{},{}]}}"#, trace(1, good), trace(2, bad));
+        let mut c = TraceCollector::default();
+        let e = c.add_input(document.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("jaeger"), "{bad}: {e}");
+        assert!(
+            c.finish().traces.is_empty(),
+            "{bad}: a trace of it was added"
+        );
+    }
+}

@@ -110,6 +110,9 @@ pub struct TraceCollector {
     sink: Option<Arc<dyn TraceSink>>,
     pub interner: Interner,
     resources: foldhash::HashMap<Arc<str>, Vec<Arc<Resource>>>,
+    /// Resources by the text they were read from (a Jaeger process), while that text is seen
+    /// again and again in one part.
+    resource_texts: foldhash::HashMap<Box<str>, Arc<Resource>>,
     scopes: Vec<Arc<Scope>>,
     index: foldhash::HashMap<TraceId, usize>,
     traces: Vec<Trace>,
@@ -151,6 +154,7 @@ impl TraceCollector {
         self.index = Default::default();
         self.interner = Interner::default();
         self.resources = Default::default();
+        self.resource_texts = Default::default();
         self.scopes = Vec::new();
         sink.take(part, std::mem::take(&mut self.traces))
     }
@@ -170,6 +174,18 @@ impl TraceCollector {
         is: impl Fn(&Resource) -> bool,
     ) -> Option<Arc<Resource>> {
         self.resources.get(service)?.iter().find(|r| is(r)).cloned()
+    }
+
+    /// The resource read before from exactly this text, if it was remembered.
+    pub fn resource_of_text(&self, text: &str) -> Option<Arc<Resource>> {
+        self.resource_texts.get(text).cloned()
+    }
+
+    /// Remembers that `text` reads as `resource` (up to 4,096 texts).
+    pub fn remember_resource_text(&mut self, text: &str, resource: &Arc<Resource>) {
+        if self.resource_texts.len() < 4096 {
+            self.resource_texts.insert(text.into(), resource.clone());
+        }
     }
 
     /// The shared copy of an equal resource seen before, or this one.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::DateTime;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::formats::lenient::i64_any;
 use crate::formats::{Format, FormatError, Json, TraceCollector};
@@ -28,7 +29,9 @@ struct JTrace<'a> {
     #[serde(default, borrow)]
     spans: Vec<JSpan<'a>>,
     #[serde(default, borrow)]
-    processes: foldhash::HashMap<Cow<'a, str>, JProcess<'a>>,
+    /// Left as text until the trace is added: every trace of a service carries the same
+    /// process, and one seen before with the same text is not read again.
+    processes: foldhash::HashMap<Cow<'a, str>, &'a RawValue>,
     /// The domain model's list of `{processID, process}`.
     #[serde(default, borrow)]
     process_map: Vec<JProcessMapping<'a>>,
@@ -375,8 +378,15 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
         }],
         _ => vec![serde_json::from_slice(bytes).map_err(invalid)?],
     };
-    for trace in traces {
-        add_trace(trace, c);
+    // Every trace's processes are read before any trace is added: a document with one that
+    // cannot be read adds nothing.
+    let processes = traces
+        .iter()
+        .map(|t| process_resources(t, c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    for (trace, processes) in traces.iter().zip(processes) {
+        add_trace(trace, processes, c);
     }
     Ok(())
 }
@@ -386,22 +396,45 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
 /// without detecting each line's format again.
 pub fn parse_if_trace(json: Json<'_>, c: &mut TraceCollector) -> bool {
     match json.parse::<JTrace<'_>>() {
-        Ok(t) if t.trace_id.is_some() && !t.spans.is_empty() => {
-            add_trace(t, c);
-            true
-        }
+        Ok(t) if t.trace_id.is_some() && !t.spans.is_empty() => match process_resources(&t, c) {
+            Ok(processes) => {
+                add_trace(&t, processes, c);
+                true
+            }
+            Err(_) => false,
+        },
         _ => false,
     }
 }
 
-fn add_trace(trace: JTrace<'_>, c: &mut TraceCollector) {
+/// The resource of each of the trace's processes, by process id.
+fn process_resources<'t>(
+    trace: &'t JTrace<'_>,
+    c: &mut TraceCollector,
+) -> Result<foldhash::HashMap<&'t str, Arc<Resource>>, serde_json::Error> {
     let mut processes: foldhash::HashMap<&str, Arc<Resource>> = Default::default();
-    for (id, p) in &trace.processes {
-        processes.insert(id.as_ref(), process_resource(p, c));
+    for (id, text) in &trace.processes {
+        let resource = match c.resource_of_text(text.get()) {
+            Some(r) => r,
+            None => {
+                let r = process_resource(&serde_json::from_str(text.get())?, c);
+                c.remember_resource_text(text.get(), &r);
+                r
+            }
+        };
+        processes.insert(id.as_ref(), resource);
     }
     for m in &trace.process_map {
         processes.insert(m.process_id.as_ref(), process_resource(&m.process, c));
     }
+    Ok(processes)
+}
+
+fn add_trace(
+    trace: &JTrace<'_>,
+    processes: foldhash::HashMap<&str, Arc<Resource>>,
+    c: &mut TraceCollector,
+) {
     for span in &trace.spans {
         let resource = match (&span.process, processes.get(span.process_id.as_ref())) {
             (Some(p), _) => process_resource(p, c),
