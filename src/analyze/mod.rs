@@ -9,7 +9,9 @@ mod suspects;
 mod timeline;
 mod tree;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -410,8 +412,8 @@ fn failure_order(
     // one with the earliest first error (then name) goes next. O((services + edges) log
     // services). Only when nothing is ready (cycles) is the slower tie-break below used.
     use std::cmp::Reverse;
-    let mut waited_by: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-    let mut unmet_count: std::collections::HashMap<&str, usize> = Default::default();
+    let mut waited_by: HashMap<&str, Vec<&str>> = Default::default();
+    let mut unmet_count: HashMap<&str, usize> = Default::default();
     for (&from, tos) in &waits_for {
         unmet_count.insert(from, tos.len());
         for &to in tos {
@@ -423,7 +425,7 @@ fn failure_order(
         .filter(|(s, _)| !unmet_count.contains_key(*s))
         .map(|(&s, &t)| Reverse((t, s)))
         .collect();
-    let mut done: std::collections::HashSet<&str> = Default::default();
+    let mut done: foldhash::HashSet<&str> = Default::default();
     let mut out = Vec::with_capacity(failed.len());
     while out.len() < failed.len() {
         let next = match ready.pop() {
@@ -456,7 +458,7 @@ fn failure_order(
 fn break_cycle<'a>(
     failed: &BTreeMap<&'a str, DateTime<Utc>>,
     waits_for: &BTreeMap<&'a str, std::collections::BTreeSet<&'a str>>,
-    done: &std::collections::HashSet<&'a str>,
+    done: &foldhash::HashSet<&'a str>,
 ) -> Option<(&'a str, DateTime<Utc>)> {
     let unmet = |s: &str| -> Vec<&'a str> {
         waits_for
@@ -466,7 +468,7 @@ fn break_cycle<'a>(
     };
     // Whether `to` can be reached from `from` through unmet dependencies.
     let reaches = |from: &'a str, to: &str| {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = foldhash::HashSet::default();
         let mut stack = vec![from];
         while let Some(x) = stack.pop() {
             if x == to {
@@ -505,12 +507,12 @@ fn recoveries<'t, K: std::hash::Hash + Eq>(
                 .filter_map(move |(i, s)| Some((group(t, i, s)?, s)))
         })
     };
-    let mut last_error: HashMap<K, i64> = HashMap::new();
+    let mut last_error: HashMap<K, i64> = HashMap::default();
     for (k, s) in grouped().filter(|(_, s)| s.is_error()) {
         let end = last_error.entry(k).or_insert(s.end_ns);
         *end = (*end).max(s.end_ns);
     }
-    let mut first_success: HashMap<K, &Span> = HashMap::new();
+    let mut first_success: HashMap<K, &Span> = HashMap::default();
     for (k, s) in grouped().filter(|(_, s)| !s.is_error()) {
         if last_error.get(&k).is_some_and(|&last| s.start_ns > last) {
             let order = |s: &Span| (s.end_ns, s.trace_id, s.span_id);

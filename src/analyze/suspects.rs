@@ -7,7 +7,9 @@
 //! values are compared as distributions: the threshold that best separates failing from healthy
 //! calls (`payment.gateway.pool.active ≥ 50`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::tree::TraceTree;
@@ -70,7 +72,7 @@ type SpanKey = (TraceId, SpanId, i64, i64, Arc<str>);
 impl SpanAttributes {
     /// The attributes of the spans read back (a span read twice keeps its first copy).
     pub fn new(spans: Vec<(TraceId, SpanRecord)>) -> Self {
-        let mut by_span = HashMap::with_capacity(spans.len());
+        let mut by_span = HashMap::with_capacity_and_hasher(spans.len(), Default::default());
         for (t, s) in spans {
             by_span
                 .entry((t, s.span_id, s.start_ns, s.end_ns, s.service))
@@ -237,8 +239,8 @@ pub fn suspects(
     };
 
     // Where each value occurs (indices into `all`), and each key's numbers.
-    let mut occurs: HashMap<(&str, String), Vec<u32>> = HashMap::new();
-    let mut numbers: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
+    let mut occurs: HashMap<(&str, String), Vec<u32>> = HashMap::default();
+    let mut numbers: HashMap<&str, Vec<(usize, f64)>> = HashMap::default();
     let mut not_numeric: BTreeSet<&str> = BTreeSet::new();
     for (i, s) in all.iter().enumerate() {
         let mut seen: BTreeSet<(&str, String)> = BTreeSet::new();

@@ -4,7 +4,7 @@
 //! W3C trace state keep them beside the trace. Only the traces a capture keeps are turned back
 //! into [`Trace`]s (with no attributes: those stay in the spill).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::model::{AttrValue, Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace};
@@ -120,7 +120,7 @@ impl Slabs {
                 s.start_ns,
             )
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = foldhash::HashSet::default();
         let mut spans = Vec::new();
         let mut extras = Vec::new();
         let mut dropped = 0;

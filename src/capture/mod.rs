@@ -16,7 +16,9 @@ pub mod sweep;
 pub mod tempo;
 pub mod zipkin;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -362,7 +364,7 @@ pub struct Capture {
 pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Capture {
     let started = Utc::now();
     let results = futures::future::join_all(sources.iter().map(|s| s.capture(plan))).await;
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    let mut index: HashMap<TraceId, usize> = HashMap::default();
     let mut traces: Vec<(Trace, Purposes)> = Vec::new();
     let mut records = Vec::new();
     let mut gaps = Vec::new();

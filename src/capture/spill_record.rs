@@ -19,7 +19,7 @@
 //! Which spans share one resource or scope is kept (by number), because the OTLP and Jaeger
 //! writers group spans by the resource they share.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::model::{
@@ -210,7 +210,7 @@ pub struct Names(Option<HashMap<Box<str>, Arc<str>>>);
 impl Names {
     /// Names shared by every record read with them.
     pub fn shared() -> Self {
-        Self(Some(HashMap::new()))
+        Self(Some(HashMap::default()))
     }
 }
 
