@@ -232,6 +232,7 @@ impl FileSource {
         let mut tally = Tally::default();
         let traces = match &self.spill {
             Some(spill) => {
+                let began = std::time::Instant::now();
                 let mut ids = Vec::new();
                 spill.visit(|number, _, light| {
                     if let Some(p) = tally.sort(&light, plan) {
@@ -242,6 +243,11 @@ impl FileSource {
                 // attributes); the spill forgets the rest.
                 let not_kept = super::keep_most_important(&mut ids, plan.max_traces);
                 self.not_kept.store(not_kept, Ordering::SeqCst);
+                tracing::debug!(
+                    ms = began.elapsed().as_millis() as u64,
+                    kept = ids.len(),
+                    "traces sorted out"
+                );
                 spill.keep(ids)
             }
             None => {
