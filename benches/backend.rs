@@ -112,18 +112,15 @@ fn capture(
     let incident_file = dir.path().join("incident.json");
     std::fs::write(&incident_file, incident.to_string()).expect("the incident file");
     let clock = Instant::now();
-    let out = support::run_cli(
-        &[
-            "collect",
-            "--incident",
-            incident_file.to_str().unwrap_or_default(),
-            "--jaeger",
-            url,
-            "--out",
-            dir.path().join("evidence").to_str().unwrap_or_default(),
-        ],
-        &[],
-    );
+    let (out, peak_mb) = collect_measured(&[
+        "collect",
+        "--incident",
+        incident_file.to_str().unwrap_or_default(),
+        "--jaeger",
+        url,
+        "--out",
+        dir.path().join("evidence").to_str().unwrap_or_default(),
+    ]);
     let wall = clock.elapsed().as_secs_f64();
     let bundle = support::bundle_dir(&out);
     let manifest = support::read_json(&bundle.join("manifest.json"));
@@ -161,11 +158,37 @@ fn capture(
         manifest["completeness"]["gaps"]
     );
     println!(
-        "| capture wall time | queries | the same queries alone (4 at a time) | ratio |\n|---|---|---|---|\n| {wall:.2} s | {}{} | {queries_alone:.2} s | {:.2}× |",
+        "| capture wall time | queries | the same queries alone (4 at a time) | ratio | peak RSS of `collect` |\n|---|---|---|---|---|\n| {wall:.2} s | {}{} | {queries_alone:.2} s | {:.2}× | {} |",
         urls.len(),
         server
             .map(|s| format!(" ({} answered)", s.request_count()))
             .unwrap_or_default(),
-        wall / queries_alone.max(0.001)
+        wall / queries_alone.max(0.001),
+        peak_mb.map_or("not measured (no /usr/bin/time)".to_owned(), |m| format!(
+            "{m:.1} MB"
+        ))
     );
+}
+
+/// Runs the binary with `args` under GNU time, when there is one: its output and its own peak
+/// resident memory in MB. (`getrusage` of the children would count this process's memory too:
+/// the child is started as a copy of it, holding the payloads or the loopback backend.)
+fn collect_measured(args: &[&str]) -> (std::process::Output, Option<f64>) {
+    let time = std::path::Path::new("/usr/bin/time");
+    if !time.exists() {
+        return (support::run_cli(args, &[]), None);
+    }
+    let report = tempfile::NamedTempFile::new().expect("a temporary file");
+    let out = std::process::Command::new(time)
+        .args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(env!("CARGO_BIN_EXE_evidence-locker"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let kib: Option<f64> = std::fs::read_to_string(report.path())
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()));
+    (out, kib.map(|k| k * 1024.0 / 1e6))
 }
