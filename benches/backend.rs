@@ -172,23 +172,42 @@ fn capture(
 
 /// Runs the binary with `args` under GNU time, when there is one: its output and its own peak
 /// resident memory in MB. (`getrusage` of the children would count this process's memory too:
-/// the child is started as a copy of it, holding the payloads or the loopback backend.)
+/// the child is started as a copy of it, holding the payloads or the loopback backend.) Without
+/// GNU time, or if it gives no figure, the run is not measured.
 fn collect_measured(args: &[&str]) -> (std::process::Output, Option<f64>) {
     let time = std::path::Path::new("/usr/bin/time");
-    if !time.exists() {
+    let gnu = std::process::Command::new(time)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            [o.stdout, o.stderr]
+                .concat()
+                .windows(3)
+                .any(|w| w == b"GNU")
+        });
+    if !gnu {
+        eprintln!("peak RSS not measured: /usr/bin/time is not GNU time");
         return (support::run_cli(args, &[]), None);
     }
     let report = tempfile::NamedTempFile::new().expect("a temporary file");
-    let out = std::process::Command::new(time)
-        .args(["-f", "%M", "-o"])
+    let mut cmd = std::process::Command::new(time);
+    cmd.args(["-f", "%M", "-o"])
         .arg(report.path())
         .arg(env!("CARGO_BIN_EXE_evidence-locker"))
         .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs");
+        .env("RUST_LOG", "warn");
+    // As the tests do: the developer's own overrides stay out of it.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EVIDENCE_LOCKER__") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("the binary runs");
     let kib: Option<f64> = std::fs::read_to_string(report.path())
         .ok()
         .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()));
+    if kib.is_none() {
+        eprintln!("peak RSS not measured: GNU time gave no figure");
+    }
     (out, kib.map(|k| k * 1024.0 / 1e6))
 }

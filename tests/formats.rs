@@ -618,4 +618,22 @@ fn a_process_that_cannot_be_read_costs_its_line_or_refuses_its_document() {
             "{bad}: a trace of it was added"
         );
     }
+    // Of several that cannot be read, the error names the first in the document, every time.
+    let bad = r#"{"serviceName":"checkout","tags":5}"#;
+    let processes: Vec<String> = ["p9", "p1", "p5", "p3", "p7", "p2", "p8", "p4"]
+        .iter()
+        .map(|id| format!(r#""{id}":{bad}"#))
+        .collect();
+    let document = trace(1, good).replace(
+        &format!(r#""processes":{{"p1":{good}}}"#),
+        &format!(r#""processes":{{{}}}"#, processes.join(",")),
+    );
+    assert!(document.contains(r#""p9":"#), "{document}");
+    for _ in 0..32 {
+        let e = TraceCollector::default()
+            .add_input(document.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"process "p9""#), "{e}");
+    }
 }

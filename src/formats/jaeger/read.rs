@@ -28,13 +28,58 @@ struct JTrace<'a> {
     trace_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     spans: Vec<JSpan<'a>>,
-    #[serde(default, borrow)]
-    /// Left as text until the trace is added: every trace of a service carries the same
-    /// process, and one seen before with the same text is not read again.
-    processes: foldhash::HashMap<Cow<'a, str>, &'a RawValue>,
+    /// Left as text until the trace is added, in the document's order: every trace of a
+    /// service carries the same process, and one seen before with the same text is not read
+    /// again.
+    #[serde(default, borrow, deserialize_with = "entries_in_order")]
+    processes: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// The domain model's list of `{processID, process}`.
     #[serde(default, borrow)]
     process_map: Vec<JProcessMapping<'a>>,
+}
+
+/// A JSON object's entries in the document's order, keys borrowed where they hold no escape.
+fn entries_in_order<'de, D>(d: D) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl<'de> serde::de::Visitor<'de> for Text {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a process id")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(Text)
+        }
+    }
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of processes")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+            while let Some((Key(id), text)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                out.push((id, text));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries)
 }
 
 #[derive(Deserialize)]
@@ -384,7 +429,10 @@ pub fn parse(bytes: &[u8], format: Format, c: &mut TraceCollector) -> Result<(),
         .iter()
         .map(|t| process_resources(t, c))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(invalid)?;
+        .map_err(|message| FormatError::Invalid {
+            format: format.name(),
+            message,
+        })?;
     for (trace, processes) in traces.iter().zip(processes) {
         add_trace(trace, processes, c);
     }
@@ -407,17 +455,22 @@ pub fn parse_if_trace(json: Json<'_>, c: &mut TraceCollector) -> bool {
     }
 }
 
-/// The resource of each of the trace's processes, by process id.
+/// The resource of each of the trace's processes, by process id; the first process (in the
+/// document's order) that cannot be read is the error.
 fn process_resources<'t>(
     trace: &'t JTrace<'_>,
     c: &mut TraceCollector,
-) -> Result<foldhash::HashMap<&'t str, Arc<Resource>>, serde_json::Error> {
+) -> Result<foldhash::HashMap<&'t str, Arc<Resource>>, String> {
     let mut processes: foldhash::HashMap<&str, Arc<Resource>> = Default::default();
     for (id, text) in &trace.processes {
         let resource = match c.resource_of_text(text.get()) {
             Some(r) => r,
             None => {
-                let r = process_resource(&serde_json::from_str(text.get())?, c);
+                let process = serde_json::from_str(text.get()).map_err(|e| {
+                    let trace = trace.trace_id.as_deref().unwrap_or("without an id");
+                    format!("process {id:?} of trace {trace}: {e}")
+                })?;
+                let r = process_resource(&process, c);
                 c.remember_resource_text(text.get(), &r);
                 r
             }
