@@ -57,6 +57,16 @@ pub fn file_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
     Ok(std::sync::Arc::new(spill))
 }
 
+/// Where a backend capture writes the traces it finds as each answer comes (redacted by
+/// `[redaction]`, to a temporary file), going on with light copies: it holds no more than the
+/// answers in flight whole, however many traces it keeps.
+pub fn backend_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
+    let redactor = crate::redact::Redactor::new(&settings.redaction).map_err(anyhow::Error::msg)?;
+    let spill = Spill::for_backends(redactor)
+        .context("cannot create the temporary file a capture writes its traces to (TMPDIR)")?;
+    Ok(std::sync::Arc::new(spill))
+}
+
 /// Reads and parses an incident file.
 pub fn read_incident(path: &Path) -> Result<Incident> {
     let bytes = std::fs::read(path)
@@ -129,6 +139,7 @@ pub fn plan(settings: &Settings, incident: Incident, resolved: ResolvedWindow) -
         None
     };
     let mut plan = CapturePlan {
+        store: None,
         services: Vec::new(),
         incident,
         window,
@@ -247,6 +258,8 @@ pub async fn collect(settings: &Settings, req: CollectRequest) -> Result<Collect
     if from_files {
         // A file is all the traffic the user had: no backend's sampling applies to it.
         plan.kept_normal_share = 1.0;
+    } else {
+        plan.store = Some(backend_spill(settings)?);
     }
     tracing::info!(
         incident = %plan.incident.id(),

@@ -304,3 +304,128 @@ fn streaming_writes_what_reading_the_file_whole_writes() {
     assert_eq!(m1["sources"][0]["notes"], m2["sources"][0]["notes"]);
     assert!(m2["redaction"]["rules"]["email"].as_u64().unwrap() > 0);
 }
+
+/// A backend capture that writes each answer to its temporary file as it comes (what `collect`
+/// and the worker do) writes the same bundle as one that keeps the backend's traces whole in
+/// memory: every trace file byte for byte, the analysis, the timeline, the counts, the gaps and
+/// what redaction replaced (a secret in a trace that three searches return is counted once).
+#[test]
+fn a_backend_capture_written_as_it_comes_writes_what_holding_it_whole_writes() {
+    use evidence_locker::capture::{self, jaeger::JaegerSource};
+    use evidence_locker::collect;
+    use evidence_locker::config::BackendSettings;
+    use support::jaeger::{Api, Server, synthetic_traces};
+
+    let us = |min: i64| WINDOW_START_US + min * 60_000_000;
+    // Failing and slow (found by the error, slow and sample searches), failing and fast,
+    // normal; every failing call carries a customer's e-mail address.
+    let mut traces = synthetic_traces(40, us(5), us(20), true, 3_000_000, 0);
+    traces.extend(synthetic_traces(25, us(6), us(21), true, 20_000, 1_000));
+    traces.extend(synthetic_traces(60, us(1), us(28), false, 20_000, 2_000));
+    let mut secrets = 0;
+    for t in &mut traces {
+        let child = &mut t["spans"][1];
+        if child["tags"].as_array().unwrap().len() > 1 {
+            child["tags"].as_array_mut().unwrap().push(
+                json!({"key": "customer", "type": "string", "value": "jane.doe@example.com"}),
+            );
+            secrets += 1;
+        }
+    }
+    assert_eq!(secrets, 65);
+    let (addr, _server) = support::jaeger::start(Server::new(Api::V3, 500, traces));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = evidence_locker::config::Settings::load(None).unwrap();
+    settings.capture.slow_threshold = std::time::Duration::from_secs(1);
+    let backend = BackendSettings {
+        url: format!("http://{addr}"),
+        retention: std::time::Duration::from_secs(20 * 365 * 86_400),
+        ..Default::default()
+    };
+    let sources: Vec<Box<dyn capture::TraceSource>> =
+        vec![Box::new(JaegerSource::new("jaeger", &backend).unwrap())];
+    let incident = collect::read_incident(&incident(dir.path())).unwrap();
+    let defaults = evidence_locker::model::WindowDefaults {
+        lookback: settings.capture.lookback,
+        max_window: settings.capture.max_window,
+    };
+    let now = chrono::DateTime::from_timestamp_micros(us(31)).unwrap();
+    let window = incident.resolve_window(&defaults, now).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bundle = |written_as_it_comes: bool| {
+        let mut plan = collect::plan(&settings, incident.clone(), window);
+        if written_as_it_comes {
+            plan.store = Some(collect::backend_spill(&settings).unwrap());
+        }
+        let out = dir.path().join(if written_as_it_comes {
+            "streamed"
+        } else {
+            "whole"
+        });
+        std::fs::create_dir_all(&out).unwrap();
+        runtime.block_on(async {
+            let mut c = capture::run(&sources, &plan).await;
+            evidence_locker::redact::redact_capture(&settings.redaction, &mut c).unwrap();
+            assert_eq!(c.spill.is_some(), written_as_it_comes);
+            let opts = evidence_locker::bundle::BundleOptions {
+                capture_id: "CAPTURE".into(),
+                error_rate_threshold: settings.analysis.error_rate_threshold,
+                zstd_level: 3,
+                retention: Default::default(),
+                kind: None,
+                previous: None,
+                signer: None,
+                trace_url: None,
+            };
+            collect::write_into(out.clone(), plan, c, opts)
+                .await
+                .unwrap();
+        });
+        out
+    };
+    let whole = bundle(false);
+    let streamed = bundle(true);
+    let read = |b: &Path, f: &str| {
+        let raw = std::fs::read(b.join(f)).unwrap();
+        if f.ends_with(".zst") {
+            zstd::decode_all(&raw[..]).unwrap()
+        } else {
+            raw
+        }
+    };
+    for f in [
+        "traces/errors.jsonl.zst",
+        "traces/slow.jsonl.zst",
+        "traces/baseline.jsonl.zst",
+        "traces/sample.jsonl.zst",
+        "traces/context.jsonl.zst",
+        "traces/jaeger-ui.json",
+        "analysis.json",
+        "timeline.json",
+    ] {
+        assert!(read(&whole, f) == read(&streamed, f), "{f} differs");
+    }
+    let (m1, m2) = (
+        read_json(&whole.join("manifest.json")),
+        read_json(&streamed.join("manifest.json")),
+    );
+    for key in ["counts", "redaction", "completeness", "gaps"] {
+        assert_eq!(m1[key], m2[key], "{key}");
+    }
+    // The 40 slow failing traces were returned by three searches each: their secret is
+    // counted once, with the 25 others.
+    assert_eq!(m2["counts"]["error_traces"], 65, "{}", m2["counts"]);
+    assert_eq!(
+        m2["redaction"]["rules"]["email"], secrets,
+        "{}",
+        m2["redaction"]
+    );
+    // The attributes were written whole, and redacted.
+    let errors = String::from_utf8(read(&streamed, "traces/errors.jsonl.zst")).unwrap();
+    assert!(errors.contains("card declined") && !errors.contains("jane.doe@example.com"));
+    assert_eq!(errors.matches("\"customer\"").count(), 65);
+}

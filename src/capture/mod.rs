@@ -53,6 +53,10 @@ pub struct CapturePlan {
     pub max_traces: usize,
     /// Bytes of answers read per backend at most (`capture.max_bytes`).
     pub max_bytes: u64,
+    /// Where backends write the traces they find as each answer comes (whole, redacted),
+    /// going on with light copies ([`spill::Spill::store`]); `None`: they are kept whole in
+    /// memory.
+    pub store: Option<std::sync::Arc<spill::Spill>>,
 }
 
 /// The gap kind of a limit of ours that was reached (`capture.max_*`): not worth retrying.
@@ -388,6 +392,9 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
     gaps.extend(plan.gaps.iter().cloned());
     let dropped = keep_most_important(&mut traces, plan.max_traces)
         + sources.iter().map(|s| s.traces_not_kept()).sum::<usize>();
+    if let Some(store) = &plan.store {
+        store.settle(traces.iter().map(|(t, _)| t.id));
+    }
     if dropped > 0 {
         gaps.push(Gap {
             source: "capture".into(),
@@ -409,7 +416,10 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
         started,
         finished: Utc::now(),
         redaction: Default::default(),
-        spill: sources.iter().find_map(|s| s.spill()),
+        spill: sources
+            .iter()
+            .find_map(|s| s.spill())
+            .or_else(|| plan.store.clone()),
     }
 }
 

@@ -7,17 +7,22 @@
 //! them as OTLP and Jaeger JSON then, so the traces it leaves out are never written as JSON. A
 //! trace whose spans came in several parts is read back and merged before it is written, as if
 //! it had been read whole.
+//!
+//! A backend capture writes here too ([`Spill::for_backends`]): each answer's traces are
+//! redacted and written as they arrive ([`Spill::store`]), and the capture goes on with light
+//! copies of them, so that it holds no more than one answer's whole traces at a time.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
 use crate::formats::{TraceSink, jaeger, otlp};
-use crate::model::{Trace, TraceId};
+use crate::model::{Span, SpanId, Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
 /// Where one part's record of a trace lies in the spill file: its attributes section, then the
@@ -118,10 +123,31 @@ struct State {
     redaction: Redacted,
 }
 
+/// Traces a backend returned, as [`Spill::store`] wrote them.
+#[derive(Default)]
+struct Stored {
+    traces: foldhash::HashMap<TraceId, StoredTrace>,
+    /// Answers stored: the order of a trace's records.
+    parts: u64,
+}
+
+/// What was written of one trace a backend returned.
+#[derive(Default)]
+struct StoredTrace {
+    /// Copies written of each span, by what tells spans apart when copies of a trace are
+    /// merged (`Trace::merge`: its id and, hashed, its service).
+    spans: foldhash::HashMap<(SpanId, u64), u32>,
+    /// What redaction replaced in the spans written.
+    redacted: Redacted,
+}
+
 /// The temporary file of redacted traces, their index, and their compact spans.
 pub struct Spill {
     file: File,
     redactor: Redactor,
+    /// Written by a backend capture ([`Spill::store`]) rather than by reading files.
+    backends: bool,
+    stored: Mutex<Stored>,
     /// Inputs begun (each file is one): parts are numbered input first, then line.
     inputs: AtomicU64,
     state: Mutex<State>,
@@ -137,10 +163,154 @@ impl Spill {
         Ok(Self {
             file: tempfile::tempfile()?,
             redactor,
+            backends: false,
+            stored: Mutex::default(),
             inputs: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             kept: RwLock::default(),
         })
+    }
+
+    /// A spill for the answers of backends ([`Spill::store`]), in `TMPDIR` like [`Spill::new`].
+    pub fn for_backends(redactor: Redactor) -> io::Result<Self> {
+        Ok(Self {
+            backends: true,
+            ..Self::new(redactor)?
+        })
+    }
+
+    fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the spans of `traces` (one backend answer, filtered) that are not written yet,
+    /// redacted, and leaves `traces` light (`Span::slim`, no scope: what the analysis of a
+    /// streamed file sees) and redacted. A span is written once however many answers hold it
+    /// (a trace found by the error search and by the sample), except that a copy of a trace
+    /// holding a span several times has as many written; what redaction replaced is counted
+    /// with the spans written.
+    pub fn store(&self, traces: &mut [Trace]) -> io::Result<()> {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::quality::FixedState::with_seed(0x5eed);
+        // Each trace split in the spans not written yet and the others, and where each goes.
+        let mut fresh: Vec<Trace> = Vec::with_capacity(traces.len());
+        let mut known: Vec<Trace> = Vec::with_capacity(traces.len());
+        let mut layouts: Vec<Vec<bool>> = Vec::with_capacity(traces.len());
+        let part = {
+            let mut stored = self.stored();
+            let part = stored.parts;
+            stored.parts += 1;
+            let mut here: foldhash::HashMap<(SpanId, u64), u32> = foldhash::HashMap::default();
+            for t in traces.iter_mut() {
+                let entry = stored.traces.entry(t.id).or_default();
+                here.clear();
+                let (mut new, mut old) = (Vec::new(), Vec::new());
+                let mut layout = Vec::with_capacity(t.spans.len());
+                for span in std::mem::take(&mut t.spans) {
+                    let key = (span.span_id, hasher.hash_one(&**span.service()));
+                    let copy = here.entry(key).or_default();
+                    *copy += 1;
+                    let written = entry.spans.entry(key).or_default();
+                    let is_new = *copy > *written;
+                    if is_new {
+                        *written = *copy;
+                        new.push(span);
+                    } else {
+                        old.push(span);
+                    }
+                    layout.push(is_new);
+                }
+                fresh.push(Trace {
+                    id: t.id,
+                    spans: new,
+                });
+                known.push(Trace {
+                    id: t.id,
+                    spans: old,
+                });
+                layouts.push(layout);
+            }
+            part
+        };
+        let counts = self.redactor.apply_counted(fresh.iter_mut());
+        // Spans written before were counted then: these are redacted only to be shown.
+        self.redactor.apply_counted(known.iter_mut());
+        let mut buf = Vec::new();
+        let mut records = Vec::new();
+        for t in fresh.iter().filter(|t| !t.spans.is_empty()) {
+            let offset = buf.len();
+            let (attrs, rest) = spill_record::encode(t, &mut buf);
+            len32(attrs + rest)?;
+            records.push((
+                t.id,
+                Record {
+                    part,
+                    offset: offset as u64,
+                    attrs: len32(attrs)?,
+                    rest: len32(rest)?,
+                },
+            ));
+        }
+        let base = {
+            let mut state = self.state();
+            let base = state.len;
+            state.len += buf.len() as u64;
+            base
+        };
+        self.file.write_all_at(&buf, base)?;
+        {
+            let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
+            for (id, mut record) in records {
+                record.offset += base;
+                kept.records.entry(id).or_default().push(record);
+            }
+        }
+        {
+            let mut stored = self.stored();
+            for (t, c) in fresh.iter().zip(counts).filter(|(_, c)| !c.is_empty()) {
+                if let Some(entry) = stored.traces.get_mut(&t.id) {
+                    add_counts(&mut entry.redacted, &c);
+                }
+            }
+        }
+        for ((t, (new, old)), layout) in traces
+            .iter_mut()
+            .zip(fresh.into_iter().zip(known))
+            .zip(layouts)
+        {
+            let (mut new, mut old) = (new.spans.into_iter(), old.spans.into_iter());
+            t.spans = layout
+                .into_iter()
+                .filter_map(|is_new| if is_new { new.next() } else { old.next() })
+                .map(|mut s| {
+                    s.slim();
+                    s.scope = None;
+                    s
+                })
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Once a backend capture has chosen the traces it keeps: totals what redaction replaced
+    /// in them, and forgets the others' records (their bytes stay in the file until it goes).
+    pub fn settle(&self, kept: impl Iterator<Item = TraceId>) {
+        let stored = std::mem::take(&mut *self.stored());
+        let mut total = Redacted::new();
+        let mut records = foldhash::HashMap::default();
+        let mut all =
+            std::mem::take(&mut self.kept.write().unwrap_or_else(|p| p.into_inner()).records);
+        for id in kept {
+            if let Some(t) = stored.traces.get(&id) {
+                add_counts(&mut total, &t.redacted);
+            }
+            if let Some(r) = all.remove(&id) {
+                records.insert(id, r);
+            }
+        }
+        drop(all);
+        self.kept.write().unwrap_or_else(|p| p.into_inner()).records = records;
+        self.state().redaction = total;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -336,6 +506,53 @@ impl Spill {
         Ok(buf)
     }
 
+    /// The whole trace of which `light` is the light copy, or `None` when it was never written
+    /// here. From a file, [`Spill::load`]; from backends, the spans written for it, each in the
+    /// place of its light copy (the copies of a trace that several answers held were merged
+    /// light, as whole ones were before).
+    pub fn whole(&self, light: &Trace) -> io::Result<Option<Trace>> {
+        if !self.backends {
+            return self.load(light.id);
+        }
+        let id = light.id;
+        let mut records = self.records(id);
+        if records.is_empty() {
+            return Ok(None);
+        }
+        records.sort_by_key(|r| (r.part, r.offset));
+        let mut written: Vec<Option<Span>> = Vec::new();
+        for r in records {
+            written.extend(self.decode(id, r)?.spans.into_iter().map(Some));
+        }
+        // Where each span's copies are, first written first.
+        let keys: Vec<(SpanId, Arc<str>)> = written
+            .iter()
+            .flatten()
+            .map(|s| (s.span_id, s.service().clone()))
+            .collect();
+        let mut at: foldhash::HashMap<(SpanId, &str), VecDeque<usize>> =
+            foldhash::HashMap::default();
+        for (i, (span, service)) in keys.iter().enumerate() {
+            at.entry((*span, &**service)).or_default().push_back(i);
+        }
+        let mut spans = Vec::with_capacity(light.spans.len());
+        for s in &light.spans {
+            let found = at
+                .get_mut(&(s.span_id, &**s.service()))
+                .and_then(VecDeque::pop_front)
+                .and_then(|i| written.get_mut(i).and_then(Option::take));
+            let Some(whole) = found else {
+                return Err(io::Error::other(format!(
+                    "span {} of {} in trace {id} was never written to the capture's temporary file",
+                    s.span_id,
+                    s.service()
+                )));
+            };
+            spans.push(whole);
+        }
+        Ok(Some(Trace { id, spans }))
+    }
+
     /// The whole trace as it was read (its parts merged, in input order, repeated spans
     /// dropped as reading the input whole drops them), or `None` when it was never written here.
     pub fn load(&self, id: TraceId) -> io::Result<Option<Trace>> {
@@ -387,7 +604,7 @@ impl Spill {
         // Written whole, then handed on in one piece: the serialiser writes a token at a time,
         // and `out` is a compressor.
         let mut json = Vec::with_capacity(4096);
-        match self.load(trace.id)? {
+        match self.whole(trace)? {
             Some(whole) => write(&whole, &mut json)?,
             None => write(trace, &mut json)?,
         }
@@ -438,6 +655,14 @@ impl Spill {
             }
         }
         Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
     }
 }
 

@@ -31,6 +31,56 @@ pub trait Searches: Sync {
         limit: usize,
         server_filter: bool,
     ) -> Self::Search<'a>;
+
+    /// Whether a search's answer holds whole traces, which the plan's store takes as they come
+    /// (Tempo's searches find ids; it stores the traces it then fetches).
+    fn answers_whole_traces(&self) -> bool {
+        true
+    }
+}
+
+/// A search whose answers go to the plan's store as they come (see `Spill::store`), leaving
+/// light traces in the answer; an answer that cannot be written fails as a whole (a gap).
+struct Storing<'s, Q> {
+    inner: Q,
+    store: Option<&'s super::spill::Spill>,
+}
+
+impl<Q: RangeQuery> RangeQuery for Storing<'_, Q> {
+    fn query(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        reason: Reason,
+    ) -> BoxFuture<'_, Result<search::Page, String>> {
+        Box::pin(async move {
+            let mut page = self.inner.query(start_ns, end_ns, reason).await?;
+            if let Some(store) = self.store {
+                store.store(&mut page.traces).map_err(|e| {
+                    format!("the answer could not be written to the capture's temporary file: {e}")
+                })?;
+            }
+            Ok(page)
+        })
+    }
+}
+
+/// `backend`'s search (see [`Searches::search`]), its answers stored as they come.
+fn ask<'a, B: Searches>(
+    backend: &'a B,
+    plan: &'a CapturePlan,
+    service: Option<&'a str>,
+    purpose: Purpose,
+    limit: usize,
+    server_filter: bool,
+) -> Storing<'a, B::Search<'a>> {
+    Storing {
+        inner: backend.search(plan, service, purpose, limit, server_filter),
+        store: plan
+            .store
+            .as_deref()
+            .filter(|_| backend.answers_whole_traces()),
+    }
 }
 
 /// The server-side filters a backend has shown it cannot be trusted with: a filtered search came
@@ -491,7 +541,14 @@ async fn exhaustive_window<B: Searches>(
     distrust: &Distrust,
     server_filter: bool,
 ) -> (Vec<Trace>, Vec<search::Shortfall>) {
-    let inner = backend.search(plan, service, purpose, limits.query_limit, server_filter);
+    let inner = ask(
+        backend,
+        plan,
+        service,
+        purpose,
+        limits.query_limit,
+        server_filter,
+    );
     let q = Watched {
         inner,
         purpose,
@@ -561,7 +618,7 @@ async fn sweep_scope<B: Searches>(
             plan.sample_per_minute,
             limits.query_limit,
         );
-        let q = backend.search(plan, service, Purpose::Sample, per_slice, false);
+        let q = ask(backend, plan, service, Purpose::Sample, per_slice, false);
         let pages = futures::future::join_all(slices.iter().map(|&(s, e)| {
             let q = &q;
             async move { (s, e, q.query(s, e, Reason::Sample).await) }
@@ -603,7 +660,7 @@ async fn sweep_scope<B: Searches>(
         let per_slice = quota.div_ceil(slices as usize);
         let (start, end) = (baseline.start_ns(), baseline.end_ns());
         let step = (end - start) / slices;
-        let q = backend.search(plan, service, Purpose::Baseline, per_slice, true);
+        let q = ask(backend, plan, service, Purpose::Baseline, per_slice, true);
         let pages = futures::future::join_all((0..slices).map(|i| {
             let s = start + i * step;
             let e = if i == slices - 1 { end } else { s + step };
@@ -658,7 +715,14 @@ async fn recovery_probe<B: Searches>(
     else {
         return;
     };
-    let q = backend.search(plan, service, Purpose::Recovery, PROBE_LIMIT, false);
+    let q = ask(
+        backend,
+        plan,
+        service,
+        Purpose::Recovery,
+        PROBE_LIMIT,
+        false,
+    );
     let end = plan.window.end_ns();
     for k in 0..PROBE_SLICES {
         let s = last + k * PROBE_SLICE_NS;

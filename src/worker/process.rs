@@ -465,7 +465,11 @@ impl Worker {
         };
         let sources = crate::collect::configured_sources(&self.settings)
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
-        let plan = crate::collect::plan(&self.settings, job.incident.clone(), window);
+        let mut plan = crate::collect::plan(&self.settings, job.incident.clone(), window);
+        plan.store = Some(
+            crate::collect::backend_spill(&self.settings)
+                .map_err(|e| transient(format!("{e:#}")))?,
+        );
         let _margin = self.check_margin(&plan.window);
         tracing::info!(
             window.start = %plan.window.start(),

@@ -178,6 +178,22 @@ impl TempoSource {
         }
     }
 
+    /// Fetches one trace by id and hands it to the plan's store, if it has one (see
+    /// `Spill::store`).
+    async fn fetch_stored(&self, id: TraceId, plan: &CapturePlan) -> Fetched {
+        match (self.fetch(id).await, plan.store.as_deref()) {
+            (Fetched::Trace(mut t, partial), Some(store)) => {
+                match store.store(std::slice::from_mut(&mut t)) {
+                    Ok(()) => Fetched::Trace(t, partial),
+                    Err(e) => Fetched::Failed(format!(
+                        "the trace could not be written to the capture's temporary file: {e}"
+                    )),
+                }
+            }
+            (fetched, _) => fetched,
+        }
+    }
+
     /// Fetches one trace by id: v2 first, v1 when v2 is missing.
     async fn fetch(&self, id: TraceId) -> Fetched {
         let hex = id.to_hex();
@@ -259,7 +275,7 @@ impl TempoSource {
                 let fetched = futures::future::join_all(
                     wanted
                         .keys()
-                        .map(|&id| async move { (id, self.fetch(id).await) }),
+                        .map(|&id| async move { (id, self.fetch_stored(id, plan).await) }),
                 )
                 .await;
                 for (id, outcome) in fetched {
@@ -351,6 +367,10 @@ impl Searches for TempoSource {
             purpose,
             limit,
         }
+    }
+
+    fn answers_whole_traces(&self) -> bool {
+        false
     }
 }
 
