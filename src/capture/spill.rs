@@ -761,3 +761,123 @@ impl TraceSink for Spill {
         self.file.write_all_at(&buf, base)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AttrValue, Attribute, Resource, Status};
+    use crate::redact::RedactionSettings;
+
+    fn span(id: &str, service: &str, secret: &str) -> Span {
+        let mut attributes = crate::model::List::new();
+        attributes.push(Attribute {
+            key: "note".into(),
+            value: AttrValue::Str(format!("{id} {secret}").into()),
+        });
+        Span {
+            trace_id: TraceId::parse("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            span_id: SpanId::parse(id).unwrap(),
+            parent: None,
+            operation: "GET /".into(),
+            start_ns: 1_000,
+            end_ns: 2_000,
+            kind: Default::default(),
+            status: Status::default(),
+            attributes,
+            resource: Arc::new(Resource {
+                service: service.into(),
+                attributes: Vec::new(),
+            }),
+            scope: None,
+            events: Default::default(),
+            links: Default::default(),
+            trace_state: None,
+        }
+    }
+
+    fn trace(spans: Vec<Span>) -> Trace {
+        Trace {
+            id: spans[0].trace_id,
+            spans,
+        }
+    }
+
+    /// A trace that grew between two answers, and Zipkin's client and server halves (one span
+    /// id, two services): merged light as whole traces were merged, each span is written back
+    /// whole in its light copy's place, and its secret counted once.
+    #[test]
+    fn copies_of_a_trace_from_several_answers_are_written_back_whole_and_counted_once() {
+        let redactor = Redactor::new(&RedactionSettings {
+            enabled: true,
+            keys: Vec::new(),
+            values: vec![r"ACME-\d{6}".into()],
+        })
+        .unwrap();
+        let spill = Spill::for_backends(redactor).unwrap();
+        let first = || {
+            trace(vec![
+                span("00000000000000a1", "checkout", "ACME-000001"),
+                span("00000000000000a2", "payment", "ACME-000002"),
+            ])
+        };
+        let mut early = vec![first()];
+        spill.store(&mut early).unwrap();
+        // The later answer: the same two spans, the server half of a2, and a new span.
+        let mut grown = first();
+        grown
+            .spans
+            .push(span("00000000000000a2", "payment-server", "ACME-000003"));
+        grown
+            .spans
+            .push(span("00000000000000a3", "payment", "plain"));
+        let mut later = vec![grown];
+        spill.store(&mut later).unwrap();
+        assert!(later[0].spans.iter().all(|s| s.attributes.is_empty()));
+        let mut light = early.remove(0);
+        light.merge(later.remove(0));
+        assert_eq!(light.spans.len(), 4);
+        spill.settle(std::iter::once(light.id));
+        let whole = spill.whole(&light).unwrap().unwrap();
+        let got: Vec<(String, String, String)> = whole
+            .spans
+            .iter()
+            .map(|s| {
+                let note = match s.attribute("note") {
+                    Some(AttrValue::Str(v)) => v.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (s.span_id.to_string(), s.service().to_string(), note)
+            })
+            .collect();
+        let want = [
+            (
+                "00000000000000a1",
+                "checkout",
+                "00000000000000a1 [REDACTED:values[0]]",
+            ),
+            (
+                "00000000000000a2",
+                "payment",
+                "00000000000000a2 [REDACTED:values[0]]",
+            ),
+            (
+                "00000000000000a2",
+                "payment-server",
+                "00000000000000a2 [REDACTED:values[0]]",
+            ),
+            ("00000000000000a3", "payment", "00000000000000a3 plain"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        );
+        let rules = spill.redaction().rules;
+        assert_eq!(rules.values().sum::<usize>(), 3, "{rules:?}");
+        // A trace the capture did not keep is not written back, nor counted.
+        let other = spill.whole(&Trace {
+            id: TraceId::parse("1af7651916cd43dd8448eb211c80319c").unwrap(),
+            spans: Vec::new(),
+        });
+        assert!(other.unwrap().is_none());
+    }
+}
