@@ -6,7 +6,8 @@
 //! backend is the real Jaeger v2.13 of the tests (memory store, `scripts/servers/install`), fed
 //! one-span payment calls through its OTLP receiver, over the ten minutes before now. Prints the
 //! capture's wall time, its queries, and the time the same queries take sent again alone, four
-//! at a time as the capture sends them.
+//! at a time as the capture sends them. `BENCH_BINARY=path` measures another build of the binary
+//! (an earlier commit's) against the same backend.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -170,6 +171,12 @@ fn capture(
     );
 }
 
+/// The binary measured: this build's, or another one named by `BENCH_BINARY` (a build of an
+/// earlier commit, for an A/B comparison against the same loopback backend).
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_evidence-locker").into())
+}
+
 /// Runs the binary with `args` under GNU time, when there is one: its output and its own peak
 /// resident memory in MB. (`getrusage` of the children would count this process's memory too:
 /// the child is started as a copy of it, holding the payloads or the loopback backend.) Without
@@ -187,13 +194,16 @@ fn collect_measured(args: &[&str]) -> (std::process::Output, Option<f64>) {
         });
     if !gnu {
         eprintln!("peak RSS not measured: /usr/bin/time is not GNU time");
+        if std::env::var_os("BENCH_BINARY").is_some() {
+            eprintln!("BENCH_BINARY needs GNU time: this build's binary is measured");
+        }
         return (support::run_cli(args, &[]), None);
     }
     let report = tempfile::NamedTempFile::new().expect("a temporary file");
     let mut cmd = std::process::Command::new(time);
     cmd.args(["-f", "%M", "-o"])
         .arg(report.path())
-        .arg(env!("CARGO_BIN_EXE_evidence-locker"))
+        .arg(binary())
         .args(args)
         .env("RUST_LOG", "warn");
     // As the tests do: the developer's own overrides stay out of it.

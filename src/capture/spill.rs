@@ -17,12 +17,12 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
 use crate::formats::{TraceSink, jaeger, otlp};
-use crate::model::{Span, SpanId, Trace, TraceId};
+use crate::model::{AttrValue, Span, SpanId, Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
 /// Where one part's record of a trace lies in the spill file: its attributes section, then the
@@ -134,8 +134,7 @@ struct Stored {
 /// What was written of one trace a backend returned.
 #[derive(Default)]
 struct StoredTrace {
-    /// Copies written of each span, by what tells spans apart when copies of a trace are
-    /// merged (`Trace::merge`: its id and, hashed, its service).
+    /// Copies written of each span, by its id and what its light copy shows ([`shown`]).
     spans: foldhash::HashMap<(SpanId, u64), u32>,
     /// What redaction replaced in the spans written.
     redacted: Redacted,
@@ -186,16 +185,17 @@ impl Spill {
     /// Writes the spans of `traces` (one backend answer, filtered) that are not written yet,
     /// redacted, and leaves `traces` light (`Span::slim`, no scope: what the analysis of a
     /// streamed file sees) and redacted. A span is written once however many answers hold it
-    /// (a trace found by the error search and by the sample), except that a copy of a trace
-    /// holding a span several times has as many written; what redaction replaced is counted
-    /// with the spans written.
+    /// (a trace found by the error search and by the sample): a copy is a new one when what
+    /// its light copy shows differs ([`shown`]), and a copy of a trace holding the same span
+    /// several times has as many written. What redaction replaced is counted with the spans
+    /// written. When the answer cannot be written, nothing of it counts as written.
     pub fn store(&self, traces: &mut [Trace]) -> io::Result<()> {
-        use std::hash::BuildHasher;
-        let hasher = foldhash::quality::FixedState::with_seed(0x5eed);
         // Each trace split in the spans not written yet and the others, and where each goes.
         let mut fresh: Vec<Trace> = Vec::with_capacity(traces.len());
         let mut known: Vec<Trace> = Vec::with_capacity(traces.len());
         let mut layouts: Vec<Vec<bool>> = Vec::with_capacity(traces.len());
+        // The copies counted as written, with how many there were before.
+        let mut marked: Vec<(TraceId, (SpanId, u64), u32)> = Vec::new();
         let part = {
             let mut stored = self.stored();
             let part = stored.parts;
@@ -207,12 +207,13 @@ impl Spill {
                 let (mut new, mut old) = (Vec::new(), Vec::new());
                 let mut layout = Vec::with_capacity(t.spans.len());
                 for span in std::mem::take(&mut t.spans) {
-                    let key = (span.span_id, hasher.hash_one(&**span.service()));
+                    let key = shown(&span);
                     let copy = here.entry(key).or_default();
                     *copy += 1;
                     let written = entry.spans.entry(key).or_default();
                     let is_new = *copy > *written;
                     if is_new {
+                        marked.push((t.id, key, *written));
                         *written = *copy;
                         new.push(span);
                     } else {
@@ -235,35 +236,18 @@ impl Spill {
         let counts = self.redactor.apply_counted(fresh.iter_mut());
         // Spans written before were counted then: these are redacted only to be shown.
         self.redactor.apply_counted(known.iter_mut());
-        let mut buf = Vec::new();
-        let mut records = Vec::new();
-        for t in fresh.iter().filter(|t| !t.spans.is_empty()) {
-            let offset = buf.len();
-            let (attrs, rest) = spill_record::encode(t, &mut buf);
-            len32(attrs + rest)?;
-            records.push((
-                t.id,
-                Record {
-                    part,
-                    offset: offset as u64,
-                    attrs: len32(attrs)?,
-                    rest: len32(rest)?,
-                },
-            ));
-        }
-        let base = {
-            let mut state = self.state();
-            let base = state.len;
-            state.len += buf.len() as u64;
-            base
-        };
-        self.file.write_all_at(&buf, base)?;
-        {
-            let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
-            for (id, mut record) in records {
-                record.offset += base;
-                kept.records.entry(id).or_default().push(record);
+        if let Err(e) = self.write_part(part, &fresh) {
+            let mut stored = self.stored();
+            for (id, key, before) in marked.into_iter().rev() {
+                if let Some(n) = stored
+                    .traces
+                    .get_mut(&id)
+                    .and_then(|t| t.spans.get_mut(&key))
+                {
+                    *n = before;
+                }
             }
+            return Err(e);
         }
         {
             let mut stored = self.stored();
@@ -288,6 +272,39 @@ impl Spill {
                     s
                 })
                 .collect();
+        }
+        Ok(())
+    }
+
+    /// Writes the spans of `traces` as one part, and records where each trace's lie.
+    fn write_part(&self, part: u64, traces: &[Trace]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut records = Vec::new();
+        for t in traces.iter().filter(|t| !t.spans.is_empty()) {
+            let offset = buf.len();
+            let (attrs, rest) = spill_record::encode(t, &mut buf);
+            len32(attrs + rest)?;
+            records.push((
+                t.id,
+                Record {
+                    part,
+                    offset: offset as u64,
+                    attrs: len32(attrs)?,
+                    rest: len32(rest)?,
+                },
+            ));
+        }
+        let base = {
+            let mut state = self.state();
+            let base = state.len;
+            state.len += buf.len() as u64;
+            base
+        };
+        self.file.write_all_at(&buf, base)?;
+        let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
+        for (id, mut record) in records {
+            record.offset += base;
+            kept.records.entry(id).or_default().push(record);
         }
         Ok(())
     }
@@ -517,28 +534,31 @@ impl Spill {
         let id = light.id;
         let mut records = self.records(id);
         if records.is_empty() {
-            return Ok(None);
+            if light.spans.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::other(format!(
+                "trace {id} was never written to the capture's temporary file"
+            )));
         }
         records.sort_by_key(|r| (r.part, r.offset));
         let mut written: Vec<Option<Span>> = Vec::new();
         for r in records {
             written.extend(self.decode(id, r)?.spans.into_iter().map(Some));
         }
-        // Where each span's copies are, first written first.
-        let keys: Vec<(SpanId, Arc<str>)> = written
-            .iter()
-            .flatten()
-            .map(|s| (s.span_id, s.service().clone()))
-            .collect();
-        let mut at: foldhash::HashMap<(SpanId, &str), VecDeque<usize>> =
+        // Where each span's copies are, first written first, by what their light copies show
+        // (written and light copies were both redacted).
+        let mut at: foldhash::HashMap<(SpanId, u64), VecDeque<usize>> =
             foldhash::HashMap::default();
-        for (i, (span, service)) in keys.iter().enumerate() {
-            at.entry((*span, &**service)).or_default().push_back(i);
+        for (i, s) in written.iter().enumerate() {
+            if let Some(s) = s {
+                at.entry(shown(s)).or_default().push_back(i);
+            }
         }
         let mut spans = Vec::with_capacity(light.spans.len());
         for s in &light.spans {
             let found = at
-                .get_mut(&(s.span_id, &**s.service()))
+                .get_mut(&shown(s))
                 .and_then(VecDeque::pop_front)
                 .and_then(|i| written.get_mut(i).and_then(Option::take));
             let Some(whole) = found else {
@@ -658,6 +678,30 @@ impl Spill {
     }
 }
 
+/// A span's id, and what its light copy shows (`Span::slim`: all but attributes, events, links
+/// and scope), hashed: two copies of a span that differ in it (times a server adjusted between
+/// two answers, the two halves of a call that share an id) are two copies, each written, and
+/// each light copy is written back from its own.
+fn shown(s: &Span) -> (SpanId, u64) {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::quality::FixedState::with_seed(0x5eed).build_hasher();
+    s.parent.hash(&mut h);
+    (s.start_ns, s.end_ns).hash(&mut h);
+    (s.kind, s.status.code).hash(&mut h);
+    s.status.message.hash(&mut h);
+    s.operation.hash(&mut h);
+    s.service().hash(&mut h);
+    let trace_state = s
+        .trace_state
+        .as_deref()
+        .or(match s.attribute("w3c.tracestate") {
+            Some(AttrValue::Str(v)) => Some(&**v),
+            _ => None,
+        });
+    trace_state.hash(&mut h);
+    (s.span_id, h.finish())
+}
+
 impl std::fmt::Debug for Spill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spill")
@@ -765,8 +809,9 @@ impl TraceSink for Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttrValue, Attribute, Resource, Status};
+    use crate::model::{Attribute, Resource, Status};
     use crate::redact::RedactionSettings;
+    use std::sync::Arc;
 
     fn span(id: &str, service: &str, secret: &str) -> Span {
         let mut attributes = crate::model::List::new();
@@ -824,6 +869,9 @@ mod tests {
         spill.store(&mut early).unwrap();
         // The later answer: the same two spans, the server half of a2, and a new span.
         let mut grown = first();
+        // The server moved a1's end between the two answers: another copy, written too.
+        grown.spans[0].end_ns = 2_500;
+        grown.spans[0].attributes[0].value = AttrValue::Str("moved".into());
         grown
             .spans
             .push(span("00000000000000a2", "payment-server", "ACME-000003"));
@@ -834,8 +882,11 @@ mod tests {
         spill.store(&mut later).unwrap();
         assert!(later[0].spans.iter().all(|s| s.attributes.is_empty()));
         let mut light = early.remove(0);
+        let mut later_first = later[0].clone();
         light.merge(later.remove(0));
         assert_eq!(light.spans.len(), 4);
+        later_first.merge(light.clone());
+        assert_eq!(later_first.spans.len(), 4);
         spill.settle(std::iter::once(light.id));
         let whole = spill.whole(&light).unwrap().unwrap();
         let got: Vec<(String, String, String)> = whole
@@ -873,6 +924,13 @@ mod tests {
         );
         let rules = spill.redaction().rules;
         assert_eq!(rules.values().sum::<usize>(), 3, "{rules:?}");
+        // Merged the other way, the moved copy of a1 is the one written back.
+        let whole = spill.whole(&later_first).unwrap().unwrap();
+        assert_eq!(whole.spans[0].end_ns, 2_500);
+        assert!(
+            matches!(whole.spans[0].attribute("note"), Some(AttrValue::Str(v)) if &**v == "moved")
+        );
+        assert_eq!(whole.spans.len(), 4);
         // A trace the capture did not keep is not written back, nor counted.
         let other = spill.whole(&Trace {
             id: TraceId::parse("1af7651916cd43dd8448eb211c80319c").unwrap(),
