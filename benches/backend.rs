@@ -7,7 +7,8 @@
 //! one-span payment calls through its OTLP receiver, over the ten minutes before now. Prints the
 //! capture's wall time, its queries, and the time the same queries take sent again alone, four
 //! at a time as the capture sends them. `BENCH_BINARY=path` measures another build of the binary
-//! (an earlier commit's) against the same backend.
+//! (an earlier commit's) against the same backend; `BENCH_TAGS=N` adds N tags to every span of
+//! the loopback Jaeger's traces.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -83,6 +84,24 @@ fn main() {
         5_000,
         n as u64,
     ));
+    // `BENCH_TAGS=N`: N more tags on every span (40-byte values), for traces the size real
+    // instrumentation writes rather than the two-tag spans above.
+    let tags: usize = std::env::var("BENCH_TAGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if tags > 0 {
+        for t in &mut traces {
+            for span in t["spans"].as_array_mut().into_iter().flatten() {
+                let id = span["spanID"].clone();
+                if let Some(list) = span["tags"].as_array_mut() {
+                    list.extend((0..tags).map(|k| {
+                        json!({"key": format!("app.attribute.{k}"), "type": "string", "value": format!("{id}-value-of-attribute-{k:04}")})
+                    }));
+                }
+            }
+        }
+    }
     let (addr, server) = start(Server::new(Api::V3, usize::MAX, traces));
     let incident = json!({
         "id": "INC-BENCH",
