@@ -240,6 +240,35 @@ fn a_large_file_is_captured_whole_every_trace_once() {
     assert!(want.split.iter().all(|id| seen.contains(id)));
 }
 
+/// A bundle's file, decompressed.
+fn read_bundle_file(bundle: &Path, file: &str) -> Vec<u8> {
+    let raw = std::fs::read(bundle.join(file)).unwrap();
+    if file.ends_with(".zst") {
+        zstd::decode_all(&raw[..]).unwrap()
+    } else {
+        raw
+    }
+}
+
+/// Every trace file, the analysis and the timeline of two bundles are the same bytes.
+fn assert_same_evidence(a: &Path, b: &Path) {
+    for f in [
+        "traces/errors.jsonl.zst",
+        "traces/slow.jsonl.zst",
+        "traces/baseline.jsonl.zst",
+        "traces/sample.jsonl.zst",
+        "traces/context.jsonl.zst",
+        "traces/jaeger-ui.json",
+        "analysis.json",
+        "timeline.json",
+    ] {
+        assert!(
+            read_bundle_file(a, f) == read_bundle_file(b, f),
+            "{f} differs"
+        );
+    }
+}
+
 /// Collects `file` through the library, streaming or reading it whole.
 fn collect_with(file: &Path, incident_file: &Path, out: &Path, streaming: bool) -> PathBuf {
     use evidence_locker::capture::file::FileSource;
@@ -276,26 +305,7 @@ fn streaming_writes_what_reading_the_file_whole_writes() {
     let incident_file = incident(dir.path());
     let whole = collect_with(&file, &incident_file, &dir.path().join("whole"), false);
     let streamed = collect_with(&file, &incident_file, &dir.path().join("streamed"), true);
-    for f in [
-        "traces/errors.jsonl.zst",
-        "traces/slow.jsonl.zst",
-        "traces/baseline.jsonl.zst",
-        "traces/sample.jsonl.zst",
-        "traces/context.jsonl.zst",
-        "traces/jaeger-ui.json",
-        "analysis.json",
-        "timeline.json",
-    ] {
-        let read = |b: &Path| {
-            let raw = std::fs::read(b.join(f)).unwrap();
-            if f.ends_with(".zst") {
-                zstd::decode_all(&raw[..]).unwrap()
-            } else {
-                raw
-            }
-        };
-        assert!(read(&whole) == read(&streamed), "{f} differs");
-    }
+    assert_same_evidence(&whole, &streamed);
     let manifest = |b: &Path| read_json(&b.join("manifest.json"));
     let (m1, m2) = (manifest(&whole), manifest(&streamed));
     for key in ["counts", "redaction", "completeness"] {
@@ -389,26 +399,7 @@ fn a_backend_capture_written_as_it_comes_writes_what_holding_it_whole_writes() {
     };
     let whole = bundle(false);
     let streamed = bundle(true);
-    let read = |b: &Path, f: &str| {
-        let raw = std::fs::read(b.join(f)).unwrap();
-        if f.ends_with(".zst") {
-            zstd::decode_all(&raw[..]).unwrap()
-        } else {
-            raw
-        }
-    };
-    for f in [
-        "traces/errors.jsonl.zst",
-        "traces/slow.jsonl.zst",
-        "traces/baseline.jsonl.zst",
-        "traces/sample.jsonl.zst",
-        "traces/context.jsonl.zst",
-        "traces/jaeger-ui.json",
-        "analysis.json",
-        "timeline.json",
-    ] {
-        assert!(read(&whole, f) == read(&streamed, f), "{f} differs");
-    }
+    assert_same_evidence(&whole, &streamed);
     let (m1, m2) = (
         read_json(&whole.join("manifest.json")),
         read_json(&streamed.join("manifest.json")),
@@ -425,7 +416,7 @@ fn a_backend_capture_written_as_it_comes_writes_what_holding_it_whole_writes() {
         m2["redaction"]
     );
     // The attributes were written whole, and redacted.
-    let errors = String::from_utf8(read(&streamed, "traces/errors.jsonl.zst")).unwrap();
+    let errors = String::from_utf8(read_bundle_file(&streamed, "traces/errors.jsonl.zst")).unwrap();
     assert!(errors.contains("card declined") && !errors.contains("jane.doe@example.com"));
     assert_eq!(errors.matches("\"customer\"").count(), 65);
 }
