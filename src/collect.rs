@@ -51,20 +51,32 @@ pub struct CollectOutcome {
 /// temporary file, with only light spans kept in memory), so that a file of millions of spans
 /// is captured in bounded memory.
 pub fn file_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
-    let redactor = crate::redact::Redactor::new(&settings.redaction).map_err(anyhow::Error::msg)?;
-    let spill = Spill::new(redactor)
-        .context("cannot create the temporary file trace files stream through (TMPDIR)")?;
-    Ok(std::sync::Arc::new(spill))
+    new_spill(
+        settings,
+        Spill::new,
+        "cannot create the temporary file trace files stream through (TMPDIR)",
+    )
 }
 
 /// Where a backend capture writes the traces it finds as each answer comes (redacted by
 /// `[redaction]`, to a temporary file), going on with light copies: it holds no more than the
 /// answers in flight whole, however many traces it keeps.
 pub fn backend_spill(settings: &Settings) -> Result<std::sync::Arc<Spill>> {
+    new_spill(
+        settings,
+        Spill::for_backends,
+        "cannot create the temporary file a capture writes its traces to (TMPDIR)",
+    )
+}
+
+/// A spill made by `make`, redacting by `[redaction]`; `failed` says what could not be made.
+fn new_spill(
+    settings: &Settings,
+    make: fn(crate::redact::Redactor) -> std::io::Result<Spill>,
+    failed: &'static str,
+) -> Result<std::sync::Arc<Spill>> {
     let redactor = crate::redact::Redactor::new(&settings.redaction).map_err(anyhow::Error::msg)?;
-    let spill = Spill::for_backends(redactor)
-        .context("cannot create the temporary file a capture writes its traces to (TMPDIR)")?;
-    Ok(std::sync::Arc::new(spill))
+    Ok(std::sync::Arc::new(make(redactor).context(failed)?))
 }
 
 /// Reads and parses an incident file.

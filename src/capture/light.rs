@@ -7,7 +7,7 @@
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use crate::model::{AttrValue, Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace};
+use crate::model::{Resource, Span, SpanId, SpanKind, Status, StatusCode, Trace};
 
 /// One span, compact.
 #[derive(Clone, Debug)]
@@ -308,13 +308,7 @@ impl PartNames {
         let start = spans.len() as u32;
         let mut extras = Vec::new();
         for s in &trace.spans {
-            let trace_state =
-                s.trace_state
-                    .clone()
-                    .or_else(|| match s.attribute("w3c.tracestate") {
-                        Some(AttrValue::Str(v)) => Some(v.clone()),
-                        _ => None,
-                    });
+            let trace_state = s.recorded_trace_state().map(Box::from);
             let extra = if s.status.message.is_some() || trace_state.is_some() {
                 extras.push(Extra {
                     message: s.status.message.clone(),

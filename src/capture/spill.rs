@@ -22,7 +22,7 @@ use std::sync::{Mutex, RwLock};
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
 use crate::formats::{TraceSink, jaeger, otlp};
-use crate::model::{AttrValue, Span, SpanId, Trace, TraceId};
+use crate::model::{Span, SpanId, Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
 /// Where one part's record of a trace lies in the spill file: its attributes section, then the
@@ -278,22 +278,9 @@ impl Spill {
 
     /// Writes the spans of `traces` as one part, and records where each trace's lie.
     fn write_part(&self, part: u64, traces: &[Trace]) -> io::Result<()> {
+        let written: Vec<&Trace> = traces.iter().filter(|t| !t.spans.is_empty()).collect();
         let mut buf = Vec::new();
-        let mut records = Vec::new();
-        for t in traces.iter().filter(|t| !t.spans.is_empty()) {
-            let offset = buf.len();
-            let (attrs, rest) = spill_record::encode(t, &mut buf);
-            len32(attrs + rest)?;
-            records.push((
-                t.id,
-                Record {
-                    part,
-                    offset: offset as u64,
-                    attrs: len32(attrs)?,
-                    rest: len32(rest)?,
-                },
-            ));
-        }
+        let records = encode_part(part, written.iter().copied(), &mut buf)?;
         let base = {
             let mut state = self.state();
             let base = state.len;
@@ -302,9 +289,9 @@ impl Spill {
         };
         self.file.write_all_at(&buf, base)?;
         let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
-        for (id, mut record) in records {
+        for (t, mut record) in written.into_iter().zip(records) {
             record.offset += base;
-            kept.records.entry(id).or_default().push(record);
+            kept.records.entry(t.id).or_default().push(record);
         }
         Ok(())
     }
@@ -691,14 +678,7 @@ fn shown(s: &Span) -> (SpanId, u64) {
     s.status.message.hash(&mut h);
     s.operation.hash(&mut h);
     s.service().hash(&mut h);
-    let trace_state = s
-        .trace_state
-        .as_deref()
-        .or(match s.attribute("w3c.tracestate") {
-            Some(AttrValue::Str(v)) => Some(&**v),
-            _ => None,
-        });
-    trace_state.hash(&mut h);
+    s.recorded_trace_state().hash(&mut h);
     (s.span_id, h.finish())
 }
 
@@ -724,6 +704,28 @@ fn release_freed_memory() {
 /// The most bytes [`Spill::attributes`] reads at once.
 const COALESCED_READ: usize = 1 << 20;
 
+/// Appends the record of each of `traces` to `buf`; where each lies in it, as part `part`.
+fn encode_part<'t>(
+    part: u64,
+    traces: impl IntoIterator<Item = &'t Trace>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Vec<Record>> {
+    traces
+        .into_iter()
+        .map(|t| {
+            let offset = buf.len();
+            let (attrs, rest) = spill_record::encode(t, buf);
+            len32(attrs + rest)?;
+            Ok(Record {
+                part,
+                offset: offset as u64,
+                attrs: len32(attrs)?,
+                rest: len32(rest)?,
+            })
+        })
+        .collect()
+}
+
 fn len32(n: usize) -> io::Result<u32> {
     u32::try_from(n).map_err(|_| io::Error::other("a single trace of 4 GiB or more"))
 }
@@ -733,18 +735,7 @@ impl TraceSink for Spill {
         let part = (self.inputs.load(Ordering::SeqCst) << 40) | part as u64;
         let mut redacted = self.redactor.apply_counted(traces.iter_mut()).into_iter();
         let mut buf = Vec::with_capacity(1 << 20);
-        let mut records = Vec::with_capacity(traces.len());
-        for t in &traces {
-            let offset = buf.len();
-            let (attrs, rest) = spill_record::encode(t, &mut buf);
-            len32(attrs + rest)?;
-            records.push(Record {
-                part,
-                offset: offset as u64,
-                attrs: len32(attrs)?,
-                rest: len32(rest)?,
-            });
-        }
+        let records = encode_part(part, &traces, &mut buf)?;
         let part_names = PartNames::of(&traces, &mut self.state().names);
         let mut spans = Vec::with_capacity(traces.iter().map(|t| t.spans.len()).sum());
         let runs: Vec<_> = traces
@@ -809,7 +800,7 @@ impl TraceSink for Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attribute, Resource, Status};
+    use crate::model::{AttrValue, Attribute, Resource, Status};
     use crate::redact::RedactionSettings;
     use std::sync::Arc;
 

@@ -305,14 +305,19 @@ impl Span {
     /// The probability with which the span was sampled, from OpenTelemetry's `th` threshold in
     /// its trace state (`ot=th:e` is 1/8: thresholds are 56-bit rejection levels).
     pub fn sampling_probability(&self) -> Option<f64> {
-        let state = match &self.trace_state {
-            Some(s) => &**s,
+        threshold_probability(self.recorded_trace_state()?)
+    }
+
+    /// The W3C trace state the span was recorded with: OTLP's `traceState`, or Jaeger's
+    /// `w3c.tracestate` tag.
+    pub fn recorded_trace_state(&self) -> Option<&str> {
+        match &self.trace_state {
+            Some(s) => Some(s),
             None => match self.attribute("w3c.tracestate") {
-                Some(AttrValue::Str(s)) => &**s,
-                _ => return None,
+                Some(AttrValue::Str(s)) => Some(s),
+                _ => None,
             },
-        };
-        threshold_probability(state)
+        }
     }
 
     /// Drops what only the bundle's trace files need (attributes, events, links) once they are
@@ -320,11 +325,7 @@ impl Span {
     /// the trace state (Jaeger's `w3c.tracestate` tag moved into it), so that
     /// [`Span::sampling_probability`] answers as before.
     pub fn slim(&mut self) {
-        if self.trace_state.is_none()
-            && let Some(AttrValue::Str(s)) = self.attribute("w3c.tracestate")
-        {
-            self.trace_state = Some(s.clone());
-        }
+        self.trace_state = self.recorded_trace_state().map(Box::from);
         self.attributes = List::new();
         self.events = List::new();
         self.links = List::new();
