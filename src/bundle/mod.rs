@@ -5,6 +5,7 @@
 mod manifest;
 mod postmortem;
 mod report;
+mod trace_files;
 mod writer;
 mod yaml;
 
@@ -16,7 +17,7 @@ use serde::Serialize;
 use crate::analyze::{Analysis, AnalysisInput, Timeline, analyze_with};
 use crate::capture::spill::Spill;
 use crate::capture::{Capture, CapturePlan, Gap, Purpose};
-use crate::formats::{jaeger, otlp};
+use crate::formats::otlp;
 use crate::model::Trace;
 
 pub use manifest::{Completeness, Counts, Manifest, PreviousCapture, Retention};
@@ -204,49 +205,31 @@ pub fn write_bundle(
         kept_normal_share: plan.kept_normal_share,
     };
     let mut w = BundleWriter::new(dir);
-    // The analysis and the four trace files only read the traces: one thread each.
+    // The analysis and the trace files only read the traces: the analysis on one thread, the
+    // files on as many more as there are cores.
     let level = opts.zstd_level;
     let spill = input.capture.spill.as_deref();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (analysed, written) = std::thread::scope(|scope| {
-        let jobs = [
-            ("traces/errors.jsonl.zst", &picks.errors),
-            ("traces/slow.jsonl.zst", &picks.slow),
-            ("traces/baseline.jsonl.zst", &picks.baseline),
-            ("traces/sample.jsonl.zst", &picks.sample),
-        ]
-        .map(|(rel, p)| scope.spawn(move || write_traces(dir, rel, traces, p, level, spill)));
-        let ui = scope.spawn(|| {
-            writer::write_file(dir, "traces/jaeger-ui.json", |out| {
-                jaeger::write_api_response_with(
-                    picks
-                        .errors
-                        .iter()
-                        .chain(&picks.slow)
-                        .map(|&i| &traces[i].0),
-                    out,
-                    |t, out| match spill {
-                        Some(s) => s.write_jaeger(t, out),
-                        None => jaeger::write_api_trace(t, out),
-                    },
-                )
-            })
+        let files = scope.spawn(|| {
+            let files = trace_files::Files {
+                errors: &picks.errors,
+                slow: &picks.slow,
+                baseline: &picks.baseline,
+                sample: &picks.sample,
+            };
+            trace_files::write(dir, traces, &files, level, spill, workers)
         });
         let analysed = analyze_with(traces, &analysis_input, spill);
         lap("analysed");
-        let written: Vec<std::io::Result<FileEntry>> = jobs
-            .into_iter()
-            .chain([ui])
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(std::io::Error::other("a bundle writer thread panicked"))
-                })
-            })
-            .collect();
+        let written = files
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("a bundle writer thread panicked")));
         (analysed, written)
     });
     let (analysis, timeline) = analysed?;
-    for entry in written {
-        w.record(entry?);
+    for entry in written? {
+        w.record(entry);
     }
     lap("trace files written");
     let context = referenced_elsewhere(traces, &picks, &analysis, &timeline);

@@ -34,36 +34,69 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// A bundle file being written: hashed and counted as it goes, synced when finished.
+pub struct FileWriter {
+    rel: String,
+    w: Hashing<BufWriter<File>>,
+}
+
+impl FileWriter {
+    /// Creates `dir/rel` (never over an existing file), and the directories above it.
+    pub fn create(dir: &Path, rel: &str) -> io::Result<Self> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        Ok(Self {
+            rel: rel.to_owned(),
+            w: Hashing {
+                inner: BufWriter::with_capacity(256 * 1024, file),
+                hasher: Sha256::new(),
+                bytes: 0,
+            },
+        })
+    }
+
+    /// Flushes and syncs the file, and returns its entry.
+    pub fn finish(mut self) -> io::Result<FileEntry> {
+        self.w.flush()?;
+        let Hashing {
+            inner,
+            hasher,
+            bytes,
+        } = self.w;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(FileEntry {
+            path: self.rel,
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+}
+
+impl Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.w.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
 /// Writes `dir/rel` with `fill` (never over an existing file), syncs it, and returns its entry.
 pub fn write_file(
     dir: &Path,
     rel: &str,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<FileEntry> {
-    let path = dir.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let file = File::options().write(true).create_new(true).open(&path)?;
-    let mut w = Hashing {
-        inner: BufWriter::with_capacity(256 * 1024, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    fill(&mut w)?;
-    w.flush()?;
-    let Hashing {
-        inner,
-        hasher,
-        bytes,
-    } = w;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok(FileEntry {
-        path: rel.to_owned(),
-        bytes,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    let mut file = FileWriter::create(dir, rel)?;
+    fill(&mut file)?;
+    file.finish()
 }
 
 /// Makes a directory's entries durable (after its files were written and synced).

@@ -21,7 +21,7 @@ use std::sync::{Mutex, RwLock};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
-use crate::formats::{TraceSink, jaeger, otlp};
+use crate::formats::{TraceSink, otlp};
 use crate::model::{Span, SpanId, Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
@@ -594,11 +594,6 @@ impl Spill {
     /// (`trace` itself is light and cannot be written as it is).
     pub fn write_otlp<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
         self.write_whole(trace, out, otlp::write_trace_line)
-    }
-
-    /// Writes `trace` as an element of a Jaeger API response's `data`, the same way.
-    pub fn write_jaeger<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
-        self.write_whole(trace, out, jaeger::write_api_trace)
     }
 
     /// Writes with `write` the whole trace read back, or `trace` itself when it is not here.

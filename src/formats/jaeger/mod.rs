@@ -9,4 +9,4 @@ mod read;
 mod write;
 
 pub use read::{parse, parse_if_trace};
-pub use write::{write_api_response, write_api_response_with, write_api_trace};
+pub use write::{API_SEPARATOR, API_START, write_api_end, write_api_response, write_api_trace};

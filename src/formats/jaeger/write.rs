@@ -204,38 +204,40 @@ fn trace_out(trace: &Trace) -> TraceOut<'_> {
     }
 }
 
-/// Writes traces as a Jaeger v1 API response (`{"data": […], "total": …}`), one trace at a time.
+/// How a Jaeger v1 API response (`{"data": […], "total": …}`) begins: its traces follow, each
+/// written by [`write_api_trace`], [`API_SEPARATOR`] between two, and [`write_api_end`] closes it.
+pub const API_START: &[u8] = b"{\"data\":[";
+
+/// What stands between two traces of a Jaeger v1 API response.
+pub const API_SEPARATOR: &[u8] = b",\n";
+
+/// Closes a Jaeger v1 API response of `n` traces.
+pub fn write_api_end<W: Write + ?Sized>(n: usize, out: &mut W) -> std::io::Result<()> {
+    write!(
+        out,
+        "],\"total\":{n},\"limit\":0,\"offset\":0,\"errors\":null}}"
+    )
+}
+
+/// Writes traces as a Jaeger v1 API response, one trace at a time.
 pub fn write_api_response<'a, W: Write + ?Sized>(
     traces: impl IntoIterator<Item = &'a Trace>,
     out: &mut W,
 ) -> std::io::Result<()> {
-    write_api_response_with(traces, out, |t, out| write_api_trace(t, out))
+    out.write_all(API_START)?;
+    let mut n = 0usize;
+    for t in traces {
+        if n > 0 {
+            out.write_all(API_SEPARATOR)?;
+        }
+        write_api_trace(t, out)?;
+        n += 1;
+    }
+    write_api_end(n, out)
 }
 
 /// One trace as an element of a Jaeger v1 API response's `data`.
 pub fn write_api_trace<W: Write + ?Sized>(trace: &Trace, out: &mut W) -> std::io::Result<()> {
     serde_json::to_writer(out, &trace_out(trace))?;
     Ok(())
-}
-
-/// A Jaeger v1 API response whose traces `write_one` writes (as [`write_api_trace`] does, or
-/// by copying what it wrote before).
-pub fn write_api_response_with<W: Write + ?Sized, T>(
-    traces: impl IntoIterator<Item = T>,
-    out: &mut W,
-    mut write_one: impl FnMut(T, &mut W) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    out.write_all(b"{\"data\":[")?;
-    let mut n = 0usize;
-    for t in traces {
-        if n > 0 {
-            out.write_all(b",\n")?;
-        }
-        write_one(t, out)?;
-        n += 1;
-    }
-    write!(
-        out,
-        "],\"total\":{n},\"limit\":0,\"offset\":0,\"errors\":null}}"
-    )
 }

@@ -1,0 +1,418 @@
+//! The bundle's four trace files and `jaeger-ui.json`, written on every core: the traces are
+//! made into JSON in runs by whichever thread is free (an error or slow trace read back from the
+//! spill and decoded once for both its OTLP line and its Jaeger UI entry), and each file takes
+//! its runs in order, so its bytes are those one thread writing it alone would write.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use super::writer::{FileEntry, FileWriter};
+use crate::capture::Purposes;
+use crate::capture::spill::Spill;
+use crate::formats::{jaeger, otlp};
+use crate::model::Trace;
+
+/// Traces made into JSON at a time: small enough to keep both cores busy to the end, large
+/// enough that handing runs over costs nothing that shows.
+const RUN: usize = 64;
+
+/// What the trace files hold, as indexes into the capture's traces.
+pub(super) struct Files<'a> {
+    pub errors: &'a [usize],
+    pub slow: &'a [usize],
+    pub baseline: &'a [usize],
+    pub sample: &'a [usize],
+}
+
+const ERRORS: usize = 0;
+const SLOW: usize = 1;
+const UI: usize = 4;
+const NAMES: [&str; 5] = [
+    "traces/errors.jsonl.zst",
+    "traces/slow.jsonl.zst",
+    "traces/baseline.jsonl.zst",
+    "traces/sample.jsonl.zst",
+    "traces/jaeger-ui.json",
+];
+
+/// One run of work: traces `from..to` of file `file`, its run number `seq` there. Error and
+/// slow runs also make those traces' Jaeger UI entries, `jaeger-ui.json`'s run `ui.seq`, whose
+/// first trace is that file's `ui.first`.
+struct Run {
+    file: usize,
+    from: usize,
+    to: usize,
+    seq: usize,
+    ui: Option<UiPlace>,
+}
+
+struct UiPlace {
+    first: usize,
+    seq: usize,
+}
+
+/// Writes the five files with `workers` threads; their entries in the order errors, slow,
+/// baseline, sample, `jaeger-ui.json`.
+pub(super) fn write(
+    dir: &Path,
+    traces: &[(Trace, Purposes)],
+    files: &Files<'_>,
+    level: i32,
+    spill: Option<&Spill>,
+    workers: usize,
+) -> io::Result<Vec<FileEntry>> {
+    let lists = [files.errors, files.slow, files.baseline, files.sample];
+    let mut runs = Vec::new();
+    let mut counts = [0usize; 5];
+    let mut ui_traces = 0;
+    for (file, list) in lists.iter().enumerate() {
+        for from in (0..list.len()).step_by(RUN) {
+            let to = (from + RUN).min(list.len());
+            let ui = (file == ERRORS || file == SLOW).then(|| {
+                let place = UiPlace {
+                    first: ui_traces,
+                    seq: counts[UI],
+                };
+                counts[UI] += 1;
+                ui_traces += to - from;
+                place
+            });
+            runs.push(Run {
+                file,
+                from,
+                to,
+                seq: counts[file],
+                ui,
+            });
+            counts[file] += 1;
+        }
+    }
+    let mut sinks = Vec::with_capacity(5);
+    for (file, name) in NAMES.iter().enumerate() {
+        let mut out = FileWriter::create(dir, name)?;
+        let out = if file == UI {
+            out.write_all(jaeger::API_START)?;
+            Out::Plain(out)
+        } else {
+            Out::Zstd(zstd::stream::write::Encoder::new(out, level)?)
+        };
+        sinks.push(Sink::new(
+            out,
+            counts[file],
+            (file == UI).then_some(ui_traces),
+        ));
+    }
+
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
+    let work = || {
+        let mut otlp_json = Vec::new();
+        let mut ui_json = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            otlp_json.clear();
+            ui_json.clear();
+            let made = make_run(
+                traces,
+                lists[run.file],
+                run,
+                spill,
+                &mut otlp_json,
+                &mut ui_json,
+            )
+            .and_then(|()| {
+                sinks[run.file].deliver(run.seq, std::mem::take(&mut otlp_json))?;
+                if let Some(ui) = &run.ui {
+                    sinks[UI].deliver(ui.seq, std::mem::take(&mut ui_json))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = made {
+                failed.store(true, Ordering::Relaxed);
+                lock(&first_error).get_or_insert(e);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..workers.max(1)).map(|_| scope.spawn(work)).collect();
+        work();
+        for other in others {
+            if let Err(panic) = other.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    if let Some(e) = lock(&first_error).take() {
+        return Err(e);
+    }
+    sinks.into_iter().map(Sink::finish).collect()
+}
+
+/// Makes the JSON of one run: its OTLP lines into `otlp_json` and, for error and slow runs, its
+/// Jaeger UI entries into `ui_json`, each preceded by the separator but the file's first.
+fn make_run(
+    traces: &[(Trace, Purposes)],
+    list: &[usize],
+    run: &Run,
+    spill: Option<&Spill>,
+    otlp_json: &mut Vec<u8>,
+    ui_json: &mut Vec<u8>,
+) -> io::Result<()> {
+    for (k, &i) in list[run.from..run.to].iter().enumerate() {
+        let light = &traces[i].0;
+        // From a spill, the trace is light and its whole self is read back; else it is whole.
+        let whole = match spill {
+            Some(s) => s.whole(light)?.map_or(Cow::Borrowed(light), Cow::Owned),
+            None => Cow::Borrowed(light),
+        };
+        otlp::write_trace_line(&whole, otlp_json)?;
+        if let Some(ui) = &run.ui {
+            if ui.first + k > 0 {
+                ui_json.extend_from_slice(jaeger::API_SEPARATOR);
+            }
+            jaeger::write_api_trace(&whole, ui_json)?;
+        }
+    }
+    Ok(())
+}
+
+enum Out {
+    Zstd(zstd::stream::write::Encoder<'static, FileWriter>),
+    Plain(FileWriter),
+}
+
+impl Out {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Out::Zstd(z) => z.write_all(bytes),
+            Out::Plain(f) => f.write_all(bytes),
+        }
+    }
+}
+
+/// Runs that are made, waiting for the ones before them.
+struct Ready {
+    next: usize,
+    runs: BTreeMap<usize, Vec<u8>>,
+}
+
+/// One file: takes runs in any order, writes them in order, and is closed by the thread that
+/// writes its last run (its sync then overlaps the other files' work).
+struct Sink {
+    ready: Mutex<Ready>,
+    /// `None` once closed.
+    out: Mutex<Option<Out>>,
+    runs: usize,
+    /// For `jaeger-ui.json`, the number of its traces, written at its end.
+    ui_traces: Option<usize>,
+    entry: Mutex<Option<io::Result<FileEntry>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sink {
+    fn new(out: Out, runs: usize, ui_traces: Option<usize>) -> Self {
+        Self {
+            ready: Mutex::new(Ready {
+                next: 0,
+                runs: BTreeMap::new(),
+            }),
+            out: Mutex::new(Some(out)),
+            runs,
+            ui_traces,
+            entry: Mutex::new(None),
+        }
+    }
+
+    /// Hands over run `seq`. Whichever thread holds the file writes every run that is ready in
+    /// order; one that finds it held leaves its run to that thread and goes back to work.
+    fn deliver(&self, seq: usize, json: Vec<u8>) -> io::Result<()> {
+        lock(&self.ready).runs.insert(seq, json);
+        loop {
+            let mut out = match self.out.try_lock() {
+                Ok(out) => out,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return Ok(()),
+            };
+            let Some(file) = out.as_mut() else {
+                return Err(io::Error::other(
+                    "a run of traces came after its file was closed",
+                ));
+            };
+            loop {
+                let json = {
+                    let mut ready = lock(&self.ready);
+                    let next = ready.next;
+                    match ready.runs.remove(&next) {
+                        Some(json) => {
+                            ready.next += 1;
+                            json
+                        }
+                        None => break,
+                    }
+                };
+                file.write_all(&json)?;
+            }
+            if lock(&self.ready).next == self.runs {
+                if let Some(file) = out.take() {
+                    let entry = close(file, self.ui_traces);
+                    *lock(&self.entry) = Some(entry);
+                }
+                return Ok(());
+            }
+            drop(out);
+            // A run made ready after the last look, by a thread that found the file held, is
+            // written by this one.
+            let ready = lock(&self.ready);
+            if !ready.runs.contains_key(&ready.next) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The file's entry, once every run was written (a file with none is closed here).
+    fn finish(self) -> io::Result<FileEntry> {
+        let ready = self.ready.into_inner().unwrap_or_else(|p| p.into_inner());
+        if ready.next != self.runs || !ready.runs.is_empty() {
+            return Err(io::Error::other(format!(
+                "a bundle trace file was left with {} of its {} runs of traces written",
+                ready.next, self.runs
+            )));
+        }
+        if let Some(entry) = self.entry.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return entry;
+        }
+        match self.out.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(out) => close(out, self.ui_traces),
+            None => Err(io::Error::other(
+                "a bundle trace file was closed without its entry",
+            )),
+        }
+    }
+}
+
+/// Ends the file (`jaeger-ui.json` with the number of its traces), syncs it, and returns its entry.
+fn close(out: Out, ui_traces: Option<usize>) -> io::Result<FileEntry> {
+    match out {
+        Out::Zstd(z) => z.finish()?.finish(),
+        Out::Plain(mut f) => {
+            jaeger::write_api_end(ui_traces.unwrap_or(0), &mut f)?;
+            f.finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Resource, Span, SpanId, Status, TraceId};
+    use sha2::Digest;
+    use std::sync::Arc;
+
+    fn trace(n: usize) -> (Trace, Purposes) {
+        let id = TraceId::parse(&format!("{:032x}", n + 1)).unwrap();
+        let span = Span {
+            trace_id: id,
+            span_id: SpanId::parse(&format!("{:016x}", n + 1)).unwrap(),
+            parent: None,
+            operation: format!("GET /item/{n}").into(),
+            start_ns: 1_000 + n as i64,
+            end_ns: 2_000 + n as i64,
+            kind: Default::default(),
+            status: Status::default(),
+            attributes: Default::default(),
+            resource: Arc::new(Resource {
+                service: "shop".into(),
+                attributes: Vec::new(),
+            }),
+            scope: None,
+            events: Default::default(),
+            links: Default::default(),
+            trace_state: None,
+        };
+        (
+            Trace {
+                id,
+                spans: vec![span],
+            },
+            Purposes::default(),
+        )
+    }
+
+    /// Files of many runs, written by more threads than there are cores so that runs come in out
+    /// of order, are byte for byte what one thread writing each file alone writes: the traces in
+    /// the order given, compressed in one stream, and one Jaeger UI response of the error traces
+    /// then the slow ones.
+    #[test]
+    fn files_written_on_several_threads_are_byte_for_byte_those_of_one_thread() {
+        let traces: Vec<_> = (0..1500).map(trace).collect();
+        // Each file's order is not the capture's.
+        let errors: Vec<usize> = (0..1500).rev().filter(|i| i % 3 == 0).collect();
+        let slow: Vec<usize> = (0..1500).filter(|i| i % 3 == 1).collect();
+        let baseline: Vec<usize> = (0..1500).filter(|i| i % 6 == 2).collect();
+        let sample: Vec<usize> = (0..1500).rev().filter(|i| i % 6 == 5).collect();
+        let files = Files {
+            errors: &errors,
+            slow: &slow,
+            baseline: &baseline,
+            sample: &sample,
+        };
+        let lists = [&errors, &slow, &baseline, &sample];
+        let mut expected = Vec::new();
+        for list in lists {
+            let mut json = Vec::new();
+            for &i in list {
+                otlp::write_trace_line(&traces[i].0, &mut json).unwrap();
+            }
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            z.write_all(&json).unwrap();
+            expected.push(z.finish().unwrap());
+        }
+        let mut ui = Vec::new();
+        jaeger::write_api_response(errors.iter().chain(&slow).map(|&i| &traces[i].0), &mut ui)
+            .unwrap();
+        expected.push(ui);
+
+        for workers in [1, 6] {
+            let dir = tempfile::tempdir().unwrap();
+            let entries = write(dir.path(), &traces, &files, 3, None, workers).unwrap();
+            for ((entry, name), want) in entries.iter().zip(NAMES).zip(&expected) {
+                let got = std::fs::read(dir.path().join(name)).unwrap();
+                assert!(got == *want, "{name} differs with {workers} workers");
+                assert_eq!(entry.path, name);
+                assert_eq!(entry.bytes, want.len() as u64);
+                assert_eq!(entry.sha256, hex::encode(sha2::Sha256::digest(want)));
+            }
+        }
+    }
+
+    /// A capture with no traces still gets its five files: empty streams and an empty response.
+    #[test]
+    fn no_traces_make_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files {
+            errors: &[],
+            slow: &[],
+            baseline: &[],
+            sample: &[],
+        };
+        let entries = write(dir.path(), &[], &files, 3, None, 2).unwrap();
+        assert_eq!(entries.len(), 5);
+        let ui = std::fs::read_to_string(dir.path().join("traces/jaeger-ui.json")).unwrap();
+        assert_eq!(
+            ui,
+            r#"{"data":[],"total":0,"limit":0,"offset":0,"errors":null}"#
+        );
+        let errors = std::fs::read(dir.path().join("traces/errors.jsonl.zst")).unwrap();
+        assert!(zstd::decode_all(&errors[..]).unwrap().is_empty());
+    }
+}
