@@ -20,6 +20,10 @@ use crate::model::Trace;
 /// enough that handing runs over costs nothing that shows.
 const RUN: usize = 64;
 
+/// Bytes of runs that may wait for a file held by another thread (a sync, or a slow disk)
+/// before the threads that made them wait too: what bounds the memory the files take.
+const MOST_WAITING: usize = 8 << 20;
+
 /// What the trace files hold, as indexes into the capture's traces.
 pub(super) struct Files<'a> {
     pub errors: &'a [usize],
@@ -128,9 +132,9 @@ pub(super) fn write(
                 &mut ui_json,
             )
             .and_then(|()| {
-                sinks[run.file].deliver(run.seq, std::mem::take(&mut otlp_json))?;
+                sinks[run.file].deliver(run.seq, &otlp_json)?;
                 if let Some(ui) = &run.ui {
-                    sinks[UI].deliver(ui.seq, std::mem::take(&mut ui_json))?;
+                    sinks[UI].deliver(ui.seq, &ui_json)?;
                 }
                 Ok(())
             });
@@ -201,6 +205,27 @@ impl Out {
 struct Ready {
     next: usize,
     runs: BTreeMap<usize, Vec<u8>>,
+    /// Bytes of the runs waiting, and the most that ever waited.
+    waiting: usize,
+    most_waiting: usize,
+}
+
+impl Ready {
+    /// Leaves a copy of run `seq` to the thread that holds the file; whether too much now waits.
+    fn leave(&mut self, seq: usize, json: &[u8]) -> bool {
+        self.waiting += json.len();
+        self.most_waiting = self.most_waiting.max(self.waiting);
+        self.runs.insert(seq, json.to_vec());
+        self.waiting > MOST_WAITING
+    }
+
+    /// The next run in order, if it is ready.
+    fn take_next(&mut self) -> Option<Vec<u8>> {
+        let json = self.runs.remove(&self.next)?;
+        self.next += 1;
+        self.waiting -= json.len();
+        Some(json)
+    }
 }
 
 /// One file: takes runs in any order, writes them in order, and is closed by the thread that
@@ -225,6 +250,8 @@ impl Sink {
             ready: Mutex::new(Ready {
                 next: 0,
                 runs: BTreeMap::new(),
+                waiting: 0,
+                most_waiting: 0,
             }),
             out: Mutex::new(Some(out)),
             runs,
@@ -234,37 +261,50 @@ impl Sink {
     }
 
     /// Hands over run `seq`. Whichever thread holds the file writes every run that is ready in
-    /// order; one that finds it held leaves its run to that thread and goes back to work.
-    fn deliver(&self, seq: usize, json: Vec<u8>) -> io::Result<()> {
-        lock(&self.ready).runs.insert(seq, json);
+    /// order; one that finds it held leaves a copy of its run to that thread and goes back to
+    /// work. A run that is next when its thread gets the file is written without a copy, so
+    /// each thread keeps reusing its own buffers.
+    fn deliver(&self, seq: usize, json: &[u8]) -> io::Result<()> {
+        let mut own = Some(json);
         loop {
             let mut out = match self.out.try_lock() {
                 Ok(out) => out,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::WouldBlock) => {
+                    let Some(json) = own.take() else {
+                        return Ok(());
+                    };
+                    if !lock(&self.ready).leave(seq, json) {
+                        // Looked at again: the holder may have looked for it already.
+                        continue;
+                    }
+                    lock(&self.out)
+                }
             };
             let Some(file) = out.as_mut() else {
                 return Err(io::Error::other(
                     "a run of traces came after its file was closed",
                 ));
             };
+            if let Some(json) = own.take() {
+                let mut ready = lock(&self.ready);
+                if ready.next == seq {
+                    ready.next += 1;
+                    drop(ready);
+                    file.write_all(json)?;
+                } else {
+                    ready.leave(seq, json);
+                }
+            }
             loop {
-                let json = {
-                    let mut ready = lock(&self.ready);
-                    let next = ready.next;
-                    match ready.runs.remove(&next) {
-                        Some(json) => {
-                            ready.next += 1;
-                            json
-                        }
-                        None => break,
-                    }
+                let Some(json) = lock(&self.ready).take_next() else {
+                    break;
                 };
                 file.write_all(&json)?;
             }
             if lock(&self.ready).next == self.runs {
                 if let Some(file) = out.take() {
-                    let entry = close(file, self.ui_traces);
+                    let entry = self.close(file);
                     *lock(&self.entry) = Some(entry);
                 }
                 return Ok(());
@@ -279,140 +319,45 @@ impl Sink {
         }
     }
 
+    /// Ends the file (`jaeger-ui.json` with the number of its traces), syncs it, and returns its
+    /// entry.
+    fn close(&self, out: Out) -> io::Result<FileEntry> {
+        let entry = match out {
+            Out::Zstd(z) => z.finish()?.finish(),
+            Out::Plain(mut f) => {
+                jaeger::write_api_end(self.ui_traces.unwrap_or(0), &mut f)?;
+                f.finish()
+            }
+        }?;
+        tracing::debug!(
+            file = %entry.path,
+            bytes = entry.bytes,
+            most_waiting_kib = lock(&self.ready).most_waiting >> 10,
+            "trace file written"
+        );
+        Ok(entry)
+    }
+
     /// The file's entry, once every run was written (a file with none is closed here).
     fn finish(self) -> io::Result<FileEntry> {
-        let ready = self.ready.into_inner().unwrap_or_else(|p| p.into_inner());
-        if ready.next != self.runs || !ready.runs.is_empty() {
-            return Err(io::Error::other(format!(
-                "a bundle trace file was left with {} of its {} runs of traces written",
-                ready.next, self.runs
-            )));
+        {
+            let ready = lock(&self.ready);
+            if ready.next != self.runs || !ready.runs.is_empty() {
+                return Err(io::Error::other(format!(
+                    "a bundle trace file was left with {} of its {} runs of traces written",
+                    ready.next, self.runs
+                )));
+            }
         }
-        if let Some(entry) = self.entry.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(entry) = lock(&self.entry).take() {
             return entry;
         }
-        match self.out.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(out) => close(out, self.ui_traces),
+        let out = lock(&self.out).take();
+        match out {
+            Some(out) => self.close(out),
             None => Err(io::Error::other(
                 "a bundle trace file was closed without its entry",
             )),
         }
-    }
-}
-
-/// Ends the file (`jaeger-ui.json` with the number of its traces), syncs it, and returns its entry.
-fn close(out: Out, ui_traces: Option<usize>) -> io::Result<FileEntry> {
-    match out {
-        Out::Zstd(z) => z.finish()?.finish(),
-        Out::Plain(mut f) => {
-            jaeger::write_api_end(ui_traces.unwrap_or(0), &mut f)?;
-            f.finish()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Resource, Span, SpanId, Status, TraceId};
-    use sha2::Digest;
-    use std::sync::Arc;
-
-    fn trace(n: usize) -> (Trace, Purposes) {
-        let id = TraceId::parse(&format!("{:032x}", n + 1)).unwrap();
-        let span = Span {
-            trace_id: id,
-            span_id: SpanId::parse(&format!("{:016x}", n + 1)).unwrap(),
-            parent: None,
-            operation: format!("GET /item/{n}").into(),
-            start_ns: 1_000 + n as i64,
-            end_ns: 2_000 + n as i64,
-            kind: Default::default(),
-            status: Status::default(),
-            attributes: Default::default(),
-            resource: Arc::new(Resource {
-                service: "shop".into(),
-                attributes: Vec::new(),
-            }),
-            scope: None,
-            events: Default::default(),
-            links: Default::default(),
-            trace_state: None,
-        };
-        (
-            Trace {
-                id,
-                spans: vec![span],
-            },
-            Purposes::default(),
-        )
-    }
-
-    /// Files of many runs, written by more threads than there are cores so that runs come in out
-    /// of order, are byte for byte what one thread writing each file alone writes: the traces in
-    /// the order given, compressed in one stream, and one Jaeger UI response of the error traces
-    /// then the slow ones.
-    #[test]
-    fn files_written_on_several_threads_are_byte_for_byte_those_of_one_thread() {
-        let traces: Vec<_> = (0..1500).map(trace).collect();
-        // Each file's order is not the capture's.
-        let errors: Vec<usize> = (0..1500).rev().filter(|i| i % 3 == 0).collect();
-        let slow: Vec<usize> = (0..1500).filter(|i| i % 3 == 1).collect();
-        let baseline: Vec<usize> = (0..1500).filter(|i| i % 6 == 2).collect();
-        let sample: Vec<usize> = (0..1500).rev().filter(|i| i % 6 == 5).collect();
-        let files = Files {
-            errors: &errors,
-            slow: &slow,
-            baseline: &baseline,
-            sample: &sample,
-        };
-        let lists = [&errors, &slow, &baseline, &sample];
-        let mut expected = Vec::new();
-        for list in lists {
-            let mut json = Vec::new();
-            for &i in list {
-                otlp::write_trace_line(&traces[i].0, &mut json).unwrap();
-            }
-            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-            z.write_all(&json).unwrap();
-            expected.push(z.finish().unwrap());
-        }
-        let mut ui = Vec::new();
-        jaeger::write_api_response(errors.iter().chain(&slow).map(|&i| &traces[i].0), &mut ui)
-            .unwrap();
-        expected.push(ui);
-
-        for workers in [1, 6] {
-            let dir = tempfile::tempdir().unwrap();
-            let entries = write(dir.path(), &traces, &files, 3, None, workers).unwrap();
-            for ((entry, name), want) in entries.iter().zip(NAMES).zip(&expected) {
-                let got = std::fs::read(dir.path().join(name)).unwrap();
-                assert!(got == *want, "{name} differs with {workers} workers");
-                assert_eq!(entry.path, name);
-                assert_eq!(entry.bytes, want.len() as u64);
-                assert_eq!(entry.sha256, hex::encode(sha2::Sha256::digest(want)));
-            }
-        }
-    }
-
-    /// A capture with no traces still gets its five files: empty streams and an empty response.
-    #[test]
-    fn no_traces_make_empty_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = Files {
-            errors: &[],
-            slow: &[],
-            baseline: &[],
-            sample: &[],
-        };
-        let entries = write(dir.path(), &[], &files, 3, None, 2).unwrap();
-        assert_eq!(entries.len(), 5);
-        let ui = std::fs::read_to_string(dir.path().join("traces/jaeger-ui.json")).unwrap();
-        assert_eq!(
-            ui,
-            r#"{"data":[],"total":0,"limit":0,"offset":0,"errors":null}"#
-        );
-        let errors = std::fs::read(dir.path().join("traces/errors.jsonl.zst")).unwrap();
-        assert!(zstd::decode_all(&errors[..]).unwrap().is_empty());
     }
 }
