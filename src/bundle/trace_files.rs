@@ -361,3 +361,147 @@ impl Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Resource, Span, SpanId, Status, TraceId};
+    use sha2::Digest;
+    use std::sync::Arc;
+
+    fn trace(n: usize) -> (Trace, Purposes) {
+        let id = TraceId::parse(&format!("{:032x}", n + 1)).unwrap();
+        let span = Span {
+            trace_id: id,
+            span_id: SpanId::parse(&format!("{:016x}", n + 1)).unwrap(),
+            parent: None,
+            operation: format!("GET /item/{n}").into(),
+            start_ns: 1_000 + n as i64,
+            end_ns: 2_000 + n as i64,
+            kind: Default::default(),
+            status: Status::default(),
+            attributes: Default::default(),
+            resource: Arc::new(Resource {
+                service: "shop".into(),
+                attributes: Vec::new(),
+            }),
+            scope: None,
+            events: Default::default(),
+            links: Default::default(),
+            trace_state: None,
+        };
+        (
+            Trace {
+                id,
+                spans: vec![span],
+            },
+            Purposes::default(),
+        )
+    }
+
+    /// Files of many runs, written by more threads than there are cores so that runs come in out
+    /// of order, are byte for byte what one thread writing each file alone writes: the traces in
+    /// the order given, compressed in one stream, and one Jaeger UI response of the error traces
+    /// then the slow ones.
+    #[test]
+    fn files_written_on_several_threads_are_byte_for_byte_those_of_one_thread() {
+        let traces: Vec<_> = (0..1500).map(trace).collect();
+        // Each file's order is not the capture's.
+        let errors: Vec<usize> = (0..1500).rev().filter(|i| i % 3 == 0).collect();
+        let slow: Vec<usize> = (0..1500).filter(|i| i % 3 == 1).collect();
+        let baseline: Vec<usize> = (0..1500).filter(|i| i % 6 == 2).collect();
+        let sample: Vec<usize> = (0..1500).rev().filter(|i| i % 6 == 5).collect();
+        let files = Files {
+            errors: &errors,
+            slow: &slow,
+            baseline: &baseline,
+            sample: &sample,
+        };
+        let lists = [&errors, &slow, &baseline, &sample];
+        let mut expected = Vec::new();
+        for list in lists {
+            let mut json = Vec::new();
+            for &i in list {
+                otlp::write_trace_line(&traces[i].0, &mut json).unwrap();
+            }
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            z.write_all(&json).unwrap();
+            expected.push(z.finish().unwrap());
+        }
+        let mut ui = Vec::new();
+        jaeger::write_api_response(errors.iter().chain(&slow).map(|&i| &traces[i].0), &mut ui)
+            .unwrap();
+        expected.push(ui);
+
+        for workers in [1, 6] {
+            let dir = tempfile::tempdir().unwrap();
+            let entries = write(dir.path(), &traces, &files, 3, None, workers).unwrap();
+            for ((entry, name), want) in entries.iter().zip(NAMES).zip(&expected) {
+                let got = std::fs::read(dir.path().join(name)).unwrap();
+                assert!(got == *want, "{name} differs with {workers} workers");
+                assert_eq!(entry.path, name);
+                assert_eq!(entry.bytes, want.len() as u64);
+                assert_eq!(entry.sha256, hex::encode(sha2::Sha256::digest(want)));
+            }
+        }
+    }
+
+    /// A capture with no traces still gets its five files: empty streams and an empty response.
+    #[test]
+    fn no_traces_make_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files {
+            errors: &[],
+            slow: &[],
+            baseline: &[],
+            sample: &[],
+        };
+        let entries = write(dir.path(), &[], &files, 3, None, 2).unwrap();
+        assert_eq!(entries.len(), 5);
+        let ui = std::fs::read_to_string(dir.path().join("traces/jaeger-ui.json")).unwrap();
+        assert_eq!(
+            ui,
+            r#"{"data":[],"total":0,"limit":0,"offset":0,"errors":null}"#
+        );
+        let errors = std::fs::read(dir.path().join("traces/errors.jsonl.zst")).unwrap();
+        assert!(zstd::decode_all(&errors[..]).unwrap().is_empty());
+    }
+
+    /// Runs that come while another thread holds the file wait for it and are written in order
+    /// by that thread; past `MOST_WAITING` bytes, the thread that made a run waits for the file
+    /// instead of leaving more.
+    #[test]
+    fn runs_wait_in_order_for_a_held_file_and_too_many_make_their_thread_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::new(
+            Out::Plain(FileWriter::create(dir.path(), "runs").unwrap()),
+            4,
+            Some(0),
+        );
+        let big = vec![b'c'; MOST_WAITING + 1];
+        std::thread::scope(|scope| {
+            let held = lock(&sink.out);
+            // Left while the file is held: both come back at once.
+            sink.deliver(2, b"b").unwrap();
+            sink.deliver(3, b"d").unwrap();
+            // Too much waiting: this thread waits for the file.
+            let waiting = scope.spawn(|| sink.deliver(1, &big));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(
+                !waiting.is_finished(),
+                "a run past the limit was left, not waited with"
+            );
+            drop(held);
+            waiting.join().unwrap().unwrap();
+            sink.deliver(0, b"a").unwrap();
+        });
+        let entry = sink.finish().unwrap();
+        let written = std::fs::read(dir.path().join("runs")).unwrap();
+        let mut want = b"a".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"bd");
+        want.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
+        assert!(written == want, "runs written out of order");
+        assert_eq!(entry.bytes, want.len() as u64);
+    }
+}
