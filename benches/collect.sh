@@ -30,7 +30,8 @@ measure() {
 rm -rf "$work/evidence"
 read -r el_t el_rss < <(measure ./target/release/evidence-locker collect --incident "$work/incident.json" --traces-file "$work/traces.jsonl" --out "$work/evidence")
 read -r py_t py_rss < <(measure python3 benches/reference.py "$work/traces.jsonl")
-bundle=$(du -sb "$work/evidence" | cut -f1)
+# One bundle's size: each run wrote a capture of its own under the incident.
+bundle=$(du -sb "$(find "$work/evidence" -mindepth 2 -maxdepth 2 -type d | sort | tail -1)" | cut -f1)
 
 awk -v spans="$spans" -v bytes="$bytes" -v bundle="$bundle" -v el_t="$el_t" -v el_rss="$el_rss" -v py_t="$py_t" -v py_rss="$py_rss" 'BEGIN {
   printf "input: %d spans, %.1f MB of Jaeger JSON Lines\n\n", spans, bytes / 1e6
