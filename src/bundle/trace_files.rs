@@ -282,9 +282,14 @@ impl Sink {
                 }
             };
             let Some(file) = out.as_mut() else {
-                return Err(io::Error::other(
-                    "a run of traces came after its file was closed",
-                ));
+                // Closed: this run was left and then written, as the file's last, by the thread
+                // that held it.
+                return match own {
+                    None => Ok(()),
+                    Some(_) => Err(io::Error::other(
+                        "a run of traces came after its file was closed",
+                    )),
+                };
             };
             if let Some(json) = own.take() {
                 let mut ready = lock(&self.ready);
@@ -296,17 +301,7 @@ impl Sink {
                     ready.leave(seq, json);
                 }
             }
-            loop {
-                let Some(json) = lock(&self.ready).take_next() else {
-                    break;
-                };
-                file.write_all(&json)?;
-            }
-            if lock(&self.ready).next == self.runs {
-                if let Some(file) = out.take() {
-                    let entry = self.close(file);
-                    *lock(&self.entry) = Some(entry);
-                }
+            if self.write_ready(&mut out)? {
                 return Ok(());
             }
             drop(out);
@@ -317,6 +312,28 @@ impl Sink {
                 return Ok(());
             }
         }
+    }
+
+    /// Writes the runs that are ready, in order, into the file `out` holds, and closes it after
+    /// its last run; whether it is closed.
+    fn write_ready(&self, out: &mut Option<Out>) -> io::Result<bool> {
+        let Some(file) = out.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            let Some(json) = lock(&self.ready).take_next() else {
+                break;
+            };
+            file.write_all(&json)?;
+        }
+        if lock(&self.ready).next < self.runs {
+            return Ok(false);
+        }
+        if let Some(file) = out.take() {
+            let entry = self.close(file);
+            *lock(&self.entry) = Some(entry);
+        }
+        Ok(true)
     }
 
     /// Ends the file (`jaeger-ui.json` with the number of its traces), syncs it, and returns its
@@ -436,6 +453,7 @@ mod tests {
         for workers in [1, 6] {
             let dir = tempfile::tempdir().unwrap();
             let entries = write(dir.path(), &traces, &files, 3, None, workers).unwrap();
+            assert_eq!(entries.len(), 5);
             for ((entry, name), want) in entries.iter().zip(NAMES).zip(&expected) {
                 let got = std::fs::read(dir.path().join(name)).unwrap();
                 assert!(got == *want, "{name} differs with {workers} workers");
@@ -502,6 +520,38 @@ mod tests {
         want.extend_from_slice(b"bd");
         want.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
         assert!(written == want, "runs written out of order");
+        assert_eq!(entry.bytes, want.len() as u64);
+    }
+
+    /// A thread that left the file's last run and waits for the file finds it written and closed
+    /// by the thread that held it: its run is done, not refused.
+    #[test]
+    fn a_last_run_left_to_the_holder_is_written_and_closed_without_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::new(
+            Out::Plain(FileWriter::create(dir.path(), "runs").unwrap()),
+            2,
+            Some(0),
+        );
+        let big = vec![b'b'; MOST_WAITING + 1];
+        std::thread::scope(|scope| {
+            let mut held = lock(&sink.out);
+            lock(&sink.ready).leave(0, b"a");
+            // The last run, past the limit: its thread leaves it and waits for the file.
+            let last = scope.spawn(|| sink.deliver(1, &big));
+            while !lock(&sink.ready).runs.contains_key(&1) {
+                std::thread::yield_now();
+            }
+            // The holder writes both and closes the file before letting it go.
+            assert!(sink.write_ready(&mut held).unwrap());
+            drop(held);
+            last.join().unwrap().unwrap();
+        });
+        let entry = sink.finish().unwrap();
+        let mut want = b"a".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
+        assert!(std::fs::read(dir.path().join("runs")).unwrap() == want);
         assert_eq!(entry.bytes, want.len() as u64);
     }
 }
