@@ -485,17 +485,29 @@ mod tests {
         assert!(zstd::decode_all(&errors[..]).unwrap().is_empty());
     }
 
+    /// A plain file of `runs` runs, closed as an empty Jaeger UI response.
+    fn plain_sink(dir: &Path, runs: usize) -> Sink {
+        Sink::new(
+            Out::Plain(FileWriter::create(dir, "runs").unwrap()),
+            runs,
+            Some(0),
+        )
+    }
+
+    /// What such a file holds once `runs` are written in order and it is closed.
+    fn plain_file(runs: &[&[u8]]) -> Vec<u8> {
+        let mut file = runs.concat();
+        file.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
+        file
+    }
+
     /// Runs that come while another thread holds the file wait for it and are written in order
     /// by that thread; past `MOST_WAITING` bytes, the thread that made a run waits for the file
     /// instead of leaving more.
     #[test]
     fn runs_wait_in_order_for_a_held_file_and_too_many_make_their_thread_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::new(
-            Out::Plain(FileWriter::create(dir.path(), "runs").unwrap()),
-            4,
-            Some(0),
-        );
+        let sink = plain_sink(dir.path(), 4);
         let big = vec![b'c'; MOST_WAITING + 1];
         std::thread::scope(|scope| {
             let held = lock(&sink.out);
@@ -513,14 +525,10 @@ mod tests {
             waiting.join().unwrap().unwrap();
             sink.deliver(0, b"a").unwrap();
         });
-        let entry = sink.finish().unwrap();
         let written = std::fs::read(dir.path().join("runs")).unwrap();
-        let mut want = b"a".to_vec();
-        want.extend_from_slice(&big);
-        want.extend_from_slice(b"bd");
-        want.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
+        let want = plain_file(&[b"a", &big, b"bd"]);
         assert!(written == want, "runs written out of order");
-        assert_eq!(entry.bytes, want.len() as u64);
+        assert_eq!(sink.finish().unwrap().bytes, want.len() as u64);
     }
 
     /// A thread that left the file's last run and waits for the file finds it written and closed
@@ -528,11 +536,7 @@ mod tests {
     #[test]
     fn a_last_run_left_to_the_holder_is_written_and_closed_without_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::new(
-            Out::Plain(FileWriter::create(dir.path(), "runs").unwrap()),
-            2,
-            Some(0),
-        );
+        let sink = plain_sink(dir.path(), 2);
         let big = vec![b'b'; MOST_WAITING + 1];
         std::thread::scope(|scope| {
             let mut held = lock(&sink.out);
@@ -547,11 +551,8 @@ mod tests {
             drop(held);
             last.join().unwrap().unwrap();
         });
-        let entry = sink.finish().unwrap();
-        let mut want = b"a".to_vec();
-        want.extend_from_slice(&big);
-        want.extend_from_slice(br#"],"total":0,"limit":0,"offset":0,"errors":null}"#);
+        let want = plain_file(&[b"a", &big]);
         assert!(std::fs::read(dir.path().join("runs")).unwrap() == want);
-        assert_eq!(entry.bytes, want.len() as u64);
+        assert_eq!(sink.finish().unwrap().bytes, want.len() as u64);
     }
 }
