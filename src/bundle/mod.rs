@@ -9,6 +9,7 @@ mod trace_files;
 mod writer;
 mod yaml;
 
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -107,11 +108,14 @@ fn write_traces(
 ) -> std::io::Result<FileEntry> {
     writer::write_file(dir, rel, |out| {
         let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        // Each line made whole, then handed on in one piece: the serialiser writes a token at a
+        // time, and `enc` is a compressor.
+        let mut json = Vec::new();
         for &i in picks {
-            match spill {
-                Some(s) => s.write_otlp(&traces[i].0, &mut enc)?,
-                None => otlp::write_trace_line(&traces[i].0, &mut enc)?,
-            }
+            json.clear();
+            let whole = trace_files::whole(spill, &traces[i].0)?;
+            otlp::write_trace_line(&whole, &mut json)?;
+            enc.write_all(&json)?;
         }
         enc.finish()?;
         Ok(())

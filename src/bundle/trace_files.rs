@@ -159,6 +159,15 @@ pub(super) fn write(
     sinks.into_iter().map(Sink::finish).collect()
 }
 
+/// A capture's trace whole: from a spill, the trace is light and its whole self is read back;
+/// else it is whole already.
+pub(super) fn whole<'a>(spill: Option<&Spill>, trace: &'a Trace) -> io::Result<Cow<'a, Trace>> {
+    match spill {
+        Some(s) => s.whole_or(trace),
+        None => Ok(Cow::Borrowed(trace)),
+    }
+}
+
 /// Makes the JSON of one run: its OTLP lines into `otlp_json` and, for error and slow runs, its
 /// Jaeger UI entries into `ui_json`, each preceded by the separator but the file's first.
 fn make_run(
@@ -170,12 +179,7 @@ fn make_run(
     ui_json: &mut Vec<u8>,
 ) -> io::Result<()> {
     for (k, &i) in list[run.from..run.to].iter().enumerate() {
-        let light = &traces[i].0;
-        // From a spill, the trace is light and its whole self is read back; else it is whole.
-        let whole = match spill {
-            Some(s) => s.whole(light)?.map_or(Cow::Borrowed(light), Cow::Owned),
-            None => Cow::Borrowed(light),
-        };
+        let whole = whole(spill, &traces[i].0)?;
         otlp::write_trace_line(&whole, otlp_json)?;
         if let Some(ui) = &run.ui {
             if ui.first + k > 0 {
@@ -462,6 +466,66 @@ mod tests {
                 assert_eq!(entry.sha256, hex::encode(sha2::Sha256::digest(want)));
             }
         }
+    }
+
+    /// From a spill, where the capture holds light copies, the files and the context file
+    /// (`write_traces`) are written from the whole traces read back: the bytes the whole traces
+    /// themselves make.
+    #[test]
+    fn traces_read_back_from_a_spill_are_written_whole() {
+        // With an attribute each, which a light copy leaves out.
+        let whole: Vec<Trace> = (0..300)
+            .map(|n| {
+                let mut t = trace(n).0;
+                t.spans[0].attributes.push(crate::model::Attribute {
+                    key: "order".into(),
+                    value: crate::model::AttrValue::Str(format!("order {n}").into()),
+                });
+                t
+            })
+            .collect();
+        let redactor = crate::redact::Redactor::new(&crate::redact::RedactionSettings {
+            enabled: false,
+            keys: Vec::new(),
+            values: Vec::new(),
+        })
+        .unwrap();
+        let spill = Spill::for_backends(redactor).unwrap();
+        let mut light = whole.clone();
+        spill.store(&mut light).unwrap();
+        spill.settle(light.iter().map(|t| t.id));
+        assert!(
+            light[0].spans[0].attributes.is_empty(),
+            "the capture holds light copies"
+        );
+        let light: Vec<(Trace, Purposes)> = light
+            .into_iter()
+            .map(|t| (t, Purposes::default()))
+            .collect();
+        let errors: Vec<usize> = (0..300).rev().collect();
+        let files = Files {
+            errors: &errors,
+            slow: &[],
+            baseline: &[],
+            sample: &[],
+        };
+        let mut json = Vec::new();
+        for &i in &errors {
+            otlp::write_trace_line(&whole[i], &mut json).unwrap();
+        }
+        let want = zstd::encode_all(&json[..], 3).unwrap();
+        let mut ui = Vec::new();
+        jaeger::write_api_response(errors.iter().map(|&i| &whole[i]), &mut ui).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &light, &files, 3, Some(&spill), 2).unwrap();
+        super::super::write_traces(dir.path(), "context", &light, &errors, 3, Some(&spill))
+            .unwrap();
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        assert!(zstd::decode_all(&read(NAMES[ERRORS])[..]).unwrap() == json);
+        assert!(read(NAMES[ERRORS]) == want, "errors file");
+        assert!(read("context") == want, "context file");
+        assert!(read(NAMES[UI]) == ui, "Jaeger UI file");
     }
 
     /// A capture with no traces still gets its five files: empty streams and an empty response.

@@ -12,16 +12,17 @@
 //! redacted and written as they arrive ([`Spill::store`]), and the capture goes on with light
 //! copies of them, so that it holds no more than one answer's whole traces at a time.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use super::light::{self, LightSpan, LightTrace, LightView, Names, PartNames, Slabs};
 use super::spill_record::{self, SpanRecord};
-use crate::formats::{TraceSink, otlp};
+use crate::formats::TraceSink;
 use crate::model::{Span, SpanId, Trace, TraceId};
 use crate::redact::{RedactionReport, Redactor};
 
@@ -590,27 +591,10 @@ impl Spill {
         })
     }
 
-    /// Writes `trace` as one OTLP JSON line, read back from the spill when it was written here
-    /// (`trace` itself is light and cannot be written as it is).
-    pub fn write_otlp<W: Write + ?Sized>(&self, trace: &Trace, out: &mut W) -> io::Result<()> {
-        self.write_whole(trace, out, otlp::write_trace_line)
-    }
-
-    /// Writes with `write` the whole trace read back, or `trace` itself when it is not here.
-    fn write_whole<W: Write + ?Sized>(
-        &self,
-        trace: &Trace,
-        out: &mut W,
-        write: fn(&Trace, &mut Vec<u8>) -> io::Result<()>,
-    ) -> io::Result<()> {
-        // Written whole, then handed on in one piece: the serialiser writes a token at a time,
-        // and `out` is a compressor.
-        let mut json = Vec::with_capacity(4096);
-        match self.whole(trace)? {
-            Some(whole) => write(&whole, &mut json)?,
-            None => write(trace, &mut json)?,
-        }
-        out.write_all(&json)
+    /// The whole trace of which `trace` is the light copy, read back, or `trace` itself when it
+    /// was never written here.
+    pub fn whole_or<'a>(&self, trace: &'a Trace) -> io::Result<Cow<'a, Trace>> {
+        Ok(self.whole(trace)?.map_or(Cow::Borrowed(trace), Cow::Owned))
     }
 
     /// The attributes of the spans of the traces `ids` for which `wanted(service, operation)`,
