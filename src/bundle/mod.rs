@@ -84,11 +84,12 @@ fn select(traces: &[(Trace, crate::capture::Purposes)], limit: usize) -> Selecti
             s.sample.push(i);
         }
     }
+    // A trace's start is the least of its spans': worked out once per trace, not per comparison.
     let key = |&i: &usize| (traces[i].0.start_ns(), traces[i].0.id);
-    s.errors.sort_by_key(key);
-    s.slow.sort_by_key(key);
-    s.baseline.sort_by_key(key);
-    s.sample.sort_by_key(key);
+    s.errors.sort_by_cached_key(key);
+    s.slow.sort_by_cached_key(key);
+    s.baseline.sort_by_cached_key(key);
+    s.sample.sort_by_cached_key(key);
     if s.baseline.len() > limit {
         let n = s.baseline.len();
         s.baseline = (0..limit).map(|k| s.baseline[k * n / limit]).collect();
@@ -364,4 +365,68 @@ pub fn write_bundle(
         analysis,
         timeline,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::select;
+    use crate::capture::{Purpose, Purposes};
+    use crate::model::{Resource, Span, SpanId, SpanKind, Status, Trace, TraceId};
+
+    /// A trace `id` whose spans start at `starts` (its start is the least of them).
+    fn trace(id: u8, starts: &[i64]) -> Trace {
+        let spans = starts
+            .iter()
+            .zip(1..)
+            .map(|(&start, n)| Span {
+                trace_id: TraceId([id; 16]),
+                span_id: SpanId([n; 8]),
+                parent: None,
+                operation: Arc::from("op"),
+                start_ns: start,
+                end_ns: start + 10,
+                kind: SpanKind::Server,
+                status: Status::default(),
+                attributes: Default::default(),
+                resource: Arc::new(Resource {
+                    service: Arc::from("checkout"),
+                    attributes: Vec::new(),
+                }),
+                scope: None,
+                events: Default::default(),
+                links: Default::default(),
+                trace_state: None,
+            })
+            .collect();
+        Trace {
+            id: TraceId([id; 16]),
+            spans,
+        }
+    }
+
+    /// Each trace file lists its traces by start (a trace starts with its earliest span, which
+    /// need not come first), then by id, whatever order the capture holds them in; a trace
+    /// goes to one file only, errors first.
+    #[test]
+    fn each_trace_file_lists_its_traces_by_start_then_id() {
+        let error = Purposes::default()
+            .with(Purpose::Errors)
+            .with(Purpose::Sample);
+        let sample = Purposes::default().with(Purpose::Sample);
+        let traces = vec![
+            (trace(1, &[500, 40]), error),
+            (trace(2, &[300]), sample),
+            (trace(3, &[100, 90]), error),
+            (trace(4, &[40]), error),
+            (trace(5, &[200]), sample),
+            (trace(6, &[100]), sample),
+        ];
+        let s = select(&traces, 10);
+        // Traces 1 and 4 both start at 40: the id decides.
+        assert_eq!(s.errors, [0, 3, 2]);
+        assert_eq!(s.sample, [5, 4, 1]);
+        assert!(s.slow.is_empty() && s.baseline.is_empty());
+    }
 }

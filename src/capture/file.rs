@@ -272,10 +272,9 @@ impl FileSource {
             notes.insert(TRACES_LEFT_OUT.into(), outside);
             notes.insert(SPANS_LEFT_OUT.into(), spans_left_out);
         }
-        let in_window = traces
+        let any_in_window = traces
             .iter()
-            .filter(|(t, _)| plan.window.contains_ns(t.start_ns()))
-            .count();
+            .any(|(t, _)| plan.window.contains_ns(t.start_ns()));
         let mut gaps: Vec<Gap> = collected
             .skipped
             .iter()
@@ -289,7 +288,7 @@ impl FileSource {
                 message: format!("{n} × {reason}"),
             })
             .collect();
-        if in_window == 0 {
+        if !any_in_window {
             gaps.push(Gap {
                 source: "file".into(),
                 kind: "no_data".into(),

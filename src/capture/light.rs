@@ -94,6 +94,13 @@ impl Slabs {
             .collect()
     }
 
+    /// Copies the spans of `t` to the end of `into`, to outlive the slabs, and gives up its
+    /// extras.
+    pub fn move_out(&self, t: LightTrace, into: &mut Vec<LightSpan>) -> Option<Box<Extras>> {
+        into.extend_from_slice(self.view(&t).spans);
+        t.extras
+    }
+
     /// The spans of a stored trace.
     pub fn view<'a>(&'a self, t: &'a LightTrace) -> LightView<'a> {
         let Run { slab, start, len } = t.run;
@@ -190,15 +197,7 @@ impl<'a> LightView<'a> {
         self.extras?.0.get(i)
     }
 
-    /// A copy of its spans and extras, to outlive the slabs.
-    pub fn copy_spans(&self) -> (Vec<LightSpan>, Option<Box<Extras>>) {
-        (
-            self.spans.to_vec(),
-            self.extras.map(|e| Box::new(e.clone())),
-        )
-    }
-
-    /// A view of spans owned elsewhere (see [`LightView::copy_spans`]).
+    /// A view of spans owned elsewhere (see [`Slabs::move_out`]).
     pub fn of(spans: &'a [LightSpan], extras: Option<&'a Extras>) -> Self {
         Self { spans, extras }
     }

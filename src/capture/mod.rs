@@ -375,6 +375,8 @@ pub async fn run(sources: &[Box<dyn TraceSource>], plan: &CapturePlan) -> Captur
     for r in results {
         records.push(r.record);
         gaps.extend(r.gaps);
+        index.reserve(r.traces.len());
+        traces.reserve(r.traces.len());
         for (trace, purposes) in r.traces {
             match index.get(&trace.id) {
                 Some(&i) => {

@@ -108,8 +108,11 @@ impl Entries {
 /// Where each trace kept lies, once the plan has sorted the traces out.
 #[derive(Default)]
 struct Kept {
-    records: foldhash::HashMap<TraceId, Vec<Record>>,
+    records: foldhash::HashMap<TraceId, Records>,
 }
+
+/// A trace's records: most traces have one, kept without an allocation of its own.
+type Records = smallvec::SmallVec<[Record; 1]>;
 
 #[derive(Default)]
 struct State {
@@ -379,9 +382,15 @@ impl Spill {
     pub fn visit(&self, mut visit: impl FnMut(u32, TraceId, LightView<'_>)) {
         let state = self.state();
         let (entries, slabs) = (&state.entries, &state.slabs);
-        let mut order: Vec<u32> = (0..entries.len as u32).collect();
-        order.sort_unstable_by_key(|&i| entries.get(i).map(|e| e.first_seen));
-        for i in order {
+        let mut order: Vec<((u64, u32), u32)> = entries
+            .chunks
+            .iter()
+            .flatten()
+            .zip(0..)
+            .map(|(e, i)| (e.first_seen, i))
+            .collect();
+        order.sort_unstable();
+        for (_, i) in order {
             if let Some(e) = entries.get(i) {
                 visit(i, e.id, slabs.view(&e.light));
             }
@@ -403,6 +412,7 @@ impl Spill {
         } = &mut *state;
         let began = std::time::Instant::now();
         let mut kept = Kept::default();
+        kept.records.reserve(keep.len());
         redaction.clear();
         // Where each trace goes in `keep`, by its number (u32::MAX: not kept).
         let mut at = vec![u32::MAX; entries.len];
@@ -431,7 +441,7 @@ impl Spill {
                 if k == u32::MAX {
                     continue;
                 }
-                let mut records = vec![e.record];
+                let mut records = Records::from_buf([e.record]);
                 if let Some(more) = e.more {
                     records.extend(more.0.into_iter().map(|(r, _)| r));
                 }
@@ -439,9 +449,9 @@ impl Spill {
                 if let Some(r) = &e.redacted {
                     add_counts(redaction, r);
                 }
-                let (spans, extras) = slabs.view(&e.light).copy_spans();
-                lights[k as usize] = Some((e.id, copied.len(), spans.len(), extras));
-                copied.extend(spans);
+                let start = copied.len();
+                let extras = slabs.move_out(e.light, &mut copied);
+                lights[k as usize] = Some((e.id, start, copied.len() - start, extras));
             }
         }
         let copied_at = began.elapsed();
@@ -495,7 +505,7 @@ impl Spill {
         })
     }
 
-    fn records(&self, id: TraceId) -> Vec<Record> {
+    fn records(&self, id: TraceId) -> Records {
         self.kept
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -505,10 +515,18 @@ impl Spill {
             .unwrap_or_default()
     }
 
-    fn read(&self, (offset, len): (u64, u32)) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+    fn read(&self, at: (u64, u32)) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(at, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Reads into `buf`, replacing what it held (one buffer for many reads: no fresh pages
+    /// for each).
+    fn read_into(&self, (offset, len): (u64, u32), buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        buf.resize(len as usize, 0);
+        self.file.read_exact_at(buf, offset)
     }
 
     /// The whole trace of which `light` is the light copy, or `None` when it was never written
@@ -611,6 +629,7 @@ impl Spill {
         extents.sort_unstable_by_key(|(_, e)| e.0);
         let mut names = spill_record::Names::shared();
         let mut out = Vec::new();
+        let mut bytes = Vec::new();
         // Records close together are read in one go: a trace's record sits a few KiB after the
         // previous one's, and a read per record cost more than the bytes between them.
         let mut rest = extents.as_slice();
@@ -629,7 +648,7 @@ impl Spill {
                 .map(|(_, (offset, len))| offset + u64::from(*len))
                 .max()
                 .unwrap_or(*start);
-            let bytes = self.read((*start, len32((end - start) as usize)?))?;
+            self.read_into((*start, len32((end - start) as usize)?), &mut bytes)?;
             for (id, (offset, len)) in group {
                 let at = (offset - start) as usize;
                 let record = bytes
@@ -907,5 +926,84 @@ mod tests {
             spans: Vec::new(),
         });
         assert!(other.unwrap().is_none());
+    }
+
+    fn in_trace(trace: &str, mut s: Span) -> Trace {
+        s.trace_id = TraceId::parse(trace).unwrap();
+        Trace {
+            id: s.trace_id,
+            spans: vec![s],
+        }
+    }
+
+    /// The cores hand their parts of a file over in whatever order they finish them: the
+    /// traces are still visited in the order the file holds them, and each trace kept comes
+    /// back with its spans from every part (a status message too) and its records from every
+    /// part, in the order asked for.
+    #[test]
+    fn traces_are_visited_in_file_order_and_kept_whole_whatever_order_their_parts_came_in() {
+        let (a, b, c) = (
+            "000000000000000000000000000000aa",
+            "000000000000000000000000000000bb",
+            "000000000000000000000000000000cc",
+        );
+        let spill = Spill::new(Redactor::new(&RedactionSettings::default()).unwrap()).unwrap();
+        let mut failed = span("00000000000000c2", "payment", "second part");
+        failed.status.message = Some("card declined".into());
+        let later = vec![
+            in_trace(b, span("00000000000000b1", "checkout", "b")),
+            in_trace(c, failed),
+        ];
+        let earlier = vec![
+            in_trace(a, span("00000000000000a1", "checkout", "a")),
+            in_trace(c, span("00000000000000c1", "checkout", "first part")),
+        ];
+        spill.take(1, later).unwrap();
+        spill.take(0, earlier).unwrap();
+        assert_eq!(spill.merge_parts(), 0);
+        let mut seen = Vec::new();
+        spill.visit(|number, id, light| seen.push((number, id.to_string(), light.span_count())));
+        let ids: Vec<(&str, usize)> = seen.iter().map(|(_, id, n)| (id.as_str(), *n)).collect();
+        assert_eq!(ids, [(a, 1), (c, 2), (b, 1)]);
+        let number = |id: &str| seen.iter().find(|(_, i, _)| i == id).unwrap().0;
+        let kept = spill.keep(vec![(number(c), 'c'), (number(b), 'b')]);
+        let got: Vec<(String, char, Vec<String>)> = kept
+            .iter()
+            .map(|(t, p)| {
+                let spans = t.spans.iter().map(|s| s.span_id.to_string()).collect();
+                (t.id.to_string(), *p, spans)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    c.to_owned(),
+                    'c',
+                    vec!["00000000000000c1".to_owned(), "00000000000000c2".to_owned()]
+                ),
+                (b.to_owned(), 'b', vec!["00000000000000b1".to_owned()]),
+            ]
+        );
+        assert_eq!(
+            kept[0].0.spans[1].status.message.as_deref(),
+            Some("card declined")
+        );
+        // Read back whole from both parts' records, attributes and all.
+        let whole = spill.load(kept[0].0.id).unwrap().unwrap();
+        let notes: Vec<_> = whole
+            .spans
+            .iter()
+            .map(|s| s.attribute("note").cloned())
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                Some(AttrValue::Str("00000000000000c1 first part".into())),
+                Some(AttrValue::Str("00000000000000c2 second part".into())),
+            ]
+        );
+        // A trace not kept is forgotten.
+        assert!(spill.load(TraceId::parse(a).unwrap()).unwrap().is_none());
     }
 }
