@@ -108,11 +108,61 @@ impl Entries {
 /// Where each trace kept lies, once the plan has sorted the traces out.
 #[derive(Default)]
 struct Kept {
-    records: foldhash::HashMap<TraceId, Records>,
+    /// Traces written in one record (most of them), without an allocation each: at 5M spans
+    /// this is made at the capture's peak of memory.
+    one: foldhash::HashMap<TraceId, Record>,
+    /// Traces written in several (spread over the input, or held by several answers).
+    more: foldhash::HashMap<TraceId, Vec<Record>>,
 }
 
-/// A trace's records: most traces have one, kept without an allocation of its own.
+/// A trace's records, in the order written.
 type Records = smallvec::SmallVec<[Record; 1]>;
+
+impl Kept {
+    fn push(&mut self, id: TraceId, record: Record) {
+        if let Some(records) = self.more.get_mut(&id) {
+            records.push(record);
+        } else if let Some(first) = self.one.remove(&id) {
+            self.more.insert(id, vec![first, record]);
+        } else {
+            self.one.insert(id, record);
+        }
+    }
+
+    fn insert(&mut self, id: TraceId, records: Records) {
+        match records.as_slice() {
+            [] => {}
+            [one] => {
+                self.one.insert(id, *one);
+            }
+            _ => {
+                self.more.insert(id, records.into_vec());
+            }
+        }
+    }
+
+    fn get(&self, id: TraceId) -> Records {
+        match self.one.get(&id) {
+            Some(r) => Records::from_buf([*r]),
+            None => self
+                .more
+                .get(&id)
+                .map(|rs| Records::from_slice(rs))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn remove(&mut self, id: TraceId) -> Records {
+        match self.one.remove(&id) {
+            Some(r) => Records::from_buf([r]),
+            None => self
+                .more
+                .remove(&id)
+                .map(Records::from_vec)
+                .unwrap_or_default(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -295,7 +345,7 @@ impl Spill {
         let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
         for (t, mut record) in written.into_iter().zip(records) {
             record.offset += base;
-            kept.records.entry(t.id).or_default().push(record);
+            kept.push(t.id, record);
         }
         Ok(())
     }
@@ -305,19 +355,16 @@ impl Spill {
     pub fn settle(&self, kept: impl Iterator<Item = TraceId>) {
         let stored = std::mem::take(&mut *self.stored());
         let mut total = Redacted::new();
-        let mut records = foldhash::HashMap::default();
-        let mut all =
-            std::mem::take(&mut self.kept.write().unwrap_or_else(|p| p.into_inner()).records);
+        let mut records = Kept::default();
+        let mut all = std::mem::take(&mut *self.kept.write().unwrap_or_else(|p| p.into_inner()));
         for id in kept {
             if let Some(t) = stored.traces.get(&id) {
                 add_counts(&mut total, &t.redacted);
             }
-            if let Some(r) = all.remove(&id) {
-                records.insert(id, r);
-            }
+            records.insert(id, all.remove(id));
         }
         drop(all);
-        self.kept.write().unwrap_or_else(|p| p.into_inner()).records = records;
+        *self.kept.write().unwrap_or_else(|p| p.into_inner()) = records;
         self.state().redaction = total;
     }
 
@@ -382,15 +429,10 @@ impl Spill {
     pub fn visit(&self, mut visit: impl FnMut(u32, TraceId, LightView<'_>)) {
         let state = self.state();
         let (entries, slabs) = (&state.entries, &state.slabs);
-        let mut order: Vec<((u64, u32), u32)> = entries
-            .chunks
-            .iter()
-            .flatten()
-            .zip(0..)
-            .map(|(e, i)| (e.first_seen, i))
-            .collect();
-        order.sort_unstable();
-        for (_, i) in order {
+        // Numbers, not (first seen, number) pairs: this runs at the capture's peak of memory.
+        let mut order: Vec<u32> = (0..entries.len as u32).collect();
+        order.sort_unstable_by_key(|&i| entries.get(i).map(|e| e.first_seen));
+        for i in order {
             if let Some(e) = entries.get(i) {
                 visit(i, e.id, slabs.view(&e.light));
             }
@@ -412,7 +454,7 @@ impl Spill {
         } = &mut *state;
         let began = std::time::Instant::now();
         let mut kept = Kept::default();
-        kept.records.reserve(keep.len());
+        kept.one.reserve(keep.len());
         redaction.clear();
         // Where each trace goes in `keep`, by its number (u32::MAX: not kept).
         let mut at = vec![u32::MAX; entries.len];
@@ -445,7 +487,7 @@ impl Spill {
                 if let Some(more) = e.more {
                     records.extend(more.0.into_iter().map(|(r, _)| r));
                 }
-                kept.records.insert(e.id, records);
+                kept.insert(e.id, records);
                 if let Some(r) = &e.redacted {
                     add_counts(redaction, r);
                 }
@@ -506,13 +548,7 @@ impl Spill {
     }
 
     fn records(&self, id: TraceId) -> Records {
-        self.kept
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .records
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
+        self.kept.read().unwrap_or_else(|p| p.into_inner()).get(id)
     }
 
     fn read(&self, at: (u64, u32)) -> io::Result<Vec<u8>> {
