@@ -307,31 +307,14 @@ pub fn propagation(forest: &[TraceTree<'_>]) -> Vec<Propagation> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::TraceTree;
     use crate::capture::Purposes;
-    use crate::model::{Resource, Span, SpanId, SpanKind, Status, Trace, TraceId};
+    use crate::model::{Span, SpanId, Trace, TraceId};
 
     fn span(id: u8, parent: Option<u8>, service: &str, start: i64, end: i64) -> Span {
         Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([id; 8]),
             parent: parent.map(|p| SpanId([p; 8])),
-            operation: Arc::from("op"),
-            start_ns: start,
-            end_ns: end,
-            kind: SpanKind::Server,
-            status: Status::default(),
-            attributes: Default::default(),
-            resource: Arc::new(Resource {
-                service: Arc::from(service),
-                attributes: Vec::new(),
-            }),
-            scope: None,
-            events: Default::default(),
-            links: Default::default(),
-            trace_state: None,
+            ..Span::plain(TraceId([1; 16]), SpanId([id; 8]), service, start, end)
         }
     }
 

@@ -369,35 +369,23 @@ pub fn write_bundle(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::select;
     use crate::capture::{Purpose, Purposes};
-    use crate::model::{Resource, Span, SpanId, SpanKind, Status, Trace, TraceId};
+    use crate::model::{Span, SpanId, Trace, TraceId};
 
     /// A trace `id` whose spans start at `starts` (its start is the least of them).
     fn trace(id: u8, starts: &[i64]) -> Trace {
         let spans = starts
             .iter()
             .zip(1..)
-            .map(|(&start, n)| Span {
-                trace_id: TraceId([id; 16]),
-                span_id: SpanId([n; 8]),
-                parent: None,
-                operation: Arc::from("op"),
-                start_ns: start,
-                end_ns: start + 10,
-                kind: SpanKind::Server,
-                status: Status::default(),
-                attributes: Default::default(),
-                resource: Arc::new(Resource {
-                    service: Arc::from("checkout"),
-                    attributes: Vec::new(),
-                }),
-                scope: None,
-                events: Default::default(),
-                links: Default::default(),
-                trace_state: None,
+            .map(|(&start, n)| {
+                Span::plain(
+                    TraceId([id; 16]),
+                    SpanId([n; 8]),
+                    "checkout",
+                    start,
+                    start + 10,
+                )
             })
             .collect();
         Trace {

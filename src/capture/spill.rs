@@ -834,9 +834,8 @@ impl TraceSink for Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttrValue, Attribute, Resource, Status};
+    use crate::model::{AttrValue, Attribute};
     use crate::redact::RedactionSettings;
-    use std::sync::Arc;
 
     fn span(id: &str, service: &str, secret: &str) -> Span {
         let mut attributes = crate::model::List::new();
@@ -845,23 +844,16 @@ mod tests {
             value: AttrValue::Str(format!("{id} {secret}").into()),
         });
         Span {
-            trace_id: TraceId::parse("0af7651916cd43dd8448eb211c80319c").unwrap(),
-            span_id: SpanId::parse(id).unwrap(),
-            parent: None,
             operation: "GET /".into(),
-            start_ns: 1_000,
-            end_ns: 2_000,
             kind: Default::default(),
-            status: Status::default(),
             attributes,
-            resource: Arc::new(Resource {
-                service: service.into(),
-                attributes: Vec::new(),
-            }),
-            scope: None,
-            events: Default::default(),
-            links: Default::default(),
-            trace_state: None,
+            ..Span::plain(
+                TraceId::parse("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::parse(id).unwrap(),
+                service,
+                1_000,
+                2_000,
+            )
         }
     }
 
